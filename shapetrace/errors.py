@@ -1,0 +1,60 @@
+"""The exceptions shapetrace raises, all rooted at :class:`ShapetraceError`.
+
+::
+
+    ShapetraceError
+    ├── ModuleNotFoundInObject   no nn.Module found, or include/exclude matched nothing
+    ├── RecordingError           record() misuse: nested on the same object, no recording for an object
+    ├── FlattenError             a value shapetrace cannot flatten (register a flattener)
+    ├── SignatureFileError       a signatures.json / manifest.json that is missing, corrupt or from a newer version
+    ├── ExportError              export_all() could not start, or a graph failed to export
+    ├── VerifyError              verify() could not run (missing files, nothing to compare)
+    └── RuntimeMismatchError     load() on another object, or a call the exported graph cannot answer
+
+Every message names the thing at fault and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ShapetraceError",
+    "ModuleNotFoundInObject",
+    "RecordingError",
+    "FlattenError",
+    "SignatureFileError",
+    "ExportError",
+    "VerifyError",
+    "RuntimeMismatchError",
+]
+
+
+class ShapetraceError(Exception):
+    """Root of every error shapetrace raises on purpose."""
+
+
+class ModuleNotFoundInObject(ShapetraceError):
+    """No ``torch.nn.Module`` was found, or include / exclude selected none."""
+
+
+class RecordingError(ShapetraceError):
+    """``record`` was misused (nested on the same object, nothing recorded, ...)."""
+
+
+class FlattenError(ShapetraceError):
+    """A value holds tensors inside a type shapetrace does not know how to flatten."""
+
+
+class SignatureFileError(ShapetraceError):
+    """A saved ``signatures.json`` or ``manifest.json`` is missing, corrupt or too new."""
+
+
+class ExportError(ShapetraceError):
+    """An export could not start, or one graph failed to export."""
+
+
+class VerifyError(ShapetraceError):
+    """A parity check could not run."""
+
+
+class RuntimeMismatchError(ShapetraceError):
+    """An export does not fit the object or the call it is asked to serve."""

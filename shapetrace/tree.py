@@ -1,0 +1,305 @@
+"""Flatten nested args / outputs into named tensor leaves, and rebuild them from a JSON-able spec.
+
+A *spec* is a plain JSON-able dict tree describing a value's structure:
+
+=============  ================================================================================
+``tensor``     ``{"t": "tensor", "name": "down_block_additional_residuals.0"}``
+``const``      ``{"t": "const", "type": "bool", "value": false}`` (None, bool, int, float, str, dtype ...)
+``opaque``     ``{"t": "opaque", "type": "torch.Generator", "tensors": false}`` (recorded by type only)
+``tuple``      ``{"t": "tuple", "items": [...], "fields": [...]?, "cls": "mod:Qual"?}`` (namedtuple: cls)
+``list``       ``{"t": "list", "items": [...]}``
+``dict``       ``{"t": "dict", "keys": [...], "items": [...]}``
+``object``     ``{"t": "object", "cls": "mod:Qual", "how": "mapping|dataclass|registered",
+               "keys": [...], "items": [...], "context": ...}``
+=============  ================================================================================
+
+Leaf names join one part per level with ``.``: the index for sequences, the key for mappings, the field for
+dataclasses / ``ModelOutput`` / ``BaseOutput``. Types torch's pytree knows (with keys) are flattened with it; types
+nobody knows are recorded as ``opaque`` and never crash a recording. Users teach shapetrace a new type with
+:func:`register_flattener`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.utils._pytree as pytree
+
+from .errors import FlattenError
+
+__all__ = ["register_flattener", "flatten", "unflatten", "constants_of", "qualname", "import_qualname",
+           "tensor_names", "has_opaque_tensors"]
+
+
+@dataclass(frozen=True)
+class _Flattener:
+    flatten: Callable[[Any], tuple[dict[str, Any], Any]]
+    unflatten: Callable[[type, dict[str, Any], Any], Any]
+
+
+_REGISTRY: dict[str, _Flattener] = {}
+_LOCK = threading.Lock()
+
+
+def qualname(cls: type) -> str:
+    """``'package.module:Outer.Inner'`` for a class (importable with :func:`import_qualname`)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_qualname(name: str) -> Any:
+    module, _, qual = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def register_flattener(cls: type | str, flatten: Callable[[Any], tuple[dict[str, Any], Any]],
+                       unflatten: Callable[[type, dict[str, Any], Any], Any]) -> None:
+    """Teach shapetrace a type: ``flatten(obj) -> ({field: child}, json_context)``,
+    ``unflatten(cls, {field: child}, json_context) -> obj``.
+
+    ``cls`` may be the class or its ``'module:QualName'`` string (so the class's package need not be imported).
+    """
+    key = cls if isinstance(cls, str) else qualname(cls)
+    with _LOCK:
+        _REGISTRY[key] = _Flattener(flatten, unflatten)
+
+
+# Built in: diffusers' DiagonalGaussianDistribution (what vae.encode returns) is fully described by `parameters`.
+register_flattener(
+    "diffusers.models.autoencoders.vae:DiagonalGaussianDistribution",
+    lambda d: ({"parameters": d.parameters}, {"deterministic": bool(d.deterministic)}),
+    lambda cls, fields, ctx: cls(fields["parameters"], deterministic=ctx["deterministic"]),
+)
+
+_JSON_SCALARS = (type(None), bool, int, float, str)
+
+
+def _const(value: Any) -> dict:
+    if isinstance(value, _JSON_SCALARS):
+        if isinstance(value, str) and len(value) > 200:
+            return {"t": "const", "type": "str", "value": value[:200], "truncated": True}
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            return {"t": "const", "type": "float", "value": repr(value), "special": True}
+        return {"t": "const", "type": type(value).__name__, "value": value}
+    if isinstance(value, torch.dtype):
+        return {"t": "const", "type": "torch.dtype", "value": str(value)}
+    if isinstance(value, torch.device):
+        return {"t": "const", "type": "torch.device", "value": str(value)}
+    return None  # type: ignore[return-value]
+
+
+def _shallow_has_tensor(obj: Any) -> bool:
+    try:
+        own = vars(obj)
+    except TypeError:
+        return False
+    for v in own.values():
+        if isinstance(v, torch.Tensor):
+            return True
+        if isinstance(v, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in v[:8]):
+            return True
+        if isinstance(v, dict) and any(isinstance(x, torch.Tensor) for x in list(v.values())[:8]):
+            return True
+    return False
+
+
+def _join(prefix: str, part: Any) -> str:
+    return f"{prefix}.{part}" if prefix else str(part)
+
+
+def flatten(value: Any, prefix: str = "", out: dict[str, Any] | None = None,
+            fields: list[str] | None = None) -> tuple[dict, dict[str, Any]]:
+    """Flatten ``value`` into ``(spec, leaves)``; ``leaves`` maps flat name -> tensor (and opaque objects).
+
+    ``fields`` names the items of a top-level tuple (used for ``return_dict=False`` outputs whose fields are
+    known from the method's return annotation).
+    """
+    leaves: dict[str, Any] = {} if out is None else out
+    spec = _flatten(value, prefix, leaves, fields)
+    return spec, leaves
+
+
+def _flatten(value: Any, prefix: str, leaves: dict[str, Any], fields: list[str] | None = None) -> dict:
+    if isinstance(value, torch.Tensor):
+        leaves[prefix] = value
+        return {"t": "tensor", "name": prefix}
+    const = _const(value)
+    if const is not None:
+        return const
+    cls = type(value)
+    key = qualname(cls)
+    flattener = _REGISTRY.get(key)
+    if flattener is not None:
+        children, context = flattener.flatten(value)
+        keys = list(children)
+        return {"t": "object", "cls": key, "how": "registered", "keys": keys, "context": context,
+                "items": [_flatten(children[k], _join(prefix, k), leaves) for k in keys]}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return {"t": "tuple", "cls": key, "fields": list(value._fields),
+                "items": [_flatten(v, _join(prefix, f), leaves) for f, v in zip(value._fields, value)]}
+    if cls in (tuple, list):
+        names = fields if (fields is not None and len(fields) >= len(value)) else None
+        node: dict = {"t": cls.__name__,
+                      "items": [_flatten(v, _join(prefix, names[i] if names else i), leaves)
+                                for i, v in enumerate(value)]}
+        if names:
+            node["fields"] = list(names[: len(value)])
+        return node
+    if isinstance(value, collections.OrderedDict) and dataclasses.is_dataclass(value):  # ModelOutput / BaseOutput
+        keys = [k for k in value.keys()]
+        return {"t": "object", "cls": key, "how": "mapping", "keys": keys,
+                "items": [_flatten(value[k], _join(prefix, k), leaves) for k in keys]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        keys = [f.name for f in dataclasses.fields(value) if f.init]
+        return {"t": "object", "cls": key, "how": "dataclass", "keys": keys,
+                "items": [_flatten(getattr(value, k), _join(prefix, k), leaves) for k in keys]}
+    if cls in (dict, collections.OrderedDict) and all(isinstance(k, (str, int)) for k in value):
+        keys = list(value.keys())
+        return {"t": "dict", "keys": keys, "items": [_flatten(value[k], _join(prefix, k), leaves) for k in keys]}
+    if cls is not list and cls is not tuple and cls in pytree.SUPPORTED_NODES:
+        handler = pytree.SUPPORTED_NODES[cls]
+        if handler.flatten_with_keys_fn is not None:
+            try:
+                keyed, _context = handler.flatten_with_keys_fn(value)
+            except Exception:  # a pytree handler that rejects this instance: record opaquely
+                keyed = None
+            if keyed is not None:
+                keys = [_pytree_key(k) for k, _ in keyed]
+                return {"t": "object", "cls": key, "how": "pytree", "keys": keys,
+                        "items": [_flatten(v, _join(prefix, k), leaves) for k, (_, v) in zip(keys, keyed)]}
+    leaves[prefix] = value
+    return {"t": "opaque", "type": f"{cls.__module__}.{cls.__qualname__}", "name": prefix,
+            "tensors": _shallow_has_tensor(value)}
+
+
+def _pytree_key(k: Any) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def tensor_names(spec: dict) -> list[str]:
+    """Flat names of the tensor leaves of ``spec`` in order."""
+    out: list[str] = []
+
+    def walk(node: dict) -> None:
+        if node["t"] == "tensor":
+            out.append(node["name"])
+        for child in node.get("items", ()):
+            walk(child)
+        for child in node.get("params", ()):
+            walk(child["node"])
+
+    walk(spec)
+    return out
+
+
+def has_opaque_tensors(spec: dict) -> list[str]:
+    """Types of opaque leaves that hold tensors (they cannot be exported)."""
+    out: list[str] = []
+
+    def walk(node: dict) -> None:
+        if node["t"] == "opaque" and node.get("tensors"):
+            out.append(node["type"])
+        for child in node.get("items", ()):
+            walk(child)
+        for child in node.get("params", ()):
+            walk(child["node"])
+
+    walk(spec)
+    return out
+
+
+def constants_of(spec: dict, prefix_filter: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """Non-tensor leaves of ``spec`` as ``{flat name: value}`` (opaque ones as ``'<type>'``)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: dict, name: str) -> None:
+        t = node["t"]
+        if t == "const":
+            out[name] = node["value"]
+        elif t == "opaque":
+            out[name] = f"<{node['type']}>"
+        elif t in ("tuple", "list"):
+            names = node.get("fields") or list(range(len(node["items"])))
+            for n, child in zip(names, node["items"]):
+                walk(child, _join(name, n))
+        elif t in ("dict", "object"):
+            for k, child in zip(node["keys"], node["items"]):
+                walk(child, _join(name, k))
+        elif t == "args":
+            for p in node["params"]:
+                walk(p["node"], p["name"])
+
+    walk(spec, "")
+    return out
+
+
+def _const_value(node: dict) -> Any:
+    typ, value = node["type"], node["value"]
+    if typ == "torch.dtype":
+        return getattr(torch, value.replace("torch.", ""))
+    if typ == "torch.device":
+        return torch.device(value)
+    if node.get("special"):
+        return float(value)
+    return value
+
+
+def unflatten(spec: dict, leaves: Mapping[str, Any], *, as_tuple: bool = False) -> Any:
+    """Rebuild a value from ``spec`` and ``leaves`` (flat name -> tensor / opaque object).
+
+    ``as_tuple`` turns a top-level ``ModelOutput``-like object back into the tuple ``return_dict=False`` gives.
+    """
+    t = spec["t"]
+    if t == "tensor":
+        try:
+            return leaves[spec["name"]]
+        except KeyError:
+            raise FlattenError(f"no value for tensor {spec['name']!r}") from None
+    if t == "const":
+        return _const_value(spec)
+    if t == "opaque":
+        if spec.get("name") in leaves:
+            return leaves[spec["name"]]
+        raise FlattenError(
+            f"cannot rebuild a value of type {spec['type']} (recorded by type only); register a flattener: "
+            f"shapetrace.register_flattener({spec['type'].rsplit('.', 1)[-1]}, flatten, unflatten)")
+    items = [unflatten(child, leaves) for child in spec.get("items", ())]
+    if t == "list":
+        return items
+    if t == "tuple":
+        if spec.get("cls"):
+            return import_qualname(spec["cls"])(*items)
+        return tuple(items)
+    if t == "dict":
+        return dict(zip(spec["keys"], items))
+    if t == "object":
+        cls = import_qualname(spec["cls"])
+        fields = dict(zip(spec["keys"], items))
+        if spec["how"] == "registered":
+            flattener = _REGISTRY.get(spec["cls"])
+            if flattener is None:
+                raise FlattenError(f"no flattener registered for {spec['cls']}; call shapetrace.register_flattener")
+            obj = flattener.unflatten(cls, fields, spec.get("context"))
+        elif spec["how"] == "pytree":
+            obj = pytree.tree_unflatten(items, pytree.tree_structure(_pytree_probe(cls, fields)))
+        else:
+            obj = cls(**fields)
+        if as_tuple and hasattr(obj, "to_tuple"):
+            return obj.to_tuple()
+        return obj
+    raise FlattenError(f"unknown spec node type {t!r}")
+
+
+def _pytree_probe(cls: type, fields: dict) -> Any:
+    return cls(**fields)
