@@ -30,8 +30,8 @@ one run must find.  A graph is named by the module path when the module's
 ``forward`` is called (``"unet"``) and by ``"path.method"`` when the pipeline
 calls another method of the module directly (``"vae.decode"``).
 
-diffusers, transformers and controlnet_aux are imported lazily, inside the
-builders, so importing this module costs nothing.
+diffusers, transformers, controlnet_aux and PIL are imported lazily, inside
+the builders, so importing this module costs no more than importing torch.
 
 Example::
 
@@ -46,6 +46,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
@@ -68,26 +69,26 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
         UNet2DConditionModel,
     )
     from PIL import Image
-    from transformers import CLIPTextModel, CLIPTokenizer, TextClassificationPipeline
+    from transformers import BertTokenizer, CLIPTextModel, CLIPTokenizer, TextClassificationPipeline
 
 __all__ = [
-    "DEFAULT_PROMPT",
     "CLIP_VOCAB_SIZE",
+    "DEFAULT_PROMPT",
+    "EXAMPLES",
     "OPENPOSE_DETECT_RESOLUTION",
     "OPENPOSE_IMAGE_RESOLUTION",
     "OPENPOSE_INPUT_SHAPE",
     "Example",
-    "EXAMPLES",
-    "tiny_clip_tokenizer",
-    "tiny_bert_tokenizer",
-    "sd_pipeline",
-    "img2img_pipeline",
     "controlnet_pipeline",
-    "sdxl_pipeline",
+    "img2img_pipeline",
     "openpose_detector",
-    "run_openpose",
-    "text_classification_pipeline",
     "pose_image",
+    "run_openpose",
+    "sd_pipeline",
+    "sdxl_pipeline",
+    "text_classification_pipeline",
+    "tiny_bert_tokenizer",
+    "tiny_clip_tokenizer",
 ]
 
 #: The prompt every example runs with unless told otherwise.
@@ -140,30 +141,46 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def _learn_bpe(words: list[str]) -> list[tuple[str, str]]:
+    """Classic BPE training on ``words`` (CLIP style, ``</w>`` on the last symbol) until each is one symbol.
+
+    Applying the learned merges in rank order reproduces the training
+    segmentation, so every word of ``words`` becomes a single token.  Ties
+    between equally frequent pairs break lexicographically: deterministic.
+    """
+    corpus = [[*w[:-1], w[-1] + "</w>"] for w in dict.fromkeys(words)]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in corpus:
+            for pair in itertools.pairwise(symbols):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for symbols in corpus:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+                i += 1
 
 
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
-    """A CLIP-style BPE vocabulary: 256 byte symbols (bare and ``</w>``), whole words, specials last."""
+    """A CLIP-style BPE vocabulary: 256 byte symbols (bare and ``</w>``), merged words, specials last."""
     alphabet = list(_bytes_to_unicode().values())
     tokens: list[str] = alphabet + [c + "</w>" for c in alphabet]
-    merges: list[str] = []
-    seen = set(tokens)
-    for word in _WORDS:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        piece = symbols[0]
-        for nxt in symbols[1:]:
-            merge = f"{piece} {nxt}"
-            piece = piece + nxt
-            if piece not in seen:
-                seen.add(piece)
-                tokens.append(piece)
-                merges.append(merge)
+    merges = _learn_bpe(_WORDS)
+    tokens += dict.fromkeys(a + b for a, b in merges if a + b not in tokens)
     tokens += ["<|startoftext|>", "<|endoftext|>"]  # like real CLIP: specials have the highest ids
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) > CLIP_VOCAB_SIZE:  # pragma: no cover - guards edits to _WORDS
         raise AssertionError(f"tiny CLIP vocab has {len(vocab)} tokens, more than {CLIP_VOCAB_SIZE}")
-    return vocab, merges
+    return vocab, [f"{a} {b}" for a, b in merges]
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -175,9 +192,10 @@ def tiny_clip_tokenizer(directory: str | os.PathLike[str] | None = None) -> CLIP
     ``vocab.json`` and ``merges.txt`` are written to ``directory`` (a fresh
     ``tempfile.mkdtemp()`` when ``None``).  The vocabulary holds the 256
     byte-level symbols (bare and with ``</w>``) so any text tokenizes without
-    unknown tokens, a few hundred whole-word merges (``"chef in the kitchen"``
-    is ``[bos, chef, in, the, kitchen, eos]``), and ``<|startoftext|>`` /
-    ``<|endoftext|>`` with the two highest ids.  ``pad_token`` is
+    unknown tokens, the pieces of BPE merges learned on a small list of
+    prompt words, each of which is one token (``"chef in the kitchen"`` is
+    ``[bos, chef, in, the, kitchen, eos]``), and ``<|startoftext|>`` /
+    ``<|endoftext|>`` with the two highest ids (703 ids in all).  ``pad_token`` is
     ``<|endoftext|>`` as in Stable Diffusion 1.x; ``model_max_length`` is 77.
     """
     from transformers import CLIPTokenizer
@@ -194,7 +212,7 @@ def tiny_clip_tokenizer(directory: str | os.PathLike[str] | None = None) -> CLIP
     return CLIPTokenizer(vocab_file, merges_file, model_max_length=77)
 
 
-def tiny_bert_tokenizer(directory: str | os.PathLike[str] | None = None) -> Any:
+def tiny_bert_tokenizer(directory: str | os.PathLike[str] | None = None) -> BertTokenizer:
     """A lower-casing WordPiece ``BertTokenizer`` built from a tiny ``vocab.txt``.
 
     The file is written to ``directory`` (a fresh ``tempfile.mkdtemp()`` when
@@ -341,6 +359,33 @@ def img2img_pipeline(seed: int = 0) -> StableDiffusionImg2ImgPipeline:
         return _finish(StableDiffusionImg2ImgPipeline(**_sd_components()))
 
 
+def _init_conv(conv: torch.nn.Conv2d, gain: float) -> None:
+    fan_in = conv.weight[0].numel()
+    with torch.no_grad():
+        torch.nn.init.normal_(conv.weight, std=gain / fan_in**0.5)
+        if conv.bias is not None:
+            torch.nn.init.zeros_(conv.bias)
+
+
+def _wake_controlnet(controlnet: Any) -> None:
+    """Give a fresh ``ControlNetModel`` non-zero outputs that really depend on the control image.
+
+    Its zero convs (``controlnet_down_blocks``, ``controlnet_mid_block``,
+    ``controlnet_cond_embedding.conv_out``) start at exactly zero, and PyTorch's
+    default conv init would shrink the control image ~6x per layer through the
+    eight SiLU-activated convs of the conditioning embedding (the control image
+    would then move the UNet's output by ~1e-5).  So every conv of the
+    conditioning embedding gets N(0, (1.7 / sqrt(fan_in))^2) (roughly
+    variance-preserving through SiLU for pixel-range inputs: the embedding
+    ends up O(1)) and the zero convs N(0, 1 / fan_in); biases are zero.
+    """
+    cond = controlnet.controlnet_cond_embedding
+    for conv in (cond.conv_in, *cond.blocks, cond.conv_out):
+        _init_conv(conv, 1.7)
+    for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+        _init_conv(conv, 1.0)
+
+
 def controlnet_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
     """A tiny ``StableDiffusionControlNetPipeline`` whose ControlNet outputs are non-zero.
 
@@ -349,9 +394,10 @@ def controlnet_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
     ``HxW`` control image lands on the ``H/8 x W/8`` latent grid.  A fresh
     ``ControlNetModel`` has zero-initialised output convs
     (``controlnet_down_blocks``, ``controlnet_mid_block`` and
-    ``controlnet_cond_embedding.conv_out``); they are re-initialised with
-    PyTorch's default conv init so that the ControlNet residuals, and hence
-    the control image, really change the UNet's output.
+    ``controlnet_cond_embedding.conv_out``); they, and the conditioning
+    embedding, are re-initialised (see :func:`_wake_controlnet`) so that the
+    ControlNet residuals are non-zero and the control image really changes
+    the UNet's noise prediction (by a large fraction of its magnitude).
     """
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
@@ -361,10 +407,7 @@ def controlnet_pipeline(seed: int = 0) -> StableDiffusionControlNetPipeline:
             conditioning_embedding_out_channels=(8, 16, 16, 32),
             **_UNET_KW,
         ).eval()
-        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
-        zero_convs.append(controlnet.controlnet_cond_embedding.conv_out)
-        for conv in zero_convs:
-            conv.reset_parameters()
+        _wake_controlnet(controlnet)
         return _finish(StableDiffusionControlNetPipeline(controlnet=controlnet, **components))
 
 
@@ -491,7 +534,7 @@ def run_openpose(det: OpenposeDetector, image: Image.Image | np.ndarray | None =
     then scales it by ``0.5 * 368 / H`` = 184/704 -> 133x184 and pads right and
     bottom to a multiple of the stride 8 -> 136x184, i.e. NCHW (1, 3, 184, 136).
     A landscape 256x192 image can never give that shape (its width stays the
-    longer side: it gives (1, 3, 184, 248)).
+    longer side: it gives (1, 3, 184, 256)).
     """
     kwargs: dict[str, Any] = dict(
         detect_resolution=OPENPOSE_DETECT_RESOLUTION,
@@ -652,13 +695,17 @@ def _run_img2img(
     The img2img pipeline has no ``height`` / ``width`` arguments: they size the
     init image instead.  With 2 steps and strength 0.75 the UNet runs once.
     """
-    kwargs: dict[str, Any] = dict(num_inference_steps=_STEPS, strength=0.75, output_type="np", generator=_generator(seed))
+    kwargs: dict[str, Any] = dict(
+        num_inference_steps=_STEPS, strength=0.75, output_type="np", generator=_generator(seed)
+    )
     kwargs.update(overrides)
     init = pose_image(width, height) if image is None else image
     return pipe(_prompts(batch, prompt), image=init, **kwargs)
 
 
-def _run_openpose(det: Any, *, image: Any = None, width: int | None = None, height: int | None = None, **overrides: Any) -> Any:
+def _run_openpose(
+    det: Any, *, image: Any = None, width: int | None = None, height: int | None = None, **overrides: Any
+) -> Any:
     """:func:`run_openpose`; ``width`` / ``height`` size the default :func:`pose_image`."""
     if image is None and (width is not None or height is not None):
         image = pose_image(width or 192, height or 256)

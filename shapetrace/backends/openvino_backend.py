@@ -1,0 +1,97 @@
+"""OpenVINO: one compiled model per graph and one reused infer request.
+
+Parity runs must use ``precision="f32"`` (``INFERENCE_PRECISION_HINT: f32``): on CPUs with AMX / AVX512-BF16,
+OpenVINO otherwise computes in bf16 by default and no f32 tolerance would hold.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import VerifyError
+from .base import Runner, by_name_or_position, cast_feed, match_inputs
+
+__all__ = ["OpenVINORunner", "import_openvino", "PRECISIONS"]
+
+PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise ImportError("openvino is not installed: pip install 'shapetrace[openvino]'") from None
+    return openvino
+
+
+class OpenVINORunner(Runner):
+    """Runs one IR (``.xml`` + ``.bin``). ``static_shapes`` reshapes the model to ``example_shapes`` first."""
+
+    name = "openvino"
+
+    def __init__(self, xml_path: str | os.PathLike, input_names: Sequence[str], output_names: Sequence[str], *,
+                 device: str = "CPU", precision: str = "f32", threads: int | None = None,
+                 example_shapes: Mapping[str, Sequence[int]] | None = None, label: str = "") -> None:
+        super().__init__(input_names, output_names, label or f"openvino:{os.fspath(xml_path)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is not known; use one of {', '.join(PRECISIONS)}")
+        self.path = os.fspath(xml_path)
+        self.device = device
+        self.precision = precision
+        self.threads = threads
+        self.example_shapes = dict(example_shapes) if example_shapes else None
+        self._compiled: Any = None
+        self._request: Any = None
+
+    def _activate(self) -> None:
+        ov = import_openvino()
+        bin_path = os.path.splitext(self.path)[0] + ".bin"
+        if not os.path.isfile(bin_path):
+            raise VerifyError(f"{bin_path} not found (the weights of {self.path}); re-run export_all")
+        core = ov.Core()
+        try:
+            model = core.read_model(self.path)
+        except Exception as e:
+            raise VerifyError(f"openvino cannot read {self.path} ({type(e).__name__}: {str(e).strip()[:300]}); "
+                              f"the IR is missing or corrupt: re-run export_all") from e
+        in_ports = [set(p.get_names()) for p in model.inputs]
+        in_index = match_inputs(self.input_names, in_ports, self.label)
+        if self.example_shapes:
+            model.reshape({i: list(self.example_shapes[n]) for n, i in zip(self.input_names, in_index)
+                           if i >= 0 and n in self.example_shapes})
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[self.precision],
+                                  "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        try:
+            self._compiled = core.compile_model(model, self.device, config)
+        except Exception as e:
+            raise VerifyError(f"openvino cannot compile {self.path} for {self.device} "
+                              f"({type(e).__name__}: {str(e).strip()[:300]})") from e
+        self._request = self._compiled.create_infer_request()
+        self._in_index = in_index
+        self._in_types = [self._np_type(p.get_element_type()) for p in self._compiled.inputs]
+        out_ports = [set(p.get_names()) for p in self._compiled.outputs]
+        self._out_index = by_name_or_position(self.output_names, out_ports, "output", self.label)
+
+    @staticmethod
+    def _np_type(element_type: Any) -> Any:
+        try:
+            return np.dtype(element_type.to_dtype())
+        except Exception:  # bf16 and other types numpy lacks: feed as is
+            return None
+
+    def _deactivate(self) -> None:
+        self._request = None
+        self._compiled = None
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = {i: cast_feed(feed[n], self._in_types[i]) for n, i in zip(self.input_names, self._in_index)
+                  if i >= 0}
+        result = self._request.infer(inputs)
+        outs = self._compiled.outputs
+        # copy: the request reuses its output buffers on the next call
+        return {name: np.array(result[outs[i]], copy=True) for name, i in zip(self.output_names, self._out_index)}

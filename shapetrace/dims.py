@@ -1,0 +1,353 @@
+"""Dynamic-axis policy, dim names shared across a graph's inputs, and the constraints that hold between them.
+
+Policy (``dynamic="auto"``): dim 0 of every tensor of rank >= 1 (batch), the spatial dims of rank-4/5 tensors
+(height, width, frames), the sequence dim of integer / bool token tensors of rank 2 and of rank-3 float
+sequences, plus every dim whose size changed across the recorded calls. ``"static"`` makes nothing dynamic; a
+mapping ``{input name: [dims] or {dim: name}}`` says exactly which.
+
+``torch.export`` (with ``Dim.AUTO``) then decides: dims it can keep dynamic get one symbol each, shared where the
+model ties them (sample's batch is encoder_hidden_states' batch); dims it specialises to a constant are reported.
+Its guards (``ep._guards_code``) become ``constraints``: Python expressions over dim names such as
+``height % 2 == 0`` or ``height == 1 + (-1 + controlnet_cond_height) // 2``, checked by :func:`check_constraints`
+with a small safe evaluator (no ``eval``).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import operator
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .errors import ExportError
+
+__all__ = ["candidate_dims", "DimInfo", "describe_program", "check_constraints", "alternative_dims", "role_name",
+           "symbol_map_rename"]
+
+_ROLES = {1: ("batch",), 2: ("batch", "sequence"), 3: ("batch", "sequence", "hidden"),
+          4: ("batch", "channels", "height", "width"), 5: ("batch", "channels", "frames", "height", "width")}
+
+
+def role_name(rank: int, dim: int) -> str:
+    roles = _ROLES.get(rank)
+    return roles[dim] if roles and dim < len(roles) else f"dim{dim}"
+
+
+def candidate_dims(inputs: Mapping[str, Any], dynamic: Any = "auto") -> dict[str, dict[int, str | None]]:
+    """Which dims of each input (name -> TensorSpec) to ask torch.export to keep dynamic.
+
+    Returns ``{input: {dim: requested name or None}}``.
+    """
+    if dynamic == "static" or dynamic is False or dynamic is None:
+        return {n: {} for n in inputs}
+    if isinstance(dynamic, Mapping):
+        out: dict[str, dict[int, str | None]] = {n: {} for n in inputs}
+        for name, dims in dynamic.items():
+            if name not in inputs:
+                raise ExportError(f"dynamic= names input {name!r}, which this graph does not have; inputs: "
+                                  f"{', '.join(inputs)}")
+            rank = len(inputs[name].shape)
+            items = dims.items() if isinstance(dims, Mapping) else ((d, None) for d in dims)
+            for d, dim_name in items:
+                if not -rank <= int(d) < rank:
+                    raise ExportError(f"dynamic= asks for dim {d} of {name!r}, which has rank {rank}")
+                out[name][int(d) % rank] = dim_name
+        return out
+    if dynamic != "auto" and dynamic is not True:
+        raise ExportError(f"dynamic={dynamic!r} is not understood; use 'auto', 'static' or a mapping "
+                          f"{{input name: [dims]}}")
+    out = {}
+    for name, spec in inputs.items():
+        rank = len(spec.shape)
+        dims: dict[int, str | None] = {}
+        if rank >= 1:
+            dims[0] = None
+        floating = spec.dtype.is_floating_point
+        if rank == 2 and not floating:
+            dims[1] = None
+        if rank == 3 and floating:
+            dims[1] = None
+        if rank == 4:
+            dims.update({2: None, 3: None})
+        if rank == 5:
+            dims.update({2: None, 3: None, 4: None})
+        for d in getattr(spec, "varying_dims", ()):
+            dims[d] = None
+        out[name] = dims
+    return out
+
+
+@dataclass(frozen=True)
+class DimInfo:
+    """What torch.export made of a graph's dims."""
+
+    input_shapes: Mapping[str, list]  # input name -> [int | dim name]
+    output_shapes: Mapping[str, list]  # output name -> [int | dim name | expression]
+    dims: Mapping[str, dict]  # dim name -> {"min", "max", "example", "sources"}
+    constraints: tuple[str, ...]
+    specialized: tuple[dict, ...]  # {"input", "dim", "value"} asked dynamic but exported static
+    symbols: Mapping[str, str] = field(default_factory=dict)  # torch symbol ("s32") -> dim name
+
+
+def _sym_str(x: Any) -> str | int:
+    if isinstance(x, int):
+        return x
+    if isinstance(x, torch.SymInt):
+        node = x.node
+        expr = node.expr
+        if getattr(expr, "is_number", False):
+            return int(expr)
+        return str(expr)
+    return str(x)
+
+
+_SYM = re.compile(r"\b[su]\d+\b")
+
+
+def symbol_map_rename(text: str, symbols: Mapping[str, str]) -> str:
+    return _SYM.sub(lambda m: symbols.get(m.group(0), m.group(0)), text)
+
+
+def describe_program(ep: "torch.export.ExportedProgram", input_names: Sequence[str], output_names: Sequence[str],
+                     candidates: Mapping[str, Mapping[int, str | None]],
+                     example_shapes: Mapping[str, tuple]) -> DimInfo:
+    """Read dims, names, ranges and guards off an exported program whose inputs are ``*args`` in order."""
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user = [n for n in placeholders if n.name in set(ep.graph_signature.user_inputs)]
+    if len(user) != len(input_names):
+        raise ExportError(f"exported program has {len(user)} inputs, expected {len(input_names)}")
+    symbols: dict[str, str] = {}
+    used: set[str] = set()
+    sources: dict[str, list[str]] = {}
+    input_shapes: dict[str, list] = {}
+    specialized: list[dict] = []
+    for name, node in zip(input_names, user):
+        val = node.meta.get("val")
+        shape = list(val.shape) if isinstance(val, torch.Tensor) else []
+        rank = len(shape)
+        row: list = []
+        for d, size in enumerate(shape):
+            s = _sym_str(size)
+            if isinstance(s, int):
+                row.append(s)
+                if d in candidates.get(name, {}):
+                    specialized.append({"input": name, "dim": d, "value": s})
+                continue
+            if s not in symbols and _SYM.fullmatch(s):
+                wanted = candidates.get(name, {}).get(d)
+                base = wanted or role_name(rank, d)
+                dim_name = base if base not in used else f"{_ident(name)}_{base}"
+                k = 2
+                while dim_name in used:
+                    dim_name, k = f"{_ident(name)}_{base}_{k}", k + 1
+                used.add(dim_name)
+                symbols[s] = dim_name
+            label = symbols.get(s) or symbol_map_rename(s, symbols)
+            row.append(label)
+            sources.setdefault(label, []).append(f"{name}.{d}")
+        input_shapes[name] = row
+    ranges = {str(k): v for k, v in ep.range_constraints.items()}
+    dims: dict[str, dict] = {}
+    for sym, dim_name in symbols.items():
+        vr = ranges.get(sym)
+        lo = int(vr.lower) if vr is not None else 0
+        # torch.export reports [2, ...] for every dynamic dim (it specialises 0 and 1 while tracing); the graph
+        # itself does not branch on it, so 1 is allowed and proven by verify()'s second input set
+        lo = 1 if lo == 2 else lo
+        hi = vr.upper if vr is not None else None
+        hi = int(hi) if hi is not None and str(hi) not in ("oo", "int_oo") and hi.is_finite else None
+        first = sources[dim_name][0]
+        inp, d = first.rsplit(".", 1)
+        dims[dim_name] = {"min": lo, "max": hi, "example": int(example_shapes[inp][int(d)]),
+                          "sources": sources[dim_name]}
+    output_shapes: dict[str, list] = {}
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    for name, node in zip(output_names, outs):
+        val = node.meta.get("val") if hasattr(node, "meta") else None
+        shape = list(val.shape) if isinstance(val, torch.Tensor) else []
+        output_shapes[name] = [s if isinstance(s, int) else symbol_map_rename(s, symbols)
+                               for s in (_sym_str(x) for x in shape)]
+    constraints = _translate_guards(getattr(ep, "_guards_code", None) or [], input_names, input_shapes)
+    return DimInfo(input_shapes, output_shapes, dims, tuple(constraints), tuple(specialized), symbols)
+
+
+def _ident(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+_GUARD_REF = re.compile(r"L\['[^']+'\]\[(\d+)\]\.size\(\)\[(\d+)\]|L\['([^']+)'\]\.size\(\)\[(\d+)\]")
+
+
+def _translate_guards(guards: Sequence[str], input_names: Sequence[str], input_shapes: Mapping[str, list]) -> list[str]:
+    out: list[str] = []
+    for g in guards:
+        ok = True
+
+        def sub(m: re.Match) -> str:
+            nonlocal ok
+            if m.group(1) is not None:
+                idx, d = int(m.group(1)), int(m.group(2))
+                name = input_names[idx] if idx < len(input_names) else None
+            else:
+                name, d = m.group(3), int(m.group(4))
+                if name not in input_shapes and name.startswith("args_"):
+                    name = input_names[int(name[5:])] if name[5:].isdigit() else name
+            if name not in input_shapes or d >= len(input_shapes[name]):
+                ok = False
+                return "?"
+            v = input_shapes[name][d]
+            return str(v)
+
+        text = _GUARD_REF.sub(sub, g)
+        if not ok or "L[" in text:
+            continue
+        try:
+            tree = ast.parse(text, mode="eval")
+        except SyntaxError:
+            continue
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        if not names:  # a guard over static dims only says nothing about what a user may change
+            continue
+        body = tree.body
+        if (isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.ops[0], (ast.Eq, ast.LtE, ast.GtE))
+                and ast.dump(body.left) == ast.dump(body.comparators[0])):
+            continue  # a tautology such as "batch == batch" 
+        if text not in out:
+            out.append(text)
+    return out
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+           ast.Mod: operator.mod, ast.Pow: operator.pow}
+_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+           ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+def _eval(node: ast.AST, values: Mapping[str, int]) -> Any:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body, values)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, bool)):
+        return node.value
+    if isinstance(node, ast.Name):
+        return values[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
+        v = _eval(node.operand, values)
+        return -v if isinstance(node.op, ast.USub) else not v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](_eval(node.left, values), _eval(node.right, values))
+    if isinstance(node, ast.BoolOp):
+        vals = [_eval(v, values) for v in node.values]
+        return all(vals) if isinstance(node.op, ast.And) else any(vals)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, values)
+        for op, comp in zip(node.ops, node.comparators):
+            right = _eval(comp, values)
+            if type(op) not in _CMPOPS or not _CMPOPS[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("Max", "Min", "max", "min"):
+        args = [_eval(a, values) for a in node.args]
+        return max(args) if node.func.id.lower() == "max" else min(args)
+    raise ValueError(f"unsupported expression element {ast.dump(node)[:60]}")
+
+
+def evaluate(expr: str, values: Mapping[str, int]) -> Any:
+    """Evaluate an arithmetic expression over dim names (safe: no calls, no attributes)."""
+    return _eval(ast.parse(expr, mode="eval"), values)
+
+
+def check_constraints(constraints: Sequence[str], values: Mapping[str, int],
+                      dims: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """The constraints (and min/max ranges from ``dims``) that ``values`` break; empty when valid."""
+    failed = []
+    for name, info in (dims or {}).items():
+        v = values.get(name)
+        if v is None:
+            continue
+        if info.get("min") is not None and v < info["min"]:
+            failed.append(f"{name} >= {info['min']}")
+        if info.get("max") is not None and v > info["max"]:
+            failed.append(f"{name} <= {info['max']}")
+    for c in constraints:
+        try:
+            if not evaluate(c, values):
+                failed.append(c)
+        except (KeyError, ValueError, ZeroDivisionError, SyntaxError):
+            failed.append(c)
+    return failed
+
+
+def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 20000) -> dict[str, int] | None:
+    """Another valid assignment of the graph's dynamic dims, changing every dim where possible.
+
+    ``entry`` is a manifest graph entry (``dims`` + ``constraints``). Dims tied by a constraint are searched
+    together (e.g. ``height`` with ``controlnet_cond_height``), candidates drawn around each dim's example; the
+    assignment that changes the most dims, then stays closest to the examples, wins. ``None`` if no dim can change.
+    """
+    dims = entry.get("dims") or {}
+    if not dims:
+        return None
+    constraints = list(entry.get("constraints") or [])
+    names = list(dims)
+    cands: dict[str, list[int]] = {}
+    for n in names:
+        ex = int(dims[n]["example"])
+        lo = int(dims[n].get("min") or 1)
+        hi = dims[n].get("max")
+        vals = {ex + 1, ex - 1, ex + 2, ex - 2, ex * 2, max(1, ex // 2), ex + 4, ex + 8, ex - 8, ex * 3 // 2,
+                ex * 8, max(1, ex // 8), ex + 16, ex * 4, max(1, ex // 4)}
+        vals = sorted((v for v in vals if v >= max(lo, 1) and (hi is None or v <= hi) and v != ex),
+                      key=lambda v: abs(v - ex))
+        cands[n] = vals + [ex]
+    # components: dims that appear together in a constraint are searched jointly
+    parent = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while parent[n] != n:
+            n = parent[n]
+        return n
+
+    uses: list[tuple[str, set[str]]] = []
+    for c in constraints:
+        try:
+            used = {x.id for x in ast.walk(ast.parse(c, mode="eval")) if isinstance(x, ast.Name)} & set(names)
+        except SyntaxError:
+            continue
+        uses.append((c, used))
+        used_l = sorted(used)
+        for a, b in zip(used_l, used_l[1:]):
+            parent[find(a)] = find(b)
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(find(n), []).append(n)
+    rng = random.Random(seed)
+    result: dict[str, int] = {}
+    for group in groups.values():
+        local = [c for c, used in uses if used and used <= set(group)]
+        sub = {n: dims[n] for n in group}
+        best: tuple | None = None
+        space = 1
+        for n in group:
+            space *= len(cands[n])
+        combos = itertools.product(*(cands[n] for n in group)) if space <= tries else (
+            tuple(rng.choice(cands[n]) for n in group) for _ in range(tries))
+        for combo in combos:
+            a = dict(zip(group, combo))
+            if check_constraints(local, a, sub):
+                continue
+            changed = sum(a[n] != dims[n]["example"] for n in group)
+            dist = sum(abs(a[n] - dims[n]["example"]) / max(1, dims[n]["example"]) for n in group)
+            s = (changed, -dist)
+            if best is None or s > best[0]:
+                best = (s, a)
+        result.update(best[1] if best is not None else {n: int(dims[n]["example"]) for n in group})
+    if check_constraints(constraints, result, dims) or all(result[n] == dims[n]["example"] for n in names):
+        return None
+    return result
