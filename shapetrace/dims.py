@@ -284,20 +284,67 @@ def check_constraints(constraints: Sequence[str], values: Mapping[str, int],
     return failed
 
 
-def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 20000) -> dict[str, int] | None:
+def _derived(constraints: Sequence[str], names: Sequence[str]) -> dict[str, ast.AST]:
+    """Dims defined by another: ``name == expr`` (or ``expr == name``) where expr does not mention name."""
+    out: dict[str, ast.AST] = {}
+    for c in constraints:
+        try:
+            node = ast.parse(c, mode="eval").body
+        except SyntaxError:
+            continue
+        if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
+            continue
+        for lhs, rhs in ((node.left, node.comparators[0]), (node.comparators[0], node.left)):
+            if isinstance(lhs, ast.Name) and lhs.id in names and lhs.id not in out:
+                used = {x.id for x in ast.walk(rhs) if isinstance(x, ast.Name)}
+                if lhs.id not in used and used <= set(names) and not any(u in out and _depends(out, u, lhs.id)
+                                                                       for u in used):
+                    out[lhs.id] = rhs
+                    break
+    return out
+
+
+def _depends(derived: Mapping[str, ast.AST], name: str, target: str, depth: int = 0) -> bool:
+    if name == target:
+        return True
+    if name not in derived or depth > 20:
+        return False
+    return any(_depends(derived, x.id, target, depth + 1) for x in ast.walk(derived[name]) if isinstance(x, ast.Name))
+
+
+def _fill(values: dict[str, int], derived: Mapping[str, ast.AST]) -> dict[str, int] | None:
+    out = dict(values)
+    for _ in range(len(derived) + 1):
+        pending = [n for n in derived if n not in out]
+        if not pending:
+            return out
+        for n in pending:
+            try:
+                out[n] = int(_eval(derived[n], out))
+            except KeyError:
+                continue
+            except (ValueError, ZeroDivisionError):
+                return None
+    return out if all(n in out for n in derived) else None
+
+
+def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 4000) -> dict[str, int] | None:
     """Another valid assignment of the graph's dynamic dims, changing every dim where possible.
 
-    ``entry`` is a manifest graph entry (``dims`` + ``constraints``). Dims tied by a constraint are searched
-    together (e.g. ``height`` with ``controlnet_cond_height``), candidates drawn around each dim's example; the
-    assignment that changes the most dims, then stays closest to the examples, wins. ``None`` if no dim can change.
+    ``entry`` is a manifest graph entry (``dims`` + ``constraints``). Dims defined by an equality constraint
+    (``height == 1 + (-1 + controlnet_cond_height) // 8``) are computed from the others; the free dims are drawn
+    from candidates around each dim's example, searched jointly where constraints tie them. The assignment that
+    changes the most dims, then stays closest to the examples, wins. ``None`` if no dim can change.
     """
     dims = entry.get("dims") or {}
     if not dims:
         return None
     constraints = list(entry.get("constraints") or [])
     names = list(dims)
+    derived = _derived(constraints, names)
+    free = [n for n in names if n not in derived]
     cands: dict[str, list[int]] = {}
-    for n in names:
+    for n in free:
         ex = int(dims[n]["example"])
         lo = int(dims[n].get("min") or 1)
         hi = dims[n].get("max")
@@ -306,32 +353,63 @@ def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 20000
         vals = sorted((v for v in vals if v >= max(lo, 1) and (hi is None or v <= hi) and v != ex),
                       key=lambda v: abs(v - ex))
         cands[n] = vals + [ex]
-    # components: dims that appear together in a constraint are searched jointly
-    parent = {n: n for n in names}
+
+    def roots(name: str, depth: int = 0) -> set[str]:
+        if name not in derived or depth > 20:
+            return {name}
+        out: set[str] = set()
+        for x in ast.walk(derived[name]):
+            if isinstance(x, ast.Name):
+                out |= roots(x.id, depth + 1)
+        return out
+
+    parent = {n: n for n in free}
 
     def find(n: str) -> str:
         while parent[n] != n:
             n = parent[n]
         return n
 
-    uses: list[tuple[str, set[str]]] = []
     for c in constraints:
         try:
             used = {x.id for x in ast.walk(ast.parse(c, mode="eval")) if isinstance(x, ast.Name)} & set(names)
         except SyntaxError:
             continue
-        uses.append((c, used))
-        used_l = sorted(used)
-        for a, b in zip(used_l, used_l[1:]):
+        base = sorted(set().union(*(roots(u) for u in used)) & set(free)) if used else []
+        for a, b in zip(base, base[1:]):
             parent[find(a)] = find(b)
     groups: dict[str, list[str]] = {}
-    for n in names:
+    for n in free:
         groups.setdefault(find(n), []).append(n)
     rng = random.Random(seed)
+
+    parsed = []
+    for c in constraints:
+        try:
+            tree = ast.parse(c, mode="eval")
+        except SyntaxError:
+            continue
+        parsed.append((tree, {x.id for x in ast.walk(tree) if isinstance(x, ast.Name)}))
+
+    def local_check(a: dict[str, int]) -> bool:
+        full = _fill(a, derived)
+        if full is None:
+            return False
+        for n, v in full.items():
+            info = dims.get(n, {})
+            if v < max(1, info.get("min") or 1) or (info.get("max") is not None and v > info["max"]):
+                return False
+        for tree, used in parsed:
+            if used <= full.keys():
+                try:
+                    if not _eval(tree, full):
+                        return False
+                except (ValueError, ZeroDivisionError):
+                    return False
+        return True
+
     result: dict[str, int] = {}
     for group in groups.values():
-        local = [c for c, used in uses if used and used <= set(group)]
-        sub = {n: dims[n] for n in group}
         best: tuple | None = None
         space = 1
         for n in group:
@@ -340,14 +418,17 @@ def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 20000
             tuple(rng.choice(cands[n]) for n in group) for _ in range(tries))
         for combo in combos:
             a = dict(zip(group, combo))
-            if check_constraints(local, a, sub):
+            if not local_check(a):
                 continue
-            changed = sum(a[n] != dims[n]["example"] for n in group)
-            dist = sum(abs(a[n] - dims[n]["example"]) / max(1, dims[n]["example"]) for n in group)
+            full = _fill(a, derived) or a
+            touched = [n for n in full if n in group or (n in derived and roots(n) & set(group))]
+            changed = sum(full[n] != dims[n]["example"] for n in touched)
+            dist = sum(abs(full[n] - dims[n]["example"]) / max(1, dims[n]["example"]) for n in touched)
             s = (changed, -dist)
             if best is None or s > best[0]:
                 best = (s, a)
         result.update(best[1] if best is not None else {n: int(dims[n]["example"]) for n in group})
-    if check_constraints(constraints, result, dims) or all(result[n] == dims[n]["example"] for n in names):
+    full = _fill(result, derived)
+    if full is None or check_constraints(constraints, full, dims) or all(full[n] == dims[n]["example"] for n in names):
         return None
-    return result
+    return {n: full[n] for n in names}

@@ -205,9 +205,12 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
 def flat_module(module: torch.nn.Module, entry: Mapping[str, Any]) -> FlatModule:
     """The flat wrapper for a manifest graph entry around a live ``module`` (used by verify / load)."""
     names = [i["name"] for i in entry["inputs"]]
+    # opaque arguments (a torch.Generator) were recorded by type only: they are passed as None
+    frozen = {k: None for k, v in tree.constants_of(entry["input_tree"]).items()
+              if isinstance(v, str) and v.startswith("<")}
     return FlatModule(module, entry["method"], entry["input_tree"], names,
                       [o.get("key", o["name"]) for o in entry["outputs"]],
-                      entry["output_tree"].get("fields"), {})
+                      entry["output_tree"].get("fields"), frozen)
 
 
 def _promote_varying_scalars(input_tree: dict, g: GraphRecord, examples: dict) -> list[str]:

@@ -58,7 +58,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.array(a, copy=True, order="C"))  # ascontiguousarray would turn 0-d into 1-d
     return t.to(dtype) if dtype is not None and t.dtype != dtype else t
 
 
@@ -123,8 +123,13 @@ class GraphRecord:
             raise SignatureFileError(f"graph {self.name!r} has no example inputs (its .inputs.npz was not loaded)")
         args: list = []
         kwargs: dict[str, Any] = {}
+        leaves = dict(self.examples)
+        for name, v in tree.constants_of(dict(self.input_tree)).items():
+            # opaque values (a torch.Generator) are kept in memory only; after load() they come back as None
+            if isinstance(v, str) and v.startswith("<") and name not in leaves:
+                leaves[name] = None
         for param in self.input_tree["params"]:
-            value = tree.unflatten(param["node"], self.examples)
+            value = tree.unflatten(param["node"], leaves)
             if param["kind"] == "VAR_POSITIONAL":
                 args.extend(value)
             elif param["kind"] == "POSITIONAL_ONLY":

@@ -707,6 +707,8 @@ def _run_openpose(
     det: Any, *, image: Any = None, width: int | None = None, height: int | None = None, **overrides: Any
 ) -> Any:
     """:func:`run_openpose`; ``width`` / ``height`` size the default :func:`pose_image`."""
+    if "batch" in overrides:  # the detector would silently swallow it through its **kwargs
+        raise ValueError("OpenposeDetector takes one image per call: batch= is not supported")
     if image is None and (width is not None or height is not None):
         image = pose_image(width or 192, height or 256)
     return run_openpose(det, image, **overrides)

@@ -1,0 +1,226 @@
+"""export_all on every offline pipeline: files, names, dynamic dims that hold, constraints, atomic output."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import shapetrace
+from shapetrace import dims
+from shapetrace.export import flat_module
+from shapetrace.testing import EXAMPLES
+from shapetrace.walker import parse_path, resolve
+
+NAMES = list(EXAMPLES)
+
+
+def _inputs_for(entry, values, seed=0):
+    """Random inputs for a manifest graph entry at the dim sizes in ``values``."""
+    g = torch.Generator().manual_seed(seed)
+    feed = {}
+    for spec in entry["inputs"]:
+        shape = [values[d] if isinstance(d, str) else d for d in spec["shape"]]
+        dtype = getattr(torch, spec["dtype"])
+        if dtype.is_floating_point:
+            feed[spec["name"]] = torch.randn(shape, generator=g).to(dtype)
+        else:
+            lo, hi = spec["value_range"] or (0, 1)
+            feed[spec["name"]] = torch.randint(int(lo), int(hi) + 1, shape, generator=g).to(dtype)
+    return feed
+
+
+def _run_all(obj, out, entry, feed):
+    import onnxruntime as ort
+    import openvino as ov
+
+    _, _, module = resolve(obj, parse_path(entry["module"]))
+    flat = flat_module(module, entry)
+    with torch.no_grad():
+        ref = [t.numpy() for t in flat(*(feed[i["name"]] for i in entry["inputs"]))]
+    np_feed = {k: v.numpy() for k, v in feed.items()}
+    sess = ort.InferenceSession(str(out / entry["files"]["onnx"]), providers=["CPUExecutionProvider"])
+    ort_out = sess.run([o["name"] for o in entry["outputs"]], np_feed)
+    compiled = ov.Core().compile_model(str(out / entry["files"]["openvino"]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    res = compiled(np_feed)
+    ov_out = [res[compiled.output(o["name"])] for o in entry["outputs"]]
+    return ref, ort_out, ov_out
+
+
+def _assert_close(ref, got, what):
+    for r, o, in zip(ref, got):
+        assert r.shape == o.shape, what
+        scale = max(1.0, float(np.abs(r).max()))
+        assert np.abs(r - o).max() <= 1e-3 * scale, (what, float(np.abs(r - o).max()))
+
+
+@pytest.fixture(params=NAMES)
+def exported(request, exports):
+    return exports.get(request.param)
+
+
+def test_every_graph_exports_to_both_formats_and_matches_pytorch(exported):
+    obj, rec, out, result = exported
+    assert result.ok, str(result)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert [g["name"] for g in manifest["graphs"]] == list(rec.graphs)
+    for entry in manifest["graphs"]:
+        for kind in ("onnx", "openvino", "inputs", "outputs"):
+            assert (out / entry["files"][kind]).is_file(), (entry["name"], kind)
+        assert (out / entry["files"]["openvino"]).with_suffix(".bin").is_file()
+        assert entry["error"] is None and entry["tools"]["opset"] >= 17
+        g = rec[entry["name"]]
+        assert [i["name"] for i in entry["inputs"]] == list(g.inputs)
+        assert [o["key"] for o in entry["outputs"]] == list(g.outputs)
+        with np.load(out / entry["files"]["inputs"]) as z:
+            feed = {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+        ref, ort_out, ov_out = _run_all(obj, out, entry, feed)
+        with np.load(out / entry["files"]["outputs"]) as z:
+            saved = [z[o["name"]] for o in entry["outputs"]]
+        _assert_close(ref, saved, (entry["name"], "saved reference"))
+        _assert_close(ref, ort_out, (entry["name"], "onnxruntime"))
+        _assert_close(ref, ov_out, (entry["name"], "openvino"))
+
+
+def test_every_dynamic_dim_holds_at_a_second_valid_size(exported):
+    obj, rec, out, result = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["graphs"]:
+        values = dims.alternative_dims(entry)
+        assert values is not None, entry["name"]
+        assert all(values[d] != info["example"] for d, info in entry["dims"].items()), (entry["name"], values)
+        feed = _inputs_for(entry, values)
+        ref, ort_out, ov_out = _run_all(obj, out, entry, feed)
+        _assert_close(ref, ort_out, (entry["name"], values, "onnxruntime"))
+        _assert_close(ref, ov_out, (entry["name"], values, "openvino"))
+
+
+def _graph(out, name):
+    return next(g for g in json.loads((out / "manifest.json").read_text())["graphs"] if g["name"] == name)
+
+
+def test_shared_dim_names_and_constraints_of_the_controlnet_pipeline(exports):
+    _, _, out, _ = exports.get("controlnet")
+    unet, cn, vae = _graph(out, "unet"), _graph(out, "controlnet"), _graph(out, "vae.decode")
+    shapes = {i["name"]: i["shape"] for i in unet["inputs"]}
+    assert shapes["sample"] == ["batch", 4, "height", "width"]
+    assert shapes["encoder_hidden_states"][:2] == ["batch", "sequence"]
+    assert shapes["timestep"] == []
+    cn_shapes = {i["name"]: i["shape"] for i in cn["inputs"]}
+    assert cn_shapes["controlnet_cond"][0] == "batch" == cn_shapes["sample"][0]
+    assert [o["name"] for o in unet["outputs"]] == ["output.sample"] and unet["outputs"][0]["key"] == "sample"
+    assert unet["constants"]["return_dict"] is False
+    assert cn["constants"]["conditioning_scale"] == 1.0
+    # the UNet's height must be even (its down-sampling factor); the manifest says so and refuses 9
+    ok = {d: info["example"] for d, info in unet["dims"].items()}
+    assert dims.check_constraints(unet["constraints"], ok, unet["dims"]) == []
+    assert dims.check_constraints(unet["constraints"], {**ok, "height": 9}, unet["dims"]) != []
+    # controlnet_cond's height is tied to sample's through the conditioning embedding's 8x down-sampling
+    cn_ok = {d: info["example"] for d, info in cn["dims"].items()}
+    assert dims.check_constraints(cn["constraints"], {**cn_ok, "controlnet_cond_height": 128}, cn["dims"]) != []
+    assert dims.check_constraints(cn["constraints"], {**cn_ok, "height": 16, "controlnet_cond_height": 128},
+                                  cn["dims"]) == []
+    assert vae["outputs"][0]["shape"] == ["batch", 3, "8*height", "8*width"]
+
+
+def test_img2img_exports_vae_encode_with_its_distribution(exports):
+    _, rec, out, result = exports.get("img2img")
+    enc = _graph(out, "vae.encode")
+    assert [o["name"] for o in enc["outputs"]] == ["latent_dist.parameters"]
+    assert enc["output_tree"]["items"][0]["cls"].endswith("DiagonalGaussianDistribution")
+
+
+def test_openpose_body_model_is_dynamic_in_its_image_size(exports):
+    _, _, out, _ = exports.get("openpose")
+    body = _graph(out, "body_estimation.model")
+    assert body["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert body["inputs"][0]["example_shape"] == [1, 3, 184, 136]
+
+
+def test_static_export_has_no_dynamic_dims(exports):
+    _, _, out, _ = exports.get("text-classification", dynamic="static")
+    entry = _graph(out, "model")
+    assert entry["dims"] == {} and all(isinstance(d, int) for i in entry["inputs"] for d in i["shape"])
+
+
+def test_plan_feeds_torch_export_and_openvino_convert_model(exports):
+    import openvino as ov
+
+    obj, rec, _, _ = exports.get("sd")
+    plan = shapetrace.prepare(obj, "unet", recording=rec)
+    ep = torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+    assert not isinstance(placeholders[0].meta["val"].shape[0], int)  # batch stayed symbolic
+    onnx_prog = torch.onnx.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes,
+                                  input_names=list(plan.input_names), output_names=list(plan.output_names))
+    assert [i.name for i in onnx_prog.model.graph.inputs] == list(plan.input_names)
+    model = ov.convert_model(plan.module, example_input=plan.args, input=plan.openvino_input)
+    assert model.inputs[0].get_partial_shape().is_dynamic
+    assert [p.get_any_name() for p in model.inputs] == list(plan.input_names)
+
+
+def test_refuses_to_clobber_an_earlier_export(exports, tmp_path):
+    obj, rec, out, _ = exports.get("text-classification")
+    with pytest.raises(shapetrace.ExportError, match="already holds an export.*overwrite=True"):
+        shapetrace.export_all(obj, out, recording=rec, progress=False, verify=False)
+
+
+def test_one_failing_graph_does_not_stop_the_others(exports, tmp_path, monkeypatch):
+    from shapetrace import export as export_mod
+
+    obj, rec, _, _ = exports.get("sd")
+    real = export_mod._write_onnx
+
+    def broken(plan, *a, **k):
+        if plan.graph == "unet":
+            raise RuntimeError("exporter exploded")
+        return real(plan, *a, **k)
+
+    monkeypatch.setattr(export_mod, "_write_onnx", broken)
+    result = shapetrace.export_all(obj, tmp_path / "o", recording=rec, progress=False, verify=False)
+    assert not result.ok
+    assert "exporter exploded" in result.graphs["unet"].error
+    assert result.graphs["text_encoder"] and result.graphs["vae.decode"]
+    names = {p.name for p in (tmp_path / "o").iterdir()}
+    assert not any(n.startswith("unet.") for n in names)
+    assert "text_encoder.onnx" in names and "manifest.json" in names
+    assert not any(n.startswith(".shapetrace") for n in names)
+
+
+def test_failure_midway_leaves_an_earlier_export_intact(exports, tmp_path, monkeypatch):
+    from shapetrace import export as export_mod
+
+    obj, rec, _, _ = exports.get("text-classification")
+    out = tmp_path / "o"
+    shapetrace.export_all(obj, out, recording=rec, progress=False, verify=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "_write_openvino", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        shapetrace.export_all(obj, out, recording=rec, progress=False, verify=False, overwrite=True)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before
+
+
+def test_unflattenable_output_fails_alone_with_a_fix(tmp_path):
+    class Box:
+        def __init__(self, t):
+            self.t = t
+
+    class Boxer(torch.nn.Module):
+        def forward(self, x):
+            return Box(x * 2)
+
+    holder = {"boxer": Boxer(), "lin": torch.nn.Linear(3, 3)}
+    with shapetrace.record(holder) as rec:
+        holder["boxer"](torch.randn(2, 3))
+        holder["lin"](torch.randn(2, 3))
+    result = shapetrace.export_all(holder, tmp_path / "o", recording=rec, progress=False, verify=False)
+    assert not result.ok
+    assert "Box" in result.graphs["boxer"].error and "register_flattener" in result.graphs["boxer"].error
+    assert result.graphs["lin"]

@@ -1,0 +1,24 @@
+import shapetrace
+
+# The public face is a contract: adding a name is a decision, removing one breaks users.
+EXPECTED = {
+    "__version__", "find_modules", "record", "recording_for", "register_flattener", "Recording", "GraphRecord",
+    "TensorSpec", "RecordingProxy", "ShapetraceError", "ModuleNotFoundInObject", "RecordingError", "FlattenError",
+    "SignatureFileError", "ExportError", "VerifyError", "RuntimeMismatchError", "export_all", "prepare",
+    "ExportPlan", "ExportResult", "verify", "ParityReport", "load",
+}
+
+
+def test_all_is_pinned():
+    assert set(shapetrace.__all__) == EXPECTED
+
+
+def test_every_name_resolves():
+    for name in shapetrace.__all__:
+        assert getattr(shapetrace, name) is not None, name
+
+
+def test_error_tree_is_rooted():
+    for name in ("ModuleNotFoundInObject", "RecordingError", "FlattenError", "SignatureFileError", "ExportError",
+                 "VerifyError", "RuntimeMismatchError"):
+        assert issubclass(getattr(shapetrace, name), shapetrace.ShapetraceError)

@@ -1,0 +1,449 @@
+"""verify(): the comparison rules on synthetic arrays, the report records, and real exports passed and broken."""
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import shapetrace
+from shapetrace import ParityReport, SignatureFileError, VerifyError
+from shapetrace.dims import check_constraints
+from shapetrace.testing import EXAMPLES
+from shapetrace.verify import (DEFAULT_TOLERANCES, OutputComparison, ParityCheck, alternative_sizes, compare_arrays,
+                               render_report, resized_inputs, resolve_tolerance)
+
+from test_backends import make_tiny_export
+
+# ============================================================================ comparison rules, synthetic arrays
+
+
+def test_within_tolerance_passes_and_reports_its_errors():
+    ref = np.array([1.0, -2.0, 4.0], dtype=np.float32)
+    out = ref + np.array([5e-5, 0.0, -2e-3], dtype=np.float32)  # last: 2e-3 <= 1e-4 + 1e-3 * 4
+    r = compare_arrays(out, ref, atol=1e-4, rtol=1e-3)
+    assert r and r.passed
+    assert r.max_abs == pytest.approx(2e-3, rel=1e-3)
+    assert r.max_rel == pytest.approx(5e-4, rel=1e-3)
+    assert r.mean_abs == pytest.approx((5e-5 + 2e-3) / 3, rel=1e-3)
+    assert r.needed_atol == 0.0  # at rtol 1e-3 no atol is needed
+    assert r.cosine == pytest.approx(1.0, abs=1e-6) and r.cosine < 1.0
+    assert r.message == ""
+
+
+def test_outside_tolerance_fails_with_the_atol_and_rtol_it_would_have_needed():
+    ref = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    out = ref.copy()
+    out[1, 2] += 0.01  # 6.01 vs 6: needs atol 0.01 - 1e-3 * 6 = 4e-3, or rtol (0.01 - 1e-4) / 6 = 1.65e-3
+    r = compare_arrays(out, ref, atol=1e-4, rtol=1e-3)
+    assert not r
+    assert r.worst_index == (1, 2)
+    assert r.max_abs == pytest.approx(0.01)
+    assert r.needed_atol == pytest.approx(4e-3)
+    assert r.needed_rtol == pytest.approx(1.65e-3)
+    assert compare_arrays(out, ref, atol=r.needed_atol * 1.0001, rtol=1e-3)
+    assert compare_arrays(out, ref, atol=1e-4, rtol=r.needed_rtol * 1.0001)
+    assert "max abs error 0.01 at [1, 2] (6.01 vs 6)" in r.message and "would need atol 0.004" in r.message
+
+
+def test_zeros_in_the_reference_relative_error():
+    # 0 vs 0 is no error (not 0/0 = NaN); 0.5 vs 0 is an infinite relative error, but only atol can cover it
+    r = compare_arrays(np.array([0.0, 0.5, 2.0]), np.array([0.0, 0.0, 4.0]), atol=1e-4, rtol=1e-3)
+    assert not r
+    assert r.max_abs == 2.0 and r.max_rel == math.inf and r.needed_rtol == math.inf
+    assert r.mean_abs == pytest.approx(2.5 / 3)
+    assert r.needed_atol == pytest.approx(2.0 - 1e-3 * 4.0)
+    assert r.worst_index == (2,)
+    tiny = compare_arrays(np.array([0.0, 5e-5]), np.array([0.0, 0.0]), atol=1e-4, rtol=1e-3)
+    assert tiny and tiny.max_rel == math.inf and tiny.needed_rtol == 0.0  # atol covers it: passes
+    both_zero = compare_arrays(np.zeros(4), np.zeros(4))
+    assert both_zero and both_zero.max_rel == 0.0 and both_zero.cosine == 1.0
+
+
+def test_nan_never_passes():
+    r = compare_arrays(np.array([1.0, np.nan, 3.0]), np.array([1.0, 2.0, 3.5]), atol=10.0, rtol=10.0)
+    assert not r
+    assert r.nan_count == 1 and r.worst_index == (1,)
+    assert r.max_abs == 0.5  # metrics cover the other elements
+    assert r.message == "1 NaN (1 in output, 0 in reference), first at [1]"
+    both = compare_arrays(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), atol=10.0, rtol=10.0)
+    assert not both and both.nan_count == 1 and "1 in output, 1 in reference" in both.message
+    assert not compare_arrays(np.full(3, np.nan), np.full(3, np.nan))
+
+
+def test_inf_passes_only_against_the_same_inf():
+    same = compare_arrays(np.array([np.inf, -np.inf, 1.0]), np.array([np.inf, -np.inf, 1.0]))
+    assert same and same.max_abs == 0.0 and same.max_rel == 0.0
+    flipped = compare_arrays(np.array([np.inf, 1.0]), np.array([-np.inf, 1.0]), atol=1e9, rtol=1e9)
+    assert not flipped and flipped.max_abs == math.inf and flipped.worst_index == (0,)
+    assert flipped.needed_atol == math.inf and flipped.needed_rtol == math.inf
+    finite = compare_arrays(np.array([np.inf, 1.0]), np.array([3.0e38, 1.0]), atol=1e9, rtol=1e9)
+    assert not finite and finite.max_abs == math.inf and finite.max_rel == math.inf
+
+
+def test_bool_outputs_are_compared_exactly():
+    r = compare_arrays(np.array([True, False, True, True]), np.array([True, True, True, True]), atol=10, rtol=10)
+    assert not r and r.exact and r.atol == 0.0 and r.rtol == 0.0
+    assert r.max_abs == 1.0 and r.mean_abs == 0.25 and r.worst_index == (1,)
+    assert r.message == "1 of 4 elements differ (exact comparison); first at [1]: False vs True"
+    assert compare_arrays(np.array([True, False]), np.array([True, False]))
+
+
+def test_integer_outputs_are_compared_exactly():
+    r = compare_arrays(np.array([3, 4, 7], dtype=np.int64), np.array([3, 5, 7], dtype=np.int64), atol=100, rtol=1)
+    assert not r and r.exact
+    assert r.max_abs == 1.0 and r.max_rel == pytest.approx(0.2) and r.worst_index == (1,)
+    big = np.array([2**62 + 1], dtype=np.int64)  # beyond float64 precision: still told apart
+    assert not compare_arrays(big, big - 1)
+    assert compare_arrays(np.array([3, 5], dtype=np.int32), np.array([3, 5], dtype=np.int64))
+
+
+def test_fp16_is_cast_up_before_subtracting():
+    # 65504 - (-65504) overflows to inf in float16; in float64 it is 131008
+    r = compare_arrays(np.array([65504.0, 1.0], dtype=np.float16), np.array([-65504.0, 1.0], dtype=np.float16))
+    assert not r and r.max_abs == 131008.0 and r.max_rel == 2.0
+    half = compare_arrays(np.array([1.0009765625], dtype=np.float16), np.array([1.0], dtype=np.float32),
+                          atol=0.0, rtol=1e-3)  # the next float16 after 1.0, against a float32 reference
+    assert half and half.max_abs == 2.0**-10 and half.needed_rtol == 2.0**-10
+
+
+def test_shape_mismatch_is_a_failure_not_an_exception():
+    r = compare_arrays(np.zeros((2, 3)), np.zeros((3, 2)))
+    assert not r and r.shape == (2, 3) and r.ref_shape == (3, 2)
+    assert r.message == "shape [2, 3] != reference shape [3, 2]"
+    assert math.isnan(r.max_abs) and r.needed_atol == math.inf and r.worst_index is None
+    assert not compare_arrays(np.zeros(()), np.zeros((1,)))
+
+
+def test_cosine_similarity():
+    assert compare_arrays(np.array([1.0, 0.0]), np.array([0.0, 1.0]), atol=10).cosine == 0.0
+    assert compare_arrays(np.array([2.0, 4.0]), np.array([1.0, 2.0]), atol=10).cosine == pytest.approx(1.0)
+    assert compare_arrays(np.array([-1.0, -2.0]), np.array([1.0, 2.0]), atol=10).cosine == pytest.approx(-1.0)
+    assert compare_arrays(np.zeros(3), np.array([1.0, 0.0, 0.0]), atol=10).cosine == 0.0
+
+
+def test_empty_outputs_pass():
+    r = compare_arrays(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32))
+    assert r and r.max_abs == 0.0
+
+
+# ============================================================================ tolerances
+
+
+def test_default_tolerances_by_dtype_and_overrides():
+    assert resolve_tolerance("unet", "sample", "float32") == DEFAULT_TOLERANCES["float32"]
+    assert DEFAULT_TOLERANCES["float32"].atol == 1e-4 and DEFAULT_TOLERANCES["float32"].rtol == 1e-3
+    assert resolve_tolerance("unet", "sample", "float16").atol == 1e-2
+    assert resolve_tolerance("unet", "mask", "bool").exact and resolve_tolerance("m", "ids", "int64").exact
+    tol = {"unet": {"atol": 1e-2}, "unet:sample": {"rtol": 0.5}}
+    t = resolve_tolerance("unet", "sample", "float32", atol=1e-3, rtol=1e-2, tolerances=tol)
+    assert (t.atol, t.rtol) == (1e-2, 0.5)  # graph beats the global atol, output beats the graph
+    t = resolve_tolerance("unet", "other", "float32", atol=1e-3, rtol=1e-2, tolerances=tol)
+    assert (t.atol, t.rtol) == (1e-2, 1e-2)
+    t = resolve_tolerance("vae", "sample", "float32", atol=1e-3, tolerances=tol)
+    assert (t.atol, t.rtol) == (1e-3, 1e-3)
+    assert resolve_tolerance("unet", "ids", "int64", atol=1.0, tolerances=tol).exact  # ints stay exact
+
+
+# ============================================================================ resized inputs
+
+
+def test_alternative_sizes_change_every_dim_and_respect_constraints():
+    entry = {"name": "cn", "dims": {
+        "batch": {"min": 1, "max": 63, "example": 2},
+        "height": {"min": 1, "max": None, "example": 8},
+        "cond_height": {"min": 1, "max": None, "example": 64},
+        "sequence": {"min": 1, "max": 77, "example": 77}},
+        "constraints": ["height == (1 + (((-1) + cond_height) // 8))", "(height % 2) == 0", "batch < 64"]}
+    sizes = alternative_sizes(entry)
+    assert sizes is not None and set(sizes) == set(entry["dims"])
+    assert all(sizes[d] != info["example"] for d, info in entry["dims"].items()), sizes
+    assert check_constraints(entry["constraints"], sizes, entry["dims"]) == []
+    assert sizes["sequence"] == 76  # nearest valid size below the max
+
+
+def test_alternative_sizes_keep_a_dim_that_cannot_change():
+    entry = {"name": "g", "dims": {"batch": {"min": 1, "max": None, "example": 1},
+                                   "seq": {"min": 4, "max": 4, "example": 4}}, "constraints": []}
+    assert alternative_sizes(entry) == {"batch": 2, "seq": 4}
+    assert alternative_sizes({"name": "g", "dims": {"seq": {"min": 4, "max": 4, "example": 4}}}) is None
+    assert alternative_sizes({"name": "g", "dims": {}}) is None
+
+
+def test_resized_inputs_follow_the_recorded_values():
+    entry = {"name": "g", "inputs": [
+        {"name": "sample", "dtype": "float32", "shape": ["batch", 4, "height"], "example_shape": [2, 4, 8]},
+        {"name": "timestep", "dtype": "int64", "shape": [], "example_shape": [], "value_range": [981, 981]},
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "example_shape": [2, 7],
+         "value_range": [3, 40]},
+        {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"], "example_shape": [2, 7],
+         "value_range": [0, 1]},
+        {"name": "scale", "dtype": "float16", "shape": [1], "example_shape": [1]}]}
+    rng = np.random.default_rng(0)
+    example = {"sample": (rng.standard_normal((2, 4, 8)) * 3 + 10).astype(np.float32),
+               "timestep": np.array(981), "input_ids": rng.integers(3, 41, (2, 7)),
+               "attention_mask": np.array([[1] * 7, [1] * 5 + [0] * 2]),
+               "scale": np.array([0.5], np.float16)}
+    feed = resized_inputs(entry, example, {"batch": 3, "height": 6, "seq": 9}, seed=0)
+    assert feed["sample"].shape == (3, 4, 6) and feed["sample"].dtype == np.float32
+    assert abs(feed["sample"].mean() - 10) < 1.5 and 1.5 < feed["sample"].std() < 4.5
+    assert feed["timestep"].shape == () and feed["timestep"] == 981
+    ids = feed["input_ids"]
+    assert ids.shape == (3, 9) and ids.dtype == np.int64 and ids.min() >= 3 and ids.max() <= 40
+    mask = feed["attention_mask"]
+    assert mask.shape == (3, 9) and set(np.unique(mask)) <= {0, 1} and (mask[:, 0] == 1).all()
+    assert (np.diff(mask, axis=1) <= 0).all()  # ones then zeros, like padding
+    assert feed["scale"].dtype == np.float16 and feed["scale"][0] == np.float16(0.5)
+    again = resized_inputs(entry, example, {"batch": 3, "height": 6, "seq": 9}, seed=0)
+    assert all(np.array_equal(feed[k], again[k]) for k in feed)  # seeded
+
+
+# ============================================================================ report records
+
+
+def _check(graph="unet", output="sample", passed=True, error=None, **kw):
+    if error is not None:
+        return ParityCheck(graph, "onnxruntime", "torch", "resized", "*", None, error)
+    out = np.array([1.0, 2.0]) if passed else np.array([1.0, 2.5])
+    return ParityCheck(graph, kw.get("backend", "onnxruntime"), "torch", kw.get("input_set", "example"), output,
+                       compare_arrays(out, np.array([1.0, 2.0])))
+
+
+def test_report_is_truthy_only_when_every_check_passed():
+    assert not ParityReport(())
+    assert ParityReport(()).summary() == "parity FAILED: nothing was compared"
+    ok = ParityReport((_check(), _check(output="other")))
+    assert ok and ok.failures == () and ok.summary() == "parity ok: 2 checks passed"
+    bad = ParityReport((_check(), _check(graph="vae", output="image", passed=False), _check(output="x")))
+    assert not bad and [c.graph for c in bad.failures] == ["vae"]
+    assert bad.worst().output == "image"
+    assert bad.summary().startswith("parity FAILED: 1 of 3 checks; worst: graph 'vae' output 'image' on "
+                                    "onnxruntime vs torch (example inputs): max abs error 0.5")
+    err = ParityReport((_check(), _check(error="InvalidArgument: Got invalid dimensions")))
+    assert not err and err.failures[0].verdict == "ERROR"
+    with pytest.raises(Exception):
+        ok.checks[0].graph = "other"  # frozen records
+
+
+def test_report_json_round_trip_keeps_inf_and_nan_readable():
+    checks = (_check(), _check(passed=False),
+              ParityCheck("g", "openvino", "recorded", "example", "y", compare_arrays(np.zeros(2), np.zeros(3))),
+              _check(error="boom"))
+    report = ParityReport(checks, "out", ("onnxruntime",), ("a note",))
+    text = json.dumps(report.to_json())  # strict JSON: inf / nan become strings
+    assert "Infinity" not in text and "NaN" not in text
+    data = json.loads(text)
+    assert data["passed"] is False and data["num_checks"] == 4 and data["num_failures"] == 3
+    back = ParityReport.from_json(data, "out")
+    assert back.to_json() == report.to_json() and back.checks[0] == report.checks[0]
+    assert math.isnan(back.checks[2].result.max_abs) and back.checks[2].result.needed_atol == math.inf
+
+
+def test_report_table_is_aligned_and_names_every_failure():
+    report = ParityReport((_check(), _check(output="down_block_res_samples.0", passed=False, input_set="resized"),
+                           _check(graph="vae.decode", error="Fail: broadcast 2 by 16")), notes=("n1",))
+    text = render_report(report)
+    lines = text.splitlines()
+    assert lines[0].split() == ["graph", "backend", "vs", "inputs", "output", "max", "abs", "max", "rel", "cos",
+                                "need", "atol", "verdict"]
+    table = lines[2:4]
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    assert all(len(row) <= len(lines[1]) for row in table)
+    assert [row.split()[-1] for row in table] == ["pass", "FAIL"]
+    assert table[1].index("FAIL") == starts[-1]  # verdict column aligned with its header
+    assert "FAIL: graph 'unet' output 'down_block_res_samples.0' on onnxruntime vs torch (resized inputs): " \
+           "max abs error 0.5" in text
+    assert "ERROR: graph 'vae.decode' on onnxruntime vs torch (resized inputs): Fail: broadcast 2 by 16" in text
+    assert "note: n1" in text and lines[-1] == report.summary()
+
+
+# ============================================================================ verify() on a tiny export
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_export(tmp_path_factory.mktemp("tiny-verify") / "export")
+
+
+@pytest.fixture
+def tiny(tiny_dir, tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(tiny_dir, out)
+    return out
+
+
+def _manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _edit_manifest(out, edit):
+    m = _manifest(out)
+    edit(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+def test_verify_from_the_folder_alone_and_the_parity_it_writes(tiny):
+    before = _manifest(tiny)
+    report = shapetrace.verify(tiny)
+    assert report, str(report)
+    seen = {(c.backend, c.reference, c.input_set) for c in report.checks}
+    assert seen == {("onnxruntime", "recorded", "example"), ("openvino", "recorded", "example"),
+                    ("openvino", "onnxruntime", "resized")}
+    resized = next(c for c in report.checks if c.input_set == "resized")
+    assert resized.sizes == {"batch": 3, "seq": 6}
+    assert {c.output for c in report.checks} == {"h", "positive", "total"}
+    assert all(c.result.exact for c in report.checks if c.output in ("positive", "total"))
+    after = _manifest(tiny)
+    assert after["parity"] == json.loads(json.dumps(report.to_json()))
+    assert {k: v for k, v in after.items() if k != "parity"} == {k: v for k, v in before.items() if k != "parity"}
+    assert not list(tiny.glob(".manifest.json.*"))  # no temp file left behind
+
+
+def test_verify_with_one_backend_still_runs_the_resized_inputs(tiny):
+    report = shapetrace.verify(tiny, backends=("onnxruntime",), write=False)
+    assert report
+    assert {(c.backend, c.reference, c.input_set) for c in report.checks} == {
+        ("onnxruntime", "recorded", "example"), ("onnxruntime", "self", "resized")}
+    assert any("checked for NaN, not values" in n for n in report.notes)
+    assert _manifest(tiny)["parity"] is None  # write=False
+
+
+def test_a_graph_that_failed_to_export_is_an_error_not_skipped(tiny):
+    def add_failed(m):
+        m["graphs"].append({"name": "vae.encode", "module": "vae", "method": "encode", "files": {},
+                            "error": {"type": "FlattenError", "message": "cannot flatten DiagonalGaussian"}})
+    _edit_manifest(tiny, add_failed)
+    report = shapetrace.verify(tiny, write=False)
+    assert not report
+    (fail,) = report.failures
+    assert fail.graph == "vae.encode" and fail.verdict == "ERROR"
+    assert fail.error == "not exported: FlattenError: cannot flatten DiagonalGaussian"
+
+
+def test_tolerance_overrides_per_graph_and_output(tiny):
+    report = shapetrace.verify(tiny, atol=0.0, rtol=0.0, write=False)  # ~1e-7 float noise now fails
+    failing = {c.output for c in report.failures}
+    assert failing and failing <= {"h"}
+    assert shapetrace.verify(tiny, atol=0.0, rtol=0.0, tolerances={"tiny": {"atol": 1e-5}}, write=False)
+    assert shapetrace.verify(tiny, atol=0.0, rtol=0.0, tolerances={"tiny:h": {"atol": 1e-5}}, write=False)
+    with pytest.raises(VerifyError, match="tolerances key 'unet' names no graph of this export"):
+        shapetrace.verify(tiny, tolerances={"unet": {"atol": 1.0}}, write=False)
+    with pytest.raises(VerifyError, match="tolerances key 'tiny:nope' names no graph output"):
+        shapetrace.verify(tiny, tolerances={"tiny:nope": {"atol": 1.0}}, write=False)
+    with pytest.raises(VerifyError, match=r"expected a dict with 'atol' and/or 'rtol'"):
+        shapetrace.verify(tiny, tolerances={"tiny": {"tol": 1.0}}, write=False)
+
+
+def test_unusable_folders_raise_typed_errors(tiny, tmp_path):
+    with pytest.raises(SignatureFileError, match="manifest.json not found"):
+        shapetrace.verify(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(SignatureFileError, match="is not a readable export manifest"):
+        shapetrace.verify(tmp_path)
+    _edit_manifest(tiny, lambda m: m.update(format_version=99))
+    with pytest.raises(SignatureFileError, match="format_version 99, newer than this shapetrace reads"):
+        shapetrace.verify(tiny)
+    _edit_manifest(tiny, lambda m: m.update(format_version=1))
+    (tiny / "tiny.outputs.npz").unlink()
+    with pytest.raises(VerifyError, match=r"tiny\.outputs\.npz not found"):
+        shapetrace.verify(tiny)
+    with pytest.raises(VerifyError, match=r"backends=\('tensorrt',\): choose from onnxruntime, openvino"):
+        shapetrace.verify(tiny, backends=("tensorrt",))
+
+
+# ============================================================================ real exports of the offline pipelines
+# `exports` (tests/conftest.py) records and exports each pipeline once per session; copies are made before any
+# change, because verify() writes the manifest.
+
+
+def _copy(exports, name, tmp_path, **kw):
+    obj, rec, out, result = exports.get(name, **kw)
+    assert result.ok, str(result)
+    dst = tmp_path / name
+    shutil.copytree(out, dst)
+    return obj, dst
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_every_graph_of_the_offline_pipelines_passes(exports, tmp_path, name):
+    obj, out = _copy(exports, name, tmp_path)
+    graphs = [g["name"] for g in _manifest(out)["graphs"]]
+    report = shapetrace.verify(out, obj)
+    assert report, str(report)
+    for g in graphs:  # every graph, both runtimes, against PyTorch, at the recorded and at new sizes
+        for backend in ("onnxruntime", "openvino"):
+            for input_set in ("example", "resized"):
+                assert any(c.graph == g and c.backend == backend and c.reference == "torch"
+                           and c.input_set == input_set for c in report.checks), (g, backend, input_set)
+    assert _manifest(out)["parity"]["passed"] is True
+    folder_only = shapetrace.verify(out, write=False)  # no live object: recorded outputs, then ORT vs OpenVINO
+    assert folder_only, str(folder_only)
+
+
+def _worst_failure(report):
+    worst = report.worst()
+    assert worst is not None
+    return worst
+
+
+def test_noise_in_an_onnx_initializer_is_caught_naming_the_output(exports, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    _, out = _copy(exports, "controlnet", tmp_path)
+    model = onnx.load(str(out / "unet.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = numpy_helper.to_array(weight)
+    noisy = values + np.random.default_rng(0).normal(0, 0.01 * values.std(), values.shape).astype(values.dtype)
+    weight.CopyFrom(numpy_helper.from_array(noisy, weight.name))
+    onnx.save(model, str(out / "unet.onnx"))
+    report = shapetrace.verify(out, write=False)
+    assert not report
+    assert {c.graph for c in report.failures} == {"unet"}
+    assert all("onnxruntime" in (c.backend, c.reference) for c in report.failures)  # OpenVINO vs noisy ORT too
+    worst = _worst_failure(report)
+    assert (worst.graph, worst.output, worst.verdict) == ("unet", "output.sample", "FAIL")
+    assert worst.result.max_abs > 10 * worst.result.atol  # 1% noise on one conv weight is far outside tolerance
+    assert "graph 'unet' output 'output.sample' on onnxruntime" in report.summary()
+    assert all(c for c in report.checks if c.backend == "openvino" and c.reference == "recorded")
+
+
+def test_static_export_verified_at_another_shape_fails_without_crashing(exports, tmp_path):
+    # the static files under a manifest that promises dynamic dims: what shipping a static export gives
+    _, static_out = _copy(exports, "text-classification", tmp_path, dynamic="static")
+    _, dynamic_out = _copy(exports, "text-classification", tmp_path / "dyn")
+    static_entry = _manifest(static_out)["graphs"][0]
+    assert static_entry["dims"] == {}
+    dynamic_entry = _manifest(dynamic_out)["graphs"][0]
+    for f in ("onnx", "openvino", "inputs", "outputs"):
+        shutil.copy(static_out / static_entry["files"][f], dynamic_out / dynamic_entry["files"][f])
+    shutil.copy(static_out / "model.bin", dynamic_out / "model.bin")
+    report = shapetrace.verify(dynamic_out, write=False)
+    assert not report
+    assert all(c for c in report.checks if c.input_set == "example")  # at the traced size it is right
+    failures = report.failures
+    assert {(c.backend, c.input_set, c.verdict) for c in failures} == {("onnxruntime", "resized", "ERROR"),
+                                                                       ("openvino", "resized", "ERROR")}
+    ort = next(c for c in failures if c.backend == "onnxruntime")
+    assert "dimensions" in ort.error.lower() or "shape" in ort.error.lower(), ort.error
+    assert ort.sizes and all(ort.sizes[d] != info["example"] for d, info in dynamic_entry["dims"].items())
+    assert "graph 'model'" in report.summary()
+
+
+def test_tampered_openvino_weights_are_caught(exports, tmp_path):
+    _, out = _copy(exports, "controlnet", tmp_path)
+    xml = (out / "unet.xml").read_text()
+    consts = re.findall(r'element_type="f32" shape="[^"]*" offset="(\d+)" size="(\d+)"', xml)
+    offset, size = max(((int(o), int(s)) for o, s in consts), key=lambda c: c[1])
+    data = bytearray((out / "unet.bin").read_bytes())
+    for i in range(offset + 3, offset + size, 16):  # flip the sign of every 4th float of the largest weight
+        data[i] ^= 0x80
+    (out / "unet.bin").write_bytes(bytes(data))
+    report = shapetrace.verify(out, write=False)
+    assert not report
+    assert {(c.graph, c.backend) for c in report.failures} <= {("unet", "openvino")}
+    worst = _worst_failure(report)
+    assert (worst.graph, worst.backend, worst.output) == ("unet", "openvino", "output.sample")
+    assert all(c for c in report.checks if c.backend == "onnxruntime" and c.reference == "recorded")
