@@ -191,7 +191,7 @@ class Recording:
         try:
             return self.graphs[name]
         except KeyError:
-            raise KeyError(f"no graph {name!r}; recorded graphs: {', '.join(self.graphs) or '(none)'}") from None
+            raise KeyError(f"no graph {name!r}; recorded graphs: {', '.join(map(repr, self.graphs)) or '(none)'}") from None
 
     def __iter__(self):
         return iter(self.graphs.values())
