@@ -205,6 +205,7 @@ def _translate_guards(guards: Sequence[str], input_names: Sequence[str], input_s
             return str(v)
 
         text = _GUARD_REF.sub(sub, g)
+        text = text.replace("torch.sym_max(", "max(").replace("torch.sym_min(", "min(")
         if not ok or "L[" in text:
             continue
         try:
@@ -325,7 +326,7 @@ def _fill(values: dict[str, int], derived: Mapping[str, ast.AST]) -> dict[str, i
                 continue
             except (ValueError, ZeroDivisionError):
                 return None
-    return out if all(n in out for n in derived) else None
+    return out  # dims whose sources are not assigned yet stay out
 
 
 def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 4000) -> dict[str, int] | None:
@@ -429,6 +430,6 @@ def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 4000)
                 best = (s, a)
         result.update(best[1] if best is not None else {n: int(dims[n]["example"]) for n in group})
     full = _fill(result, derived)
-    if full is None or check_constraints(constraints, full, dims) or all(full[n] == dims[n]["example"] for n in names):
+    if full is None or any(n not in full for n in names) or check_constraints(constraints, full, dims) or all(full[n] == dims[n]["example"] for n in names):
         return None
     return {n: full[n] for n in names}
