@@ -216,10 +216,14 @@ def test_unflattenable_output_fails_alone_with_a_fix(tmp_path):
         def forward(self, x):
             return Box(x * 2)
 
-    holder = {"boxer": Boxer(), "lin": torch.nn.Linear(3, 3)}
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.boxer, holder.lin = Boxer(), torch.nn.Linear(3, 3)
     with shapetrace.record(holder) as rec:
-        holder["boxer"](torch.randn(2, 3))
-        holder["lin"](torch.randn(2, 3))
+        holder.boxer(torch.randn(2, 3))
+        holder.lin(torch.randn(2, 3))
     result = shapetrace.export_all(holder, tmp_path / "o", recording=rec, progress=False, verify=False)
     assert not result.ok
     assert "Box" in result.graphs["boxer"].error and "register_flattener" in result.graphs["boxer"].error

@@ -12,8 +12,8 @@ import shapetrace
 from shapetrace import ParityReport, SignatureFileError, VerifyError
 from shapetrace.dims import check_constraints
 from shapetrace.testing import EXAMPLES
-from shapetrace.verify import (DEFAULT_TOLERANCES, OutputComparison, ParityCheck, alternative_sizes, compare_arrays,
-                               render_report, resized_inputs, resolve_tolerance)
+from shapetrace.verify import (DEFAULT_TOLERANCES, ParityCheck, alternative_sizes, compare_arrays, render_report,
+                               resized_inputs, resolve_tolerance)
 
 from test_backends import make_tiny_export
 
@@ -378,8 +378,16 @@ def test_every_graph_of_the_offline_pipelines_passes(exports, tmp_path, name):
                 assert any(c.graph == g and c.backend == backend and c.reference == "torch"
                            and c.input_set == input_set for c in report.checks), (g, backend, input_set)
     assert _manifest(out)["parity"]["passed"] is True
-    folder_only = shapetrace.verify(out, write=False)  # no live object: recorded outputs, then ORT vs OpenVINO
-    assert folder_only, str(folder_only)
+
+
+def test_a_folder_alone_is_checked_against_its_recorded_outputs(exports, tmp_path):
+    _, out = _copy(exports, "controlnet", tmp_path)
+    report = shapetrace.verify(out)  # no live object: recorded outputs, then OpenVINO vs ONNX Runtime
+    assert report, str(report)
+    assert {(c.backend, c.reference, c.input_set) for c in report.checks} == {
+        ("onnxruntime", "recorded", "example"), ("openvino", "recorded", "example"),
+        ("openvino", "onnxruntime", "resized")}
+    assert {c.graph for c in report.checks} == {"text_encoder", "controlnet", "unet", "vae.decode"}
 
 
 def _worst_failure(report):

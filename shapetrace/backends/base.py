@@ -14,6 +14,7 @@ the output names of the manifest entry, so the comparison code never sees backen
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from ..errors import VerifyError
 
-__all__ = ["Runner", "model_file", "default_threads", "cast_feed", "by_name_or_position", "match_inputs"]
+__all__ = ["Runner", "model_file", "default_threads", "cast_feed", "by_name_or_position", "match_inputs",
+           "short_error"]
 
 
 class Runner:
@@ -97,10 +99,10 @@ def default_threads() -> int:
 
 
 def cast_feed(array: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    """``array`` as ``dtype`` (contiguous); unchanged when ``dtype`` is unknown."""
+    """``array`` as ``dtype``, C-contiguous, same rank (``np.ascontiguousarray`` would make a 0-d array 1-d)."""
     if dtype is not None and array.dtype != dtype:
         array = array.astype(dtype)
-    return np.ascontiguousarray(array)
+    return np.asarray(array, order="C")
 
 
 def by_name_or_position(wanted: Sequence[str], available: Sequence[set[str]], what: str, label: str) -> list[int]:
@@ -130,3 +132,16 @@ def match_inputs(wanted: Sequence[str], available: Sequence[set[str]], label: st
         raise VerifyError(f"{label}: the model has input(s) {names} the manifest does not list "
                           f"({', '.join(wanted)}); the manifest and the model file disagree: re-export")
     return index
+
+
+_LOCATION_LINE = re.compile(r"^(Exception from|Check '.*' failed at) \S+:\d+:?$")
+
+
+def short_error(e: BaseException, limit: int = 400) -> str:
+    """A runtime's exception as one line: ``Type: message``, OpenVINO's source-location header lines dropped."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not _LOCATION_LINE.match(ln)] or lines
+    text = " ".join(useful)
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import VerifyError
-from .base import Runner, by_name_or_position, cast_feed, default_threads
+from .base import Runner, by_name_or_position, cast_feed, default_threads, short_error
 
 __all__ = ["OnnxRuntimeRunner", "import_onnxruntime"]
 
@@ -55,7 +55,7 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = self.threads or default_threads()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # failures surface as exceptions, reported by the caller
         for dim, value in self.fixed_dims.items():
             opts.add_free_dimension_override_by_name(dim, int(value))
         providers = [p for p in _PROVIDERS[self.device] if p in ort.get_available_providers()]
@@ -65,7 +65,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self._session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
         except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile: all mean the file is unusable
-            raise VerifyError(f"onnxruntime cannot load {self.path} ({type(e).__name__}: {str(e).strip()[:300]}); "
+            raise VerifyError(f"onnxruntime cannot load {self.path} ({short_error(e)}); "
                               f"the file is missing or corrupt: re-run export_all") from e
         ins = self._session.get_inputs()
         outs = self._session.get_outputs()

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import VerifyError
-from .base import Runner, by_name_or_position, cast_feed, match_inputs
+from .base import Runner, by_name_or_position, cast_feed, match_inputs, short_error
 
 __all__ = ["OpenVINORunner", "import_openvino", "PRECISIONS"]
 
@@ -55,7 +55,7 @@ class OpenVINORunner(Runner):
         try:
             model = core.read_model(self.path)
         except Exception as e:
-            raise VerifyError(f"openvino cannot read {self.path} ({type(e).__name__}: {str(e).strip()[:300]}); "
+            raise VerifyError(f"openvino cannot read {self.path} ({short_error(e)}); "
                               f"the IR is missing or corrupt: re-run export_all") from e
         in_ports = [set(p.get_names()) for p in model.inputs]
         in_index = match_inputs(self.input_names, in_ports, self.label)
@@ -70,7 +70,7 @@ class OpenVINORunner(Runner):
             self._compiled = core.compile_model(model, self.device, config)
         except Exception as e:
             raise VerifyError(f"openvino cannot compile {self.path} for {self.device} "
-                              f"({type(e).__name__}: {str(e).strip()[:300]})") from e
+                              f"({short_error(e)})") from e
         self._request = self._compiled.create_infer_request()
         self._in_index = in_index
         self._in_types = [self._np_type(p.get_element_type()) for p in self._compiled.inputs]

@@ -1,0 +1,186 @@
+"""The command line: ``python -m shapetrace {inspect,verify} ...`` (also installed as ``shapetrace``).
+
+``inspect PATH``
+    a recording folder (``signatures.json``): the recorded graphs table; an export folder (``manifest.json``):
+    every graph's files, inputs and outputs with dim names, dims with their ranges, constraints, constants, errors
+    and the stored parity verdict.
+``verify OUT``
+    runs :func:`shapetrace.verify` on an export folder and prints the :class:`~shapetrace.ParityReport` table.
+
+Exit status: 0 when everything passed, 1 when a parity check failed (the last line names the worst graph and
+output), 2 when the input is unusable (missing / corrupt / newer manifest, missing model files, a runtime not
+installed): one line ``shapetrace: error: ...`` on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import ShapetraceError, SignatureFileError
+
+__all__ = ["main", "build_parser", "render_manifest", "EXTRA_COMMANDS", "EXIT_OK", "EXIT_FAILED", "EXIT_UNUSABLE"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_UNUSABLE = 2
+
+# ---------------------------------------------------------------------------------------------- extra commands
+#: More subcommands (``export``, ``demo``): each is ``register(subparsers)``, which adds its parser and sets
+#: ``func=handler`` (``handler(args) -> int``) with ``set_defaults``. Errors they raise are handled like the
+#: built-in commands' (ShapetraceError / ImportError -> exit 2).
+EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _register_extra_commands(subparsers: Any) -> None:
+    for register in EXTRA_COMMANDS:
+        register(subparsers)
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_file() and path.name in ("manifest.json", "signatures.json"):
+        path = path.parent
+    if (path / "manifest.json").exists():
+        from .verify import load_manifest
+
+        print(render_manifest(load_manifest(path)))
+        return EXIT_OK
+    if (path / "signatures.json").exists():
+        from .recording import Recording
+
+        print(str(Recording.load(path)))
+        return EXIT_OK
+    if not path.exists():
+        raise SignatureFileError(f"{path} does not exist")
+    raise SignatureFileError(f"{path} holds neither manifest.json (an export) nor signatures.json (a recording)")
+
+
+def _shape(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "    ") -> list[str]:
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
+
+
+def render_manifest(manifest: Mapping[str, Any]) -> str:
+    """A readable summary of an export manifest (what ``inspect`` prints for an export folder)."""
+    lines = [f"export of {manifest.get('object_class') or '?'} (format {manifest.get('format_version')}, "
+             f"shapetrace {manifest.get('shapetrace_version', '?')})"]
+    tools = manifest.get("tools") or {}
+    if tools:
+        lines.append("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v))
+    parity = manifest.get("parity")
+    if parity is None:
+        lines.append("parity: not verified (run `python -m shapetrace verify`)")
+    else:
+        lines.append(parity.get("summary") or f"parity {'ok' if parity.get('passed') else 'FAILED'}")
+    graphs = manifest.get("graphs") or []
+    ok = sum(1 for g in graphs if g.get("error") is None)
+    lines.append(f"{len(graphs)} graphs, {ok} exported")
+    for g in graphs:
+        lines.append("")
+        cls = str(g.get("class") or "").rsplit(":", 1)[-1]
+        lines.append(f"graph {g['name']}  ({g.get('module', '?')}.{g.get('method', 'forward')}, {cls})")
+        err = g.get("error")
+        if err is not None:
+            text = f"{err.get('type')}: {err.get('message')}" if isinstance(err, Mapping) else str(err)
+            lines.append(f"  error: {text}")
+            continue
+        files = g.get("files") or {}
+        lines.append("  files: " + ", ".join(f"{k}={v}" for k, v in files.items() if v and not isinstance(v, list)))
+        lines.append("  inputs:")
+        rows = []
+        for i in g.get("inputs") or ():
+            vr = i.get("value_range")
+            rows.append((i["name"], i.get("dtype", "?"), _shape(i.get("shape", [])),
+                         f"example {_shape(i.get('example_shape', []))}",
+                         f"values {vr[0]}..{vr[1]}" if vr else ""))
+        lines.extend(_table(rows))
+        lines.append("  outputs:")
+        lines.extend(_table([(o["name"], o.get("dtype", "?"), _shape(o.get("shape", [])),
+                              f"example {_shape(o.get('example_shape', []))}") for o in g.get("outputs") or ()]))
+        dims = g.get("dims") or {}
+        if dims:
+            lines.append("  dims:")
+            lines.extend(_table([(n, f"min {d.get('min')}", f"max {d.get('max') if d.get('max') is not None else '-'}",
+                                  f"example {d.get('example')}") for n, d in dims.items()]))
+        else:
+            lines.append("  dims: none (static)")
+        constraints = g.get("constraints") or []
+        if constraints:
+            lines.append("  constraints:")
+            lines.extend(f"    {c}" for c in constraints)
+        constants = g.get("constants") or {}
+        if constants:
+            lines.append("  constants: " + ", ".join(f"{k}={v!r}" for k, v in constants.items()))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- verify
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] if args.graphs else None
+    report = verify(args.out, backends=backends, atol=args.atol, rtol=args.rtol, graphs=graphs,
+                    threads=args.threads, write=not args.no_write)
+    print(str(report))
+    return EXIT_OK if report else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shapetrace", description="Record, export and verify the torch modules "
+                                     "inside a pipeline.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a recording (signatures.json) or an export (manifest.json)")
+    p.add_argument("path", metavar="PATH", help="a recording folder or an export folder")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("verify", help="run an export on ONNX Runtime / OpenVINO and compare with the recorded outputs")
+    p.add_argument("out", metavar="OUT", help="an export folder (with manifest.json)")
+    p.add_argument("--backends", default="onnxruntime,openvino", help="comma separated (default: %(default)s)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance for every float output "
+                   "(default: by dtype, 1e-4 for float32)")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance for every float output "
+                   "(default: by dtype, 1e-3 for float32)")
+    p.add_argument("--graphs", default=None, help="comma separated graph names (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per runtime")
+    p.add_argument("--no-write", action="store_true", help="do not store the result in manifest.json")
+    p.set_defaults(func=_cmd_verify)
+
+    _register_extra_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 parity failed, 2 unusable input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        return int(func(args))
+    except (ShapetraceError, ImportError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `shapetrace inspect OUT | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
