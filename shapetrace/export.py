@@ -90,7 +90,7 @@ class FlatModule(torch.nn.Module):
         args, kwargs = _split_call(self.input_tree, leaves)
         fn = self.module if self.method == "forward" else getattr(self.module, self.method)
         output = fn(*args, **kwargs)
-        _, flat = tree.flatten(output, fields=self.output_fields)
+        _, flat = tree.flatten_output(output, self.output_fields)
         missing = [n for n in self.output_names if n not in flat]
         if missing:
             raise ExportError(f"output {missing[0]!r} is missing from this call's output (got {', '.join(flat)})")

@@ -220,8 +220,7 @@ class Recorder:
             return fn(*args, **kwargs)
         output = fn(*args, **kwargs)
         name = proxy_path if method == "forward" else f"{proxy_path}.{method}"
-        out_leaves: dict[str, Any] = {}
-        out_tree = tree._flatten(output, "", out_leaves, info.output_fields)
+        out_tree, out_leaves = tree.flatten_output(output, info.output_fields)
         with self._lock:
             b = self._graphs.get(name)
             if b is None:

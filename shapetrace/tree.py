@@ -33,7 +33,7 @@ import torch.utils._pytree as pytree
 
 from .errors import FlattenError
 
-__all__ = ["register_flattener", "flatten", "unflatten", "constants_of", "qualname", "import_qualname",
+__all__ = ["register_flattener", "flatten", "flatten_output", "unflatten", "constants_of", "qualname", "import_qualname",
            "tensor_names", "has_opaque_tensors"]
 
 
@@ -125,6 +125,11 @@ def flatten(value: Any, prefix: str = "", out: dict[str, Any] | None = None,
     leaves: dict[str, Any] = {} if out is None else out
     spec = _flatten(value, prefix, leaves, fields)
     return spec, leaves
+
+
+def flatten_output(value: Any, fields: list[str] | None = None) -> tuple[dict, dict[str, Any]]:
+    """Flatten a method's return value; a bare tensor is named ``output``."""
+    return flatten(value, "output" if isinstance(value, torch.Tensor) else "", fields=fields)
 
 
 def _flatten(value: Any, prefix: str, leaves: dict[str, Any], fields: list[str] | None = None) -> dict:
