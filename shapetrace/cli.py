@@ -35,6 +35,15 @@ EXIT_UNUSABLE = 2
 EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
+def _register_demo(subparsers: Any) -> None:
+    from .demo import add_demo_command
+
+    add_demo_command(subparsers)
+
+
+EXTRA_COMMANDS.append(_register_demo)
+
+
 def _register_extra_commands(subparsers: Any) -> None:
     for register in EXTRA_COMMANDS:
         register(subparsers)

@@ -394,11 +394,15 @@ def _write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, o
 def _write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool) -> dict:
     ov = _require("openvino", "openvino")
     if onnx_path is not None:
-        model = ov.convert_model(str(onnx_path))
+        # read_model, not convert_model(str): the latter splits a path on commas
+        model = ov.Core().read_model(str(onnx_path))
         source = "onnx"
     else:
-        model = ov.convert_model(plan.module, example_input=plan.args, input=plan.openvino_input)
+        shapes = [(shape, dtype) for _, shape, dtype in plan.openvino_input]
+        model = ov.convert_model(plan.module, example_input=plan.args, input=shapes)
         source = "torch"
+        for port, name in zip(model.inputs, plan.input_names):
+            port.get_tensor().set_names({name})
         for port, name in zip(model.outputs, plan.output_names):
             port.get_tensor().set_names({name})
     ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)

@@ -261,6 +261,7 @@ class RecordingProxy:
     """Stands in for a module: forwards everything, records tensor calls. See the module docstring."""
 
     __slots__ = ("_st_wrapped", "_st_path", "_st_recorder", "__weakref__")
+    _st_kind = "recording"
 
     def __init__(self, wrapped: torch.nn.Module, path: str, recorder: Recorder) -> None:
         object.__setattr__(self, "_st_wrapped", wrapped)
@@ -396,9 +397,13 @@ def record(obj: Any, include: Iterable[str] | str | None = None,
     """
     found = find_module_paths(obj)
     for path, module in found:
-        if type(module) is RecordingProxy:
+        kind = getattr(type(module), "_st_kind", None)
+        if kind == "recording":
             raise RecordingError(f"{format_path(path)!r} is already being recorded: record() blocks on the same "
                                  f"object cannot be nested")
+        if kind is not None:
+            raise RecordingError(f"{format_path(path)!r} is served by shapetrace.load(): record the original "
+                                 f"pipeline, outside the load() block (or after runtime.close())")
     found = _select(found, include, exclude)
     if not found:
         raise ModuleNotFoundInObject(

@@ -228,3 +228,23 @@ def test_unflattenable_output_fails_alone_with_a_fix(tmp_path):
     assert not result.ok
     assert "Box" in result.graphs["boxer"].error and "register_flattener" in result.graphs["boxer"].error
     assert result.graphs["lin"]
+
+
+def test_openvino_only_export_into_a_folder_with_a_comma(exports, tmp_path):
+    import openvino as ov
+
+    obj, rec, _, _ = exports.get("text-classification")
+    out = tmp_path / "a,b"
+    result = shapetrace.export_all(obj, out, recording=rec, formats=("openvino",), progress=False, verify=False)
+    assert result.ok, str(result)
+    entry = result.manifest["graphs"][0]
+    assert entry["files"]["onnx"] is None and entry["tools"]["openvino_from"] == "torch"
+    model = ov.Core().read_model(str(out / entry["files"]["openvino"]))
+    assert [p.get_any_name() for p in model.inputs] == [i["name"] for i in entry["inputs"]]
+    assert model.inputs[0].get_partial_shape().is_dynamic
+    with np.load(out / entry["files"]["inputs"]) as z:
+        feed = {k: z[k] for k in z.files}
+    with np.load(out / entry["files"]["outputs"]) as z:
+        want = z[entry["outputs"][0]["name"]]
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
+    assert np.abs(got - want).max() < 1e-4

@@ -230,3 +230,16 @@ def test_unknown_output_type_is_recorded_by_type_and_export_names_the_fix(tmp_pa
 class Holder:
     def __init__(self, m):
         self.m = m
+
+
+def test_record_inside_a_load_block_is_refused(tmp_path):
+    ex = EXAMPLES["text-classification"]
+    pipe = ex.build()
+    with shapetrace.record(pipe) as rec:
+        ex.run(pipe)
+    shapetrace.export_all(pipe, tmp_path / "o", recording=rec, formats=("openvino",), progress=False, verify=False)
+    with shapetrace.load(pipe, tmp_path / "o"):
+        with pytest.raises(shapetrace.RecordingError, match="served by shapetrace.load"):
+            with shapetrace.record(pipe):
+                pass
+    assert type(pipe.model) is not shapetrace.RecordingProxy
