@@ -366,6 +366,35 @@ def _rename_onnx_dims(path: Path, symbols: Mapping[str, str], input_shapes: Mapp
     return int(opset) if opset is not None else -1
 
 
+def _rename_ir_dims(model: Any, symbols: Mapping[str, str], input_shapes: Mapping[str, list],
+                    output_shapes: Mapping[str, list]) -> None:
+    """Write our dim names into an in-memory ``onnx_ir`` model (no load / save round trip of the weights)."""
+    import onnx_ir as ir
+
+    shapes = {**input_shapes, **output_shapes}
+
+    def renamed(value: Any, want: list | None) -> None:
+        shape = value.shape
+        if shape is None:
+            return
+        dims = []
+        for i, d in enumerate(shape):
+            if want is not None and i < len(want) and isinstance(want[i], str):
+                dims.append(want[i])
+            elif isinstance(d, ir.SymbolicDim) and d.value is not None:
+                dims.append(dims_mod.symbol_map_rename(str(d.value), symbols))
+            else:
+                dims.append(d)
+        value.shape = ir.Shape(dims)
+
+    for v in list(model.graph.inputs) + list(model.graph.outputs):
+        renamed(v, shapes.get(v.name))
+    for node in model.graph:
+        for v in node.outputs:
+            if v not in model.graph.outputs:
+                renamed(v, None)
+
+
 def _write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, opset: int | None) -> dict:
     onnx = _require("onnx", "onnx")
     _require("onnxscript", "onnx")
@@ -374,10 +403,9 @@ def _write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, o
         prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
                                  output_names=list(plan.output_names), opset_version=opset, optimize=True,
                                  verbose=False)
-        prog.save(str(path))
-        del prog
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=True)"
     except Exception as e:  # documented fallback: the TorchScript exporter for this graph
+        prog = None
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=False)"
         tools["onnx_dynamo_error"] = f"{type(e).__name__}: {str(e)[:500]}"
         dynamic_axes = {n: {d: s for d, s in enumerate(shape) if isinstance(s, str)}
@@ -385,15 +413,32 @@ def _write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, o
         torch.onnx.export(plan.module, plan.args, str(path), dynamo=False, input_names=list(plan.input_names),
                           output_names=list(plan.output_names), dynamic_axes=dynamic_axes,
                           opset_version=opset or 17)
+    if prog is not None:
+        _rename_ir_dims(prog.model, info.symbols, info.input_shapes, info.output_shapes)
+        prog.save(str(path))  # weights beyond 2 GB go to external data next to the file
+        opset_found = prog.model.opset_imports.get("", None)
+        del prog
+        tools["opset"] = int(opset_found) if opset_found is not None else -1
+    else:
+        tools["opset"] = _rename_onnx_dims(path, info.symbols, info.input_shapes, info.output_shapes)
     gc.collect()
-    tools["opset"] = _rename_onnx_dims(path, info.symbols, info.input_shapes, info.output_shapes)
     onnx.checker.check_model(str(path))
     return tools
 
 
-def _write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool) -> dict:
+#: Graphs with more fp32 weights than this convert to IR from the torch module (weights shared, no copy); smaller
+#: ones from the ONNX file just written (a few times faster). See the README, "Which source for OpenVINO".
+OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
+
+
+def _write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool,
+                    source: str = "auto", weights_bytes: int = 0) -> dict:
     ov = _require("openvino", "openvino")
-    if onnx_path is not None:
+    if source == "auto":
+        source = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
+    if source == "onnx" and onnx_path is None:
+        raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
+    if source == "onnx":
         # read_model, not convert_model(str): the latter splits a path on commas
         model = ov.Core().read_model(str(onnx_path))
         source = "onnx"
@@ -419,7 +464,7 @@ def _json_value(v: Any) -> Any:
 
 
 def _export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dynamic: Any, opset: int | None,
-                  compress_to_fp16: bool) -> dict:
+                  compress_to_fp16: bool, openvino_from: str = "auto") -> dict:
     stem = file_stem(g.name)
     entry: dict[str, Any] = {"name": g.name, "module": g.module_path, "method": g.method, "class": g.module_class,
                              "files": {"onnx": None, "openvino": None, "inputs": None, "outputs": None},
@@ -484,7 +529,8 @@ def _export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str],
             if "openvino" in formats:
                 t = time.perf_counter()
                 xml = stage / f"{stem}.xml"
-                entry["tools"].update(_write_openvino(onnx_path, plan, xml, compress_to_fp16))
+                entry["tools"].update(_write_openvino(onnx_path, plan, xml, compress_to_fp16, openvino_from,
+                                                      entry["weights_bytes"] or 0))
                 entry["files"]["openvino"] = xml.name
                 entry["timings"]["openvino"] = round(time.perf_counter() - t, 3)
                 entry["sizes"]["openvino"] = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
@@ -539,13 +585,17 @@ def _record_error(entry: dict, e: BaseException) -> None:
 def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | None = None,
                formats: Iterable[str] = ("onnx", "openvino"), graphs: Iterable[str] | None = None,
                dynamic: Any = "auto", overwrite: bool = False, opset: int | None = None,
-               compress_to_fp16: bool = False, verify: bool = True, progress: bool = True,
-               **verify_kwargs: Any) -> ExportResult:
+               compress_to_fp16: bool = False, openvino_from: str = "auto", verify: bool = True,
+               progress: bool = True, **verify_kwargs: Any) -> ExportResult:
     """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and the README).
 
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
+    ``openvino_from``: ``"auto"`` (default: from the torch module for graphs above 1 GiB of weights, which shares
+    the weights instead of copying them; from the ONNX file otherwise, which is faster), ``"torch"`` or ``"onnx"``.
     ``verify=True`` runs :func:`shapetrace.verify` on the result and writes the parity into the manifest.
     """
+    if openvino_from not in ("auto", "torch", "onnx"):
+        raise ExportError(f"openvino_from={openvino_from!r}: choose 'auto', 'torch' or 'onnx'")
     rec = recording if recording is not None else _recording_for(obj)
     formats = tuple(formats)
     bad = [f for f in formats if f not in ("onnx", "openvino")]
@@ -584,7 +634,7 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
             per_graph = dynamic.get(name, "auto") if isinstance(dynamic, Mapping) and name in dynamic else dynamic
             if isinstance(dynamic, Mapping) and name not in dynamic and any(k in rec.graphs for k in dynamic):
                 per_graph = "auto"
-            entry = _export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16)
+            entry = _export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from)
             entries.append(entry)
             if hasattr(bar, "write"):
                 size = sum(entry["sizes"].values())
