@@ -14,6 +14,7 @@ h = H(); h.unet = unet
 with shapetrace.record(h) as rec, torch.no_grad():
     h.unet(torch.randn(2, 4, 32, 32), torch.tensor(999), encoder_hidden_states=torch.randn(2, 77, 768))
 plan = shapetrace.prepare(h, "unet")
+os.makedirs("/tmp/ovfull", exist_ok=True)
 base = _PeakRSS.current()
 t = time.time()
 with _PeakRSS() as rss:
