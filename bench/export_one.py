@@ -1,0 +1,340 @@
+"""Export ONE graph in a fresh process and measure the export itself (run by ``bench/run.py``, one child per graph).
+
+    python bench/export_one.py --suite full --graph unet --signatures DIR --out DIR --formats onnx,openvino \
+        --result result.json [--profile prof.txt]
+
+1. builds only the graph's module (``zoo.build_component``: same seed, same weights as the benchmark's pipeline);
+2. replays the pipeline's first recorded call of that graph (``DIR/signatures.json`` + ``.inputs.npz``, written by
+   ``Recording.save`` in the parent) inside ``shapetrace.record``: one recorded call, as a user's script has;
+3. measures RSS right after building the model and right before the export, resets the kernel's high-water mark
+   (``/proc/self/clear_refs``), then runs ``shapetrace.export_all(holder, out, graphs=[name], verify=False)``
+   while a thread samples RSS every 20 ms; the export's phases (prepare, torch.export, ONNX writer, dim rename,
+   onnx.checker, openvino.convert_model, openvino.save_model) are timed by wrapping those functions in this
+   process only (shapetrace's code is not changed);
+4. writes ``result.json``: the manifest entry (``seconds``, ``peak_rss_bytes``, ``weights_bytes``, ``timings``,
+   ``sizes``), VmHWM, the RSS marks, the per-phase peak RSS and a thinned RSS time series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import json
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def rss_split() -> tuple[int, int]:
+    """(resident, resident file-backed + shmem): statm's 2nd and 3rd fields; anonymous = the difference."""
+    with open("/proc/self/statm") as f:
+        parts = f.read().split()
+    return int(parts[1]) * PAGE, int(parts[2]) * PAGE
+
+
+def vm_hwm() -> int | None:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Sampler:
+    """RSS every ``interval`` s in a thread: (t, rss) pairs."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self.anon: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total, shared = rss_split()
+            self.samples.append((time.perf_counter(), total))
+            self.anon.append(total - shared)
+            self._stop.wait(self.interval)
+
+    def start(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        total, shared = rss_split()
+        self.samples.append((time.perf_counter(), total))
+        self.anon.append(total - shared)
+
+    def peak(self, t0: float = float("-inf"), t1: float = float("inf")) -> int:
+        vals = [r for t, r in self.samples if t0 <= t <= t1]
+        return max(vals) if vals else 0
+
+    def peak_anon(self, t0: float = float("-inf"), t1: float = float("inf")) -> int:
+        vals = [a for (t, _), a in zip(self.samples, self.anon) if t0 <= t <= t1]
+        return max(vals) if vals else 0
+
+
+class Phases:
+    """Wraps functions so each call is logged as (phase, start, end, rss at start)."""
+
+    def __init__(self) -> None:
+        self.log: list[dict] = []
+        self._undo: list = []
+
+    def wrap(self, owner: object, attr: str, phase: str) -> None:
+        original = getattr(owner, attr)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            start, r0 = time.perf_counter(), rss()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.log.append({"phase": phase, "start": start, "end": time.perf_counter(), "rss_start": r0})
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+
+
+# ------------------------------------------------------------------------------------------ what-if patches
+# Each replaces one step of shapetrace/export.py in this child process only, to measure a proposed change before
+# anyone edits export.py. Contracts (arguments, return values, files written) are those of the originals.
+def _patch_onnx_inmemory(export_mod) -> None:
+    """_write_onnx: rename the dims on the in-memory ONNX IR model, then save ONCE with external data.
+
+    Replaces: ``prog.save(path)`` (weights inline below 2 GB) + ``_rename_onnx_dims`` (``onnx.load`` of the whole
+    file + ``onnx.save``) + ``onnx.checker.check_model(path)`` on a file that holds the weights.
+    """
+    import onnx
+    import onnx_ir as ir
+    import torch
+    from shapetrace import dims as dims_mod
+
+    def _write_onnx(plan, ep, path, info, opset):
+        prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
+                                 output_names=list(plan.output_names), opset_version=opset, optimize=True,
+                                 verbose=False)
+        shapes = {**info.input_shapes, **info.output_shapes}
+
+        def rename(value, want):
+            if value.shape is None:
+                return
+            dims = []
+            for i, d in enumerate(value.shape):
+                if want is not None and i < len(want) and isinstance(want[i], str):
+                    dims.append(ir.SymbolicDim(want[i]))
+                elif isinstance(d, ir.SymbolicDim) and d.value:
+                    dims.append(ir.SymbolicDim(dims_mod.symbol_map_rename(d.value, info.symbols)))
+                else:
+                    dims.append(d)
+            value.shape = ir.Shape(dims)
+
+        graph = prog.model.graph
+        for v in [*graph.inputs, *graph.outputs]:
+            rename(v, shapes.get(v.name))
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            for v in node.outputs:
+                if v not in graph.outputs:
+                    rename(v, None)
+        prog.save(str(path), external_data=True)
+        opset_v = prog.model.opset_imports.get("", -1)
+        del prog
+        onnx.checker.check_model(str(path))
+        return {"onnx_exporter": "torch.onnx.export(dynamo=True)", "opset": int(opset_v),
+                "patch": "onnx-inmemory"}
+
+    export_mod._write_onnx = _write_onnx
+
+
+def _patch_ov_read_model(export_mod) -> None:
+    """_write_openvino from ONNX: ``ov.Core().read_model(onnx)`` (mmaps external data) instead of convert_model."""
+    import openvino as ov
+
+    orig = export_mod._write_openvino
+
+    def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16):
+        if onnx_path is None:
+            return orig(onnx_path, plan, xml_path, compress_to_fp16)
+        model = ov.Core().read_model(str(onnx_path))
+        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+        del model
+        return {"openvino_from": "onnx (read_model)", "compress_to_fp16": compress_to_fp16}
+
+    export_mod._write_openvino = _write_openvino
+
+
+def _patch_ov_from_torch(export_mod) -> None:
+    """_write_openvino: always convert the IR from the torch module (weights shared), even when ONNX was written."""
+    orig = export_mod._write_openvino
+
+    def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16):
+        out = orig(None, plan, xml_path, compress_to_fp16)
+        return dict(out, patch="ov-from-torch")
+
+    export_mod._write_openvino = _write_openvino
+
+
+PATCHES = {"onnx-inmemory": _patch_onnx_inmemory, "ov-read-model": _patch_ov_read_model,
+           "ov-from-torch": _patch_ov_from_torch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--graph", required=True)
+    ap.add_argument("--signatures", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--formats", default="onnx,openvino")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--result", required=True)
+    ap.add_argument("--profile", default=None, help="write a cProfile summary of the export here")
+    ap.add_argument("--patch", action="append", default=[], choices=sorted(PATCHES),
+                    help="what-if: replace an export.py step in this process only (see PATCHES)")
+    a = ap.parse_args()
+
+    import torch
+    import shapetrace
+    from shapetrace import export as export_mod
+    from shapetrace.recording import Recording
+
+    import zoo
+
+    torch.set_grad_enabled(False)
+    marks = {"after_imports": rss()}
+    module_path, _ = zoo.GRAPHS[a.graph]
+    component = module_path if a.graph == "body_estimation.model" else module_path.split(".")[0]
+    t = time.perf_counter()
+    module = zoo.build_component(a.suite, component, a.seed)
+    build_s = time.perf_counter() - t
+    gc.collect()
+    marks["after_build"] = rss()
+    holder = zoo.Holder(module_path, module)
+
+    parent_rec = Recording.load(a.signatures)
+    g = parent_rec[a.graph]
+    args, kwargs = g.example_inputs()
+    method = g.method
+    with shapetrace.record(holder) as rec:
+        target = getattr(holder, module_path.split(".")[0])
+        for part in module_path.split(".")[1:]:
+            target = getattr(target, part)
+        fn = target if method == "forward" else getattr(target, method)
+        with torch.no_grad():
+            out = fn(*args, **kwargs)
+    del out, args, kwargs, parent_rec, g
+    gc.collect()
+    marks["after_record"] = rss()
+
+    phases = Phases()
+    import onnx
+    import openvino
+
+    phases.wrap(export_mod, "prepare", "prepare")
+    phases.wrap(torch.export, "export", "torch.export")
+    phases.wrap(export_mod, "_write_onnx", "onnx (total)")
+    phases.wrap(torch.onnx, "export", "torch.onnx.export")
+    phases.wrap(export_mod, "_rename_onnx_dims", "rename dims (onnx load+save)")
+    phases.wrap(onnx.checker, "check_model", "onnx.checker")
+    phases.wrap(export_mod, "_write_openvino", "openvino (total)")
+    phases.wrap(openvino, "convert_model", "openvino.convert_model")
+    phases.wrap(openvino, "save_model", "openvino.save_model")
+
+    for name in a.patch:
+        PATCHES[name](export_mod)
+    formats = tuple(f for f in a.formats.split(",") if f)
+    gc.collect()
+    hwm_reset = reset_hwm()
+    marks["before_export"] = rss()
+    anon_before = marks["before_export"] - rss_split()[1]
+    sampler = Sampler().start()
+    prof = None
+    if a.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.perf_counter()
+    result = shapetrace.export_all(holder, a.out, recording=rec, formats=formats, graphs=[a.graph], verify=False,
+                                   progress=False, overwrite=True)
+    t1 = time.perf_counter()
+    if prof is not None:
+        prof.disable()
+    sampler.stop()
+    phases.restore()
+    marks["after_export"] = rss()
+    hwm = vm_hwm()
+
+    if prof is not None:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf)
+        st.sort_stats("cumulative").print_stats(45)
+        st.sort_stats("tottime").print_stats(30)
+        Path(a.profile).write_text(buf.getvalue())
+
+    entry = dict(result.graphs[a.graph].entry)
+    phase_rows = []
+    for p in sorted(phases.log, key=lambda p: p["start"]):
+        phase_rows.append({"phase": p["phase"], "seconds": round(p["end"] - p["start"], 3),
+                           "start_s": round(p["start"] - t0, 3), "rss_start": p["rss_start"],
+                           "peak_rss": max(p["rss_start"], sampler.peak(p["start"], p["end"])),
+                           "peak_anon": sampler.peak_anon(p["start"], p["end"])})
+    step = max(1, len(sampler.samples) // 400)
+    series = [(round(t - t0, 2), r, a) for (t, r), a in list(zip(sampler.samples, sampler.anon))[::step]]
+    weights = entry.get("weights_bytes") or 0
+    out = {
+        "graph": a.graph, "suite": a.suite, "formats": list(formats), "build_seconds": round(build_s, 3),
+        "fingerprint": zoo.fingerprint(module),
+        "error": entry.get("error"),
+        "seconds": entry.get("seconds"), "wall_seconds": round(t1 - t0, 3),
+        "peak_rss_bytes": entry.get("peak_rss_bytes"), "weights_bytes": weights,
+        "vm_hwm_bytes": hwm if hwm_reset else None, "vm_hwm_is_export_only": hwm_reset,
+        "sampled_peak_rss_bytes": sampler.peak(),
+        "sampled_peak_anon_bytes": sampler.peak_anon(),
+        "anon_before_export": anon_before,
+        "rss_marks": marks,
+        "timings": entry.get("timings"), "sizes": entry.get("sizes"), "tools": entry.get("tools"),
+        "dims": list((entry.get("dims") or {}).keys()), "specialized": entry.get("specialized"),
+        "phases": phase_rows, "rss_series": series, "patches": a.patch,
+    }
+    Path(a.result).write_text(json.dumps(out, indent=1, default=repr))
+    print(json.dumps({k: out[k] for k in ("graph", "seconds", "peak_rss_bytes", "weights_bytes", "vm_hwm_bytes",
+                                          "error")}, default=repr))
+
+
+if __name__ == "__main__":
+    main()
