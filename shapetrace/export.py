@@ -395,6 +395,10 @@ def _rename_ir_dims(model: Any, symbols: Mapping[str, str], input_shapes: Mappin
                 renamed(v, None)
 
 
+#: Graphs with more weights than this keep them in ``<graph>.onnx.data`` (beyond 2 GB ONNX requires it anyway).
+ONNX_EXTERNAL_DATA_ABOVE_BYTES = 256 << 20
+
+
 def _write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, opset: int | None) -> dict:
     onnx = _require("onnx", "onnx")
     _require("onnxscript", "onnx")
@@ -415,7 +419,10 @@ def _write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, o
                           opset_version=opset or 17)
     if prog is not None:
         _rename_ir_dims(prog.model, info.symbols, info.input_shapes, info.output_shapes)
-        prog.save(str(path))  # weights beyond 2 GB go to external data next to the file
+        # weights of large graphs go to external data next to the file (<graph>.onnx.data): a single-file proto is
+        # serialised and later re-read whole (checker, OpenVINO), which costs its size again in memory
+        large = sum(p.numel() * p.element_size() for p in plan.module.parameters()) > ONNX_EXTERNAL_DATA_ABOVE_BYTES
+        prog.save(str(path), external_data=True if large else None)
         opset_found = prog.model.opset_imports.get("", None)
         del prog
         tools["opset"] = int(opset_found) if opset_found is not None else -1

@@ -248,3 +248,19 @@ def test_openvino_only_export_into_a_folder_with_a_comma(exports, tmp_path):
         want = z[entry["outputs"][0]["name"]]
     got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_large_graphs_keep_their_weights_in_external_data(exports, tmp_path, monkeypatch):
+    import onnx
+
+    from shapetrace import export as export_mod
+
+    monkeypatch.setattr(export_mod, "ONNX_EXTERNAL_DATA_ABOVE_BYTES", 1000)
+    obj, rec, _, _ = exports.get("text-classification")
+    out = tmp_path / "o"
+    result = shapetrace.export_all(obj, out, recording=rec, progress=False)
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest["graphs"][0]
+    assert entry["files"]["onnx_data"] == ["model.onnx.data"]
+    small = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in small.graph.initializer)
