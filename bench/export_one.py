@@ -130,84 +130,50 @@ class Phases:
 
 # ------------------------------------------------------------------------------------------ what-if patches
 # Each replaces one step of shapetrace/export.py in this child process only, to measure a proposed change before
-# anyone edits export.py. Contracts (arguments, return values, files written) are those of the originals.
-def _patch_onnx_inmemory(export_mod) -> None:
-    """_write_onnx: rename the dims on the in-memory ONNX IR model, then save ONCE with external data.
+# anyone edits export.py. The originals are wrapped, so everything else export.py does stays as it is.
+def _patch_onnx_external_data(export_mod) -> None:
+    """Every ONNX file saved with its weights as external data (``<stem>.onnx.data``), not only above 2 GB.
 
-    Replaces: ``prog.save(path)`` (weights inline below 2 GB) + ``_rename_onnx_dims`` (``onnx.load`` of the whole
-    file + ``onnx.save``) + ``onnx.checker.check_model(path)`` on a file that holds the weights.
+    Then ``onnx.checker.check_model(path)`` reads the graph only, and OpenVINO's ``read_model`` maps the weights
+    from the file instead of parsing them out of a protobuf.
     """
-    import onnx
-    import onnx_ir as ir
-    import torch
-    from shapetrace import dims as dims_mod
+    from torch.onnx._internal.exporter import _onnx_program
 
-    def _write_onnx(plan, ep, path, info, opset):
-        prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
-                                 output_names=list(plan.output_names), opset_version=opset, optimize=True,
-                                 verbose=False)
-        shapes = {**info.input_shapes, **info.output_shapes}
+    orig = _onnx_program.ONNXProgram.save
 
-        def rename(value, want):
-            if value.shape is None:
-                return
-            dims = []
-            for i, d in enumerate(value.shape):
-                if want is not None and i < len(want) and isinstance(want[i], str):
-                    dims.append(ir.SymbolicDim(want[i]))
-                elif isinstance(d, ir.SymbolicDim) and d.value:
-                    dims.append(ir.SymbolicDim(dims_mod.symbol_map_rename(d.value, info.symbols)))
-                else:
-                    dims.append(d)
-            value.shape = ir.Shape(dims)
+    def save(self, destination, *, include_initializers=True, keep_initializers_as_inputs=False,
+             external_data=None):
+        return orig(self, destination, include_initializers=include_initializers,
+                    keep_initializers_as_inputs=keep_initializers_as_inputs, external_data=True)
 
-        graph = prog.model.graph
-        for v in [*graph.inputs, *graph.outputs]:
-            rename(v, shapes.get(v.name))
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            for v in node.outputs:
-                if v not in graph.outputs:
-                    rename(v, None)
-        prog.save(str(path), external_data=True)
-        opset_v = prog.model.opset_imports.get("", -1)
-        del prog
-        onnx.checker.check_model(str(path))
-        return {"onnx_exporter": "torch.onnx.export(dynamo=True)", "opset": int(opset_v),
-                "patch": "onnx-inmemory"}
-
-    export_mod._write_onnx = _write_onnx
+    _onnx_program.ONNXProgram.save = save
 
 
-def _patch_ov_read_model(export_mod) -> None:
-    """_write_openvino from ONNX: ``ov.Core().read_model(onnx)`` (mmaps external data) instead of convert_model."""
-    import openvino as ov
+def _force_openvino_source(export_mod, source: str) -> None:
+    import inspect
 
     orig = export_mod._write_openvino
+    params = inspect.signature(orig).parameters
 
-    def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16):
-        if onnx_path is None:
-            return orig(onnx_path, plan, xml_path, compress_to_fp16)
-        model = ov.Core().read_model(str(onnx_path))
-        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
-        del model
-        return {"openvino_from": "onnx (read_model)", "compress_to_fp16": compress_to_fp16}
+    def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16, *args, **kwargs):
+        if "source" in params:
+            kwargs.pop("source", None)
+            args = ()
+            kwargs["source"] = source
+            if onnx_path is None and source == "onnx":
+                raise RuntimeError("ov-from-onnx needs 'onnx' in formats")
+            return orig(onnx_path, plan, xml_path, compress_to_fp16, **kwargs)
+        # older export.py: IR from ONNX when the ONNX file exists, else from torch
+        return orig(onnx_path if source == "onnx" else None, plan, xml_path, compress_to_fp16, *args, **kwargs)
 
     export_mod._write_openvino = _write_openvino
 
 
-def _patch_ov_from_torch(export_mod) -> None:
-    """_write_openvino: always convert the IR from the torch module (weights shared), even when ONNX was written."""
-    orig = export_mod._write_openvino
-
-    def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16):
-        out = orig(None, plan, xml_path, compress_to_fp16)
-        return dict(out, patch="ov-from-torch")
-
-    export_mod._write_openvino = _write_openvino
-
-
-PATCHES = {"onnx-inmemory": _patch_onnx_inmemory, "ov-read-model": _patch_ov_read_model,
-           "ov-from-torch": _patch_ov_from_torch}
+PATCHES = {
+    "onnx-external-data": _patch_onnx_external_data,
+    "ov-from-onnx": lambda m: _force_openvino_source(m, "onnx"),
+    "ov-from-torch": lambda m: _force_openvino_source(m, "torch"),
+}
 
 
 def main() -> None:
@@ -265,10 +231,16 @@ def main() -> None:
     phases.wrap(torch.export, "export", "torch.export")
     phases.wrap(export_mod, "_write_onnx", "onnx (total)")
     phases.wrap(torch.onnx, "export", "torch.onnx.export")
+    from torch.onnx._internal.exporter import _onnx_program
+
     phases.wrap(export_mod, "_rename_onnx_dims", "rename dims (onnx load+save)")
+    if hasattr(export_mod, "_rename_ir_dims"):
+        phases.wrap(export_mod, "_rename_ir_dims", "rename dims (in memory)")
+    phases.wrap(_onnx_program.ONNXProgram, "save", "ONNXProgram.save")
     phases.wrap(onnx.checker, "check_model", "onnx.checker")
     phases.wrap(export_mod, "_write_openvino", "openvino (total)")
     phases.wrap(openvino, "convert_model", "openvino.convert_model")
+    phases.wrap(openvino.Core, "read_model", "openvino.Core.read_model")
     phases.wrap(openvino, "save_model", "openvino.save_model")
 
     for name in a.patch:

@@ -60,6 +60,12 @@ VARIANTS = (
     ("ONNX Runtime f32", "onnxruntime", "f32", False),
 )
 PSNR_TARGET = 40.0
+#: what-if export runs (section ``export-whatif``): result key -> patches of bench/export_one.py
+WHATIF = {
+    "export-whatif-onnx-external-data": ("onnx-external-data",),
+    "export-whatif-onnx-external-data+ov-from-onnx": ("onnx-external-data", "ov-from-onnx"),
+    "export-whatif-ov-from-torch": ("ov-from-torch",),
+}
 
 
 # ============================================================================================== small helpers
@@ -340,7 +346,8 @@ class Bench:
 
     # ------------------------------------------------------------------------------------------ 2. export
     def export(self, graphs: tuple[str, ...] | None = None, formats: str = "onnx,openvino",
-               key: str = "export", keep: bool = True) -> None:
+               key: str = "export", keep: bool = True, patches: tuple[str, ...] = (),
+               verify: bool = False) -> None:
         graphs = graphs or (PIPE_GRAPHS + OPENPOSE_GRAPHS)
         out_root = self.work / key
         shutil.rmtree(out_root, ignore_errors=True)
@@ -355,6 +362,8 @@ class Bench:
                    "--result", str(res_file)]
             if name in (self.a.profile_export or []):
                 cmd += ["--profile", str(out_root / f"{name}.profile.txt")]
+            for patch in patches:
+                cmd += ["--patch", patch]
             self.log(f"export {name} ({formats}) in a child process")
             log = out_root / f"{name}.log"
             with open(log, "w") as f:
@@ -378,6 +387,8 @@ class Bench:
                 name if name in OPENPOSE_GRAPHS else name.split(".")[0])
             res["same_weights_as_pipeline"] = expected is None or abs(expected - res["fingerprint"]) < 1e-6 * max(
                 1.0, abs(expected))
+            if verify and not res.get("error"):
+                res["verify"] = self._verify(out)
             results[name] = res
             self.log(f"  {name}: {res['seconds']}s, peak {gb(peak)} (sampled {gb(res['peak_rss_bytes'])}), "
                      f"weights {gb(w)}, ratio {res['peak_over_weights']:.2f}, error={res['error']}")
@@ -385,6 +396,26 @@ class Bench:
         if keep:
             self.merge(out_root, graphs)
         self.save(key)
+
+    def _verify(self, out: Path) -> dict:
+        """shapetrace.verify from the folder alone: recorded PyTorch outputs vs ONNX Runtime and OpenVINO (f32)."""
+        import shapetrace
+
+        try:
+            t, report = timed(lambda: shapetrace.verify(out, write=False))
+            text = str(report)
+            return {"passed": bool(report), "seconds": t, "report": text[-1500:]}
+        except Exception as e:
+            return {"passed": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+    def whatif(self) -> None:
+        """The same export with one step of export.py replaced (bench/export_one.py PATCHES), to measure a proposed
+        change before anyone edits export.py; every result is verified (shapetrace.verify, f32)."""
+        graphs = tuple(self.a.whatif_graphs.split(","))
+        for key, patches in WHATIF.items():
+            self.log(f"{key}: patches {', '.join(patches) or '(none: baseline with the anonymous-RSS split)'}")
+            self.export(graphs=graphs, key=key, keep=False, patches=patches, verify=True)
+            shutil.rmtree(self.work / key, ignore_errors=True)
 
     def merge(self, out_root: Path, graphs: tuple[str, ...]) -> None:
         """One export folder per object (pipeline, detector) from the per-graph folders the children wrote."""
@@ -503,6 +534,48 @@ class Bench:
         self.r["e2e_estimated"] = {"not_in_graphs_s": rest, "torch_graph_sum_s": torch_graphs, "variants": est}
 
     # ------------------------------------------------------------------------------------------ 4. e2e
+    def breakdown(self) -> None:
+        """Where a PyTorch pipeline run spends its time: each graph timed in place (hooks), the rest outside."""
+        timers: dict[str, list[float]] = {}
+        hooks = []
+        for name in ("text_encoder", "controlnet", "unet"):
+            def pre(mod, args, name=name):
+                timers.setdefault(name, []).append(-time.perf_counter())
+
+            def post(mod, args, out, name=name):
+                timers[name][-1] += time.perf_counter()
+
+            module = getattr(self.pipe, name)
+            hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        vae = self.pipe.vae
+        orig = vae.decode
+
+        def decode(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                timers.setdefault("vae.decode", []).append(time.perf_counter() - t)
+
+        runs = []
+        try:
+            vae.decode = decode
+            for _ in range(self.runs):
+                timers.clear()
+                gc.collect()
+                t, _ = timed(self.run_pipe)
+                runs.append({"total_s": t, "graphs": {k: {"calls": len(v), "seconds": sum(v)}
+                                                      for k, v in timers.items()}})
+                runs[-1]["outside_graphs_s"] = t - sum(g["seconds"] for g in runs[-1]["graphs"].values())
+                self.log(f"  breakdown: {t:.2f}s, outside graphs {runs[-1]['outside_graphs_s']:.2f}s: "
+                         + ", ".join(f"{k} {g['seconds']:.2f}s/{g['calls']}" for k, g in runs[-1]["graphs"].items()))
+        finally:
+            del vae.decode
+            for h in hooks:
+                h.remove()
+        self.r["e2e_torch_breakdown"] = {"runs": runs, "loadavg": os.getloadavg()}
+        self.save("breakdown")
+
     def shell(self) -> Any:
         """A second pipeline object sharing the same modules (own scheduler): load() swaps its attributes only,
         so PyTorch (``self.pipe``) and the runtime can run alternately without a second copy of the weights."""
@@ -542,6 +615,7 @@ class Bench:
             rows[label] = row
             if row.get("torch_times_s"):
                 rows["torch eager"]["times_s"] += row["torch_times_s"]
+                rows["torch eager"]["torch_cpu_s"] = rows["torch eager"].get("torch_cpu_s", []) + row["torch_cpu_s"]
                 rows["torch eager"]["median_s"] = med(rows["torch eager"]["times_s"])
                 rows["torch eager"]["psnr_db"] = row["torch_psnr_db"]
                 row["speedup_vs_interleaved_torch"] = med(row["torch_times_s"]) / row["median_s"]
@@ -561,12 +635,18 @@ class Bench:
         for k, row in rows.items():
             if row.get("median_s") and k != "torch eager":
                 row["speedup"] = base / row["median_s"]
-        ok = [(r["speedup"], k) for k, r in rows.items() if k.startswith("OpenVINO") and r.get("speedup")
+        def headline(row: dict) -> float | None:  # adjacent-pair ratios: robust to a drifting machine load
+            return row.get("median_pair_speedup") or row.get("speedup")
+
+        ok = [(headline(r), k) for k, r in rows.items() if k.startswith("OpenVINO") and headline(r)
               and (r.get("psnr_db") or 0) >= PSNR_TARGET]
         if ok:
             best = max(ok)
             self.r["e2e_speedup_openvino_vs_torch"] = round(best[0], 3)
             self.r["e2e_best_variant"] = best[1]
+            self.r["e2e_speedup_definition"] = ("median over adjacent (runtime run, PyTorch run) pairs of "
+                                                "PyTorch seconds / runtime seconds, best OpenVINO variant with "
+                                                f"PSNR >= {PSNR_TARGET} dB")
         anyov = [(r["speedup"], k) for k, r in rows.items() if k.startswith("OpenVINO") and r.get("speedup")]
         if anyov:
             self.r["e2e_speedup_openvino_any_psnr"] = dict(zip(("speedup", "variant"), max(anyov)))
@@ -580,25 +660,32 @@ class Bench:
         try:
             t_first, _ = timed(lambda: zoo.run_pipeline(shell, self.suite, self.a.seed))
             times, torch_times, image, torch_image = [], [], None, None
+            cpu_rt, cpu_pt = [], []
             k = self.a.e2e_torch_runs if self.a.e2e_torch_runs is not None else self.runs
             # PyTorch runs interleaved with the runtime's (rt pt rt pt ... then the remaining rt), so a drifting
             # machine load hits both
             order = [kind for i in range(self.runs) for kind in (("rt", "pt") if i < k else ("rt",))]
             for kind in order:
                 gc.collect()
+                c0 = time.process_time()
                 if kind == "rt":
                     t, image = timed(lambda: zoo.run_pipeline(shell, self.suite, self.a.seed))
                     times.append(t)
+                    cpu_rt.append(time.process_time() - c0)
                 else:
                     t, torch_image = timed(self.run_pipe)
                     torch_times.append(t)
+                    cpu_pt.append(time.process_time() - c0)
             stats = [{"graph": st.graph, "ran_on": st.ran_on, "calls": st.calls, "seconds": st.seconds}
                      for st in runtime.stats()]
         finally:
             runtime.close()
             del runtime, shell
             gc.collect()
+        pairs = [p / r for r, p in zip(times, torch_times)]  # each runtime run and the PyTorch run right after it
         return {"load_s": t_load, "first_s": t_first, "times_s": times, "median_s": med(times),
+                "pair_speedups": pairs, "median_pair_speedup": med(pairs) if pairs else None,
+                "cpu_s": cpu_rt, "torch_cpu_s": cpu_pt,
                 "torch_times_s": torch_times, "psnr_db": psnr(image, ref),
                 "torch_psnr_db": psnr(torch_image, ref) if torch_image is not None else None,
                 "rss_loaded": rss_loaded, "loadavg": os.getloadavg(), "runtime_stats": stats}
@@ -749,14 +836,31 @@ def render_md(r: dict) -> str:
         bad = [n for n, e in r["export"].items() if e.get("same_weights_as_pipeline") is False]
         if bad:
             L += [f"WARNING: the children's weights differ from the pipeline's for {', '.join(bad)}.", ""]
-    if r.get("export-ov-direct"):
-        L += ["### IR straight from torch (`formats=(\"openvino\",)`: `openvino.convert_model(module)`, no ONNX)", "",
-              "| graph | seconds | peak RSS | peak / weights | IR size | error |", "|---|---|---|---|---|---|"]
-        for name, e in r["export-ov-direct"].items():
+    extra = [k for k in r if k in ("export-previous", "export-ov-direct") or k.startswith("export-whatif")]
+    for key in extra:
+        title = ("IR straight from torch (`formats=(\"openvino\",)`: `openvino.convert_model(module)`, no ONNX)"
+                 if key == "export-ov-direct" else
+                 f"Before: {r.get('export-previous-note', 'an earlier export.py')}" if key == "export-previous" else
+                 f"What-if `{key[len('export-whatif-'):]}`: export.py steps replaced in the child only "
+                 f"(bench/export_one.py PATCHES), then `shapetrace.verify` (f32, ONNX Runtime + OpenVINO)")
+        L += [f"### {title}", "",
+              "| graph | seconds | ONNX s | IR s | peak RSS (VmHWM) | sampled peak (anonymous) | peak / weights | "
+              "(peak - after build) / weights | ONNX size | IR size | verify | error |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, e in r[key].items():
+            if "rss_marks" not in e:
+                L.append(f"| {name} | FAILED: {str(e.get('error'))[:200]} |" + " |" * 10)
+                continue
             peak = e.get("vm_hwm_bytes") or e.get("peak_rss_bytes")
-            L.append(f"| {name} | {e.get('seconds') or '-'} | {gb(peak)} | "
-                     f"{(e.get('peak_over_weights') or 0):.2f}x | {gb((e.get('sizes') or {}).get('openvino'))} | "
-                     f"{str(e.get('error') or '')[:200]} |")
+            t = e.get("timings") or {}
+            sz = e.get("sizes") or {}
+            v = e.get("verify")
+            vtxt = "-" if not v else ("passed" if v.get("passed") else f"FAILED {v.get('error', '')[:80]}")
+            L.append(f"| {name} | {e.get('seconds') or '-'} | {t.get('onnx', '-')} | {t.get('openvino', '-')} | "
+                     f"{gb(peak)} | {gb(e.get('sampled_peak_rss_bytes'))} ({gb(e.get('sampled_peak_anon_bytes'))}) | "
+                     f"**{(e.get('peak_over_weights') or 0):.2f}x** | "
+                     f"{(e.get('peak_minus_build_over_weights') or 0):.2f}x | {gb(sz.get('onnx'))} | "
+                     f"{gb(sz.get('openvino'))} | {vtxt} | {str(e.get('error') or '')[:200]} |")
         L.append("")
     if r.get("graphs"):
         L += ["## 3. Per graph inference (recorded inputs, `<graph>.inputs.npz`)", "",
@@ -787,6 +891,16 @@ def render_md(r: dict) -> str:
               "| variant | estimated e2e | speedup |", "|---|---|---|"]
         L += [f"| {k} | {x['seconds']:.2f} s | {x['speedup']:.2f}x |" for k, x in e["variants"].items()]
         L.append("")
+    if r.get("e2e_torch_breakdown"):
+        runs = r["e2e_torch_breakdown"]["runs"]
+        names = list(runs[0]["graphs"])
+        L += ["### Where a PyTorch pipeline run spends its time (graphs timed in place with hooks)", "",
+              "| run | total | " + " | ".join(names) + " | outside the graphs |", "|---" * (len(names) + 3) + "|"]
+        for i, x in enumerate(runs):
+            L.append(f"| {i + 1} | {x['total_s']:.2f} s | "
+                     + " | ".join(f"{x['graphs'][n]['seconds']:.2f} s ({x['graphs'][n]['calls']} calls)" for n in names)
+                     + f" | {x['outside_graphs_s']:.2f} s |")
+        L.append("")
     if r.get("e2e") or r.get("e2e_note"):
         L += ["## 4. End to end (`shapetrace.load(pipe, out_dir, backend=..., precision=..., static_shapes=...)`)",
               ""]
@@ -794,16 +908,17 @@ def render_md(r: dict) -> str:
             L += [r["e2e_note"], ""]
         if r.get("e2e"):
             L += ["Each variant runs on a second pipeline object that shares the modules (load() swaps its attributes "
-                  "only); its runs alternate with PyTorch runs (ABBA), so a drifting machine load hits both. "
-                  "Speedup = median of all PyTorch runs of this process (the plain runs of section 1 and those interleaved "
-                  "here) / the variant's median (in brackets: against the PyTorch runs interleaved with it). PSNR of the final image (float, [0, 1]) against PyTorch's. "
-                  "`in graphs` = time the runtime spent inside its compiled graphs per run (from "
-                  "`Runtime.stats()`, first run included).", "",
-                  "| variant | median | speedup vs PyTorch | PSNR vs PyTorch image | in graphs / run | load (compile) "
-                  "| first run |", "|---|---|---|---|---|---|---|"]
+                  "only); each of its timed runs is followed by a PyTorch run, so a drifting machine load hits both. "
+                  "**Pair speedup** = median over those adjacent pairs of PyTorch seconds / runtime seconds (the "
+                  "headline: robust to the load drifting between variants). Medians speedup = median of all PyTorch "
+                  "runs of this process / the variant's median. CPU = process CPU time per run (all threads). "
+                  "PSNR of the final image (float, [0, 1]) against PyTorch's. `in graphs` = time the runtime spent "
+                  "inside its compiled graphs per run (`Runtime.stats()`, first run included).", "",
+                  "| variant | median | pair speedup | medians speedup | PSNR vs PyTorch image | median CPU | "
+                  "in graphs / run | load (compile) | first run |", "|---|---|---|---|---|---|---|---|---|"]
             for k, row in r["e2e"].items():
                 if row.get("error"):
-                    L.append(f"| {k} | error: {row['error'][:300]} | | | | | |")
+                    L.append(f"| {k} | error: {row['error'][:300]} |" + " |" * 7)
                     continue
                 if not row.get("median_s"):
                     continue
@@ -811,11 +926,13 @@ def render_md(r: dict) -> str:
                 if row.get("runtime_stats"):
                     per = sum(x["seconds"] for x in row["runtime_stats"] if x["ran_on"] != "torch")
                     inner = f"{per / (len(row['times_s']) + 1):.2f} s"
-                alongside = (f" ({row['speedup_vs_interleaved_torch']:.2f}x)"
-                             if row.get("speedup_vs_interleaved_torch") else "")
-                L.append(f"| {k} | {row['median_s']:.2f} s | **{row.get('speedup', 1):.2f}x**{alongside} | "
-                         f"{fmt_db(row['psnr_db'])} | {inner} | {row.get('load_s', 0):.1f} s | "
-                         f"{row.get('first_s', 0):.2f} s |")
+                pair = row.get("median_pair_speedup")
+                pair_txt = (f"**{pair:.2f}x** ({', '.join(f'{x:.2f}' for x in row['pair_speedups'])})"
+                            if pair else ("1.00x" if k == "torch eager" else "-"))
+                cpu = row.get("cpu_s") or row.get("torch_cpu_s")
+                L.append(f"| {k} | {row['median_s']:.2f} s | {pair_txt} | {row.get('speedup', 1):.2f}x | "
+                         f"{fmt_db(row['psnr_db'])} | {f'{med(cpu):.1f} s' if cpu else '-'} | {inner} | "
+                         f"{row.get('load_s', 0):.1f} s | {row.get('first_s', 0):.2f} s |")
             L.append("")
     notes = HERE / "analysis.md"
     if r["suite"] == "full" and notes.exists():
@@ -868,10 +985,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="export folders etc. (default /tmp/shapetrace-bench-<suite>)")
     ap.add_argument("--output", default=None, help="where RESULTS.md / results.json go (default bench/)")
-    ap.add_argument("--sections", default="overhead,export,graphs,e2e",
-                    help="comma list of overhead, export, graphs, e2e, export-ov-direct")
+    ap.add_argument("--sections", default="overhead,export,graphs,breakdown,e2e,export-ov-direct",
+                    help="comma list of overhead, export, graphs, breakdown, e2e, export-ov-direct, export-whatif")
     ap.add_argument("--profile-export", action="append", default=None, help="cProfile this graph's export child")
     ap.add_argument("--export-timeout", type=int, default=3600)
+    ap.add_argument("--whatif-graphs", default="text_encoder,controlnet,unet")
     ap.add_argument("--update", action="store_true",
                     help="start from the existing results.json and replace only the sections run now")
     ap.add_argument("--render", action="store_true", help="only re-render RESULTS.md from results.json")
@@ -882,7 +1000,7 @@ def main() -> None:
     sections = a.sections.split(",")
     if not a.quick:
         a.overhead_runs = a.overhead_runs or 3
-        a.e2e_torch_runs = 1 if a.e2e_torch_runs is None else a.e2e_torch_runs
+        a.e2e_torch_runs = a.runs or 3 if a.e2e_torch_runs is None else a.e2e_torch_runs
     torch.set_grad_enabled(False)
     if a.render:
         suffix = ".quick" if a.quick else ""
@@ -914,11 +1032,17 @@ def main() -> None:
                 raise SystemExit("rebuilt pipeline has other weights than the first build")
     if "graphs" in sections:
         b.graphs()
+    if "breakdown" in sections:
+        b.breakdown()
     if "e2e" in sections:
         b.e2e()
     if "export-ov-direct" in sections:
         b.export(formats="openvino", key="export-ov-direct", keep=False)
         shutil.rmtree(b.work / "export-ov-direct", ignore_errors=True)
+    if "export-whatif" in sections:
+        b.pipe = b.det = None
+        gc.collect()
+        b.whatif()
     b.log("done")
 
 
