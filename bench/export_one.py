@@ -169,11 +169,54 @@ def _force_openvino_source(export_mod, source: str) -> None:
     export_mod._write_openvino = _write_openvino
 
 
+def _patch_ov_from_exported_program(export_mod) -> None:
+    """IR converted from the ExportedProgram that export.py already made (``ov.convert_model(ep)``): no second trace
+    of the module. The program is kept alive until the IR step (export.py frees it before that step today)."""
+    import openvino as ov
+    import torch
+
+    stash: dict = {}
+    orig_export = torch.export.export
+
+    def export(*args, **kwargs):
+        ep = orig_export(*args, **kwargs)
+        stash["ep"] = ep
+        return ep
+
+    torch.export.export = export
+
+    def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16, *args, **kwargs):
+        ep = stash.pop("ep")
+        model = ov.convert_model(ep)
+        for port, name in zip(model.inputs, plan.input_names):
+            port.get_tensor().set_names({name})
+        for port, name in zip(model.outputs, plan.output_names):
+            port.get_tensor().set_names({name})
+        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+        del model, ep
+        return {"openvino_from": "exported_program", "compress_to_fp16": compress_to_fp16}
+
+    export_mod._write_openvino = _write_openvino
+
+
 PATCHES = {
+    "ov-from-exported-program": _patch_ov_from_exported_program,
     "onnx-external-data": _patch_onnx_external_data,
     "ov-from-onnx": lambda m: _force_openvino_source(m, "onnx"),
     "ov-from-torch": lambda m: _force_openvino_source(m, "torch"),
 }
+
+
+def _export_py_version() -> dict:
+    """Which export.py this child ran: the repository HEAD and the file's own hash (it may be uncommitted)."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    digest = hashlib.sha1((root / "shapetrace" / "export.py").read_bytes()).hexdigest()[:10]
+    return {"head": head, "export_py_sha1": digest}
 
 
 def main() -> None:
@@ -301,7 +344,7 @@ def main() -> None:
         "rss_marks": marks,
         "timings": entry.get("timings"), "sizes": entry.get("sizes"), "tools": entry.get("tools"),
         "dims": list((entry.get("dims") or {}).keys()), "specialized": entry.get("specialized"),
-        "phases": phase_rows, "rss_series": series, "patches": a.patch,
+        "phases": phase_rows, "rss_series": series, "patches": a.patch, "export_py": _export_py_version(),
     }
     Path(a.result).write_text(json.dumps(out, indent=1, default=repr))
     print(json.dumps({k: out[k] for k in ("graph", "seconds", "peak_rss_bytes", "weights_bytes", "vm_hwm_bytes",

@@ -62,9 +62,7 @@ VARIANTS = (
 PSNR_TARGET = 40.0
 #: what-if export runs (section ``export-whatif``): result key -> patches of bench/export_one.py
 WHATIF = {
-    "export-whatif-onnx-external-data": ("onnx-external-data",),
-    "export-whatif-onnx-external-data+ov-from-onnx": ("onnx-external-data", "ov-from-onnx"),
-    "export-whatif-ov-from-torch": ("ov-from-torch",),
+    "export-whatif-ov-from-exported-program": ("ov-from-exported-program",),
 }
 
 
@@ -843,7 +841,8 @@ def render_md(r: dict) -> str:
                  f"Before: {r.get('export-previous-note', 'an earlier export.py')}" if key == "export-previous" else
                  f"What-if `{key[len('export-whatif-'):]}`: export.py steps replaced in the child only "
                  f"(bench/export_one.py PATCHES), then `shapetrace.verify` (f32, ONNX Runtime + OpenVINO)")
-        L += [f"### {title}", "",
+        note = (r.get("notes") or {}).get(key)
+        L += [f"### {title}", ""] + ([f"_{note}_", ""] if note else []) + [
               "| graph | seconds | ONNX s | IR s | peak RSS (VmHWM) | sampled peak (anonymous) | peak / weights | "
               "(peak - after build) / weights | ONNX size | IR size | verify | error |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
