@@ -172,7 +172,8 @@ class Bench:
         if args.update and self.json_path.exists():  # re-run some sections into an earlier run's results
             old = json.loads(self.json_path.read_text())
             old.setdefault("updates", []).append({k: self.r[k] for k in ("command", "started")}
-                                                 | {"loadavg_start": self.r["machine"]["loadavg_start"]})
+                                                 | {"loadavg_start": self.r["machine"]["loadavg_start"],
+                                                    "head": self.r["versions"].get("shapetrace_git")})
             self.r = old
         self.pipe: Any = None
         self.det: Any = None
@@ -740,15 +741,26 @@ def _jsonable(v: Any) -> Any:
 def render_md(r: dict) -> str:
     L: list[str] = []
     m, v, s = r["machine"], r["versions"], r["settings"]
+    runs = [{"command": r["command"], "started": r["started"], "loadavg_start": m.get("loadavg_start", []),
+             "head": r.get("head", v.get("shapetrace_git"))}]
+    runs += r.get("updates", [])
     L += [f"# shapetrace benchmark ({r['suite']})", "",
-          f"Command: `{r['command']}` (started {r['started']}, {r.get('elapsed_s', 0) / 60:.1f} min so far; "
-          f"sections done: {', '.join(r['sections_done']) or 'none'}).", "",
+          "Command" + ("s (later ones re-ran some sections with `--update`, replacing those sections only)"
+                       if len(runs) > 1 else "") + ":", ""]
+    L += [f"- `{x['command']}` (started {x['started']}, shapetrace at {x.get('head') or '?'}, load average "
+          f"{', '.join(f'{v:.1f}' for v in x.get('loadavg_start', []))})" for x in runs]
+    L += ["", f"Sections in this file: {', '.join(r['sections_done']) or 'none'}.", ""]
+    heads = sorted({f"{e['export_py']['head']} (export.py sha1 {e['export_py']['export_py_sha1']})"
+                    for e in (r.get("export") or {}).values() if isinstance(e, dict) and e.get("export_py")})
+    if heads:
+        L += [f"Section 2 measured shapetrace at {', '.join(heads)}.", ""]
+    L += [
           f"Machine: {m.get('cpu')}, {m.get('usable_cpus', m.get('logical_cpus'))} usable CPUs "
           f"(ISA: {', '.join(m.get('isa', []))}), {gb(m.get('MemTotal'))} RAM, swap {gb(m.get('SwapTotal'))}; "
-          f"torch threads {m.get('torch_threads')}; load average at start "
-          f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_start', []))} (machine shared with other jobs: "
-          f"timings carry a few % of noise).", "",
-          "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".", "",
+          f"torch threads {m.get('torch_threads')}. The machine is shared with other jobs (load averages "
+          f"above): speed ratios are only taken between runs interleaved in time.", "",
+          "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val and k != "shapetrace_git") + ".",
+          "",
           f"Workload: `StableDiffusionControlNetPipeline`, random weights, {s['height']}x{s['width']}, "
           f"{s['steps']} steps, guidance_scale {s['guidance_scale']} (one prompt, so the UNet and ControlNet see "
           f"batch 2), DDIM; medians of {s['runs']} runs after one warm-up run.", ""]
@@ -795,13 +807,12 @@ def render_md(r: dict) -> str:
                   f"at the UNet-pattern cost that predicts a ratio of "
                   f"{o.get('predicted_ratio_from_per_call', 1):.5f}.", ""]
     if r.get("export"):
-        L += ["## 2. Export (one child process per graph, `formats=(\"onnx\", \"openvino\")`, IR converted from the "
-              "ONNX file)", "",
+        L += ["## 2. Export (one child process per graph, `formats=(\"onnx\", \"openvino\")`)", "",
               "Peak = VmHWM of the child, reset right before `export_all` (so it is the export's own peak, model "
               "weights included); sampled = export.py's own 20 ms sampler (`manifest peak_rss_bytes`). "
               "`after build` = RSS right after constructing the model; `before export` = after recording one call.",
               "",
-              "| graph | weights (fp32) | seconds | ONNX s | IR s | RSS after build | RSS before export | "
+              "| graph | weights (fp32) | seconds | ONNX s | IR s (IR from) | RSS after build | RSS before export | "
               "peak RSS | sampled peak (anonymous part) | peak / weights | (peak - after build) / weights | "
               "ONNX size | IR size |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -812,8 +823,9 @@ def render_md(r: dict) -> str:
             peak = e.get("vm_hwm_bytes") or e.get("peak_rss_bytes")
             t = e.get("timings") or {}
             sz = e.get("sizes") or {}
+            src = (e.get("tools") or {}).get("openvino_from", "?")
             L.append(f"| {name} | {gb(e['weights_bytes'])} | {e['seconds']:.1f} | {t.get('onnx', 0):.1f} | "
-                     f"{t.get('openvino', 0):.1f} | {gb(e['rss_marks']['after_build'])} | "
+                     f"{t.get('openvino', 0):.1f} ({src}) | {gb(e['rss_marks']['after_build'])} | "
                      f"{gb(e['rss_marks']['before_export'])} | {gb(peak)} | {gb(e['peak_rss_bytes'])}"
                      f"{' (' + gb(e['sampled_peak_anon_bytes']) + ')' if e.get('sampled_peak_anon_bytes') else ''} | "
                      f"**{e['peak_over_weights']:.2f}x** | {e['peak_minus_build_over_weights']:.2f}x | "
@@ -950,12 +962,15 @@ def _md_targets(r: dict) -> list[str]:
         rows.append(f"| recording overhead <= 1 % | {x:.4f} ({(x - 1) * 100:+.2f} %), "
                     f"{r.get('record_overhead_us_per_call', 0):.1f} us / call | {'met' if x <= 1.01 else 'MISSED'} |")
     if r.get("export"):
-        worst = max(((e.get("peak_over_weights") or 0, n) for n, e in r["export"].items()), default=(0, "-"))
+        ok = [n for n, e in r["export"].items() if (e.get("peak_over_weights") or 99) <= 2]
+        txt = "; ".join(f"{n} {e.get('peak_over_weights', 0):.2f}x" for n, e in r["export"].items()
+                        if e.get("peak_over_weights"))
         big = r["export"].get("unet", {})
-        txt = f"worst {worst[0]:.2f}x ({worst[1]})"
         if big.get("seconds"):
-            txt += f"; UNet {gb(big.get('vm_hwm_bytes') or big.get('peak_rss_bytes'))} peak, {big['seconds']:.0f} s"
-        rows.append(f"| export peak RSS <= 2x fp32 weights | {txt} | {'met' if worst[0] <= 2 else 'MISSED'} |")
+            txt += (f" (UNet: {gb(big.get('vm_hwm_bytes') or big.get('peak_rss_bytes'))} peak, {big['seconds']:.0f} s; "
+                    f"below ~1 GB of weights the ~1.1 GB the process holds before exporting is already >2x)")
+        verdict = "met for " + ", ".join(ok) + ", missed for the others" if ok else "MISSED"
+        rows.append(f"| export peak RSS <= 2x fp32 weights | {txt} | {verdict} |")
     if r.get("e2e"):
         best = r.get("e2e_speedup_openvino_vs_torch")
         rows.append(f"| OpenVINO e2e >= 2.2x PyTorch, PSNR >= 40 dB (aim 3x) | "
@@ -1036,6 +1051,8 @@ def main() -> None:
     if "e2e" in sections:
         b.e2e()
     if "export-ov-direct" in sections:
+        b.pipe = b.det = None  # the last sections need the memory for their children
+        gc.collect()
         b.export(formats="openvino", key="export-ov-direct", keep=False)
         shutil.rmtree(b.work / "export-ov-direct", ignore_errors=True)
     if "export-whatif" in sections:
