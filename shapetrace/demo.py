@@ -13,12 +13,14 @@
 
 Exit status 0 when the export, the parity checks and the final image (PSNR >= :data:`PSNR_BOUND` dB) all pass,
 1 otherwise, 2 for unusable arguments (checked before any work). ``add_demo_command(subparsers)`` plugs the command into the ``shapetrace`` CLI; ``python -m
-shapetrace.demo`` runs it standalone.
+shapetrace.demo`` runs it standalone. :func:`demo_unavailable` says, without importing anything, whether the packages
+the demo needs are installed (a CLI offers the command only when it returns None).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -26,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-__all__ = ["add_demo_command", "run_demo", "main", "PSNR_BOUND"]
+__all__ = ["add_demo_command", "demo_unavailable", "run_demo", "main", "PSNR_BOUND"]
 
 #: The final image on the exported graphs must be at least this close to PyTorch's (dB). f32 OpenVINO measures
 #: ~120 dB on the tiny pipeline (max abs difference ~1e-5 on a 0..1 image); 40 dB is invisible to the eye.
@@ -36,6 +38,33 @@ _DESCRIPTION = ("The seed scenario end to end, offline: an OpenposeDetector take
                 "StableDiffusionControlNetPipeline is recorded, exported to ONNX + OpenVINO IR, verified, and run "
                 "again on the exported graphs; writes pose.png, torch.png, openvino.png, the export and "
                 "summary.json into --out.")
+
+
+#: What the demo imports beyond shapetrace's own dependencies, each with the extra that installs it.
+_DEPENDENCIES = (("diffusers", "diffusers"), ("transformers", "diffusers"), ("controlnet_aux", "diffusers"),
+                 ("PIL", "diffusers"), ("onnx", "onnx"), ("onnxscript", "onnx"), ("onnxruntime", "onnx"),
+                 ("openvino", "openvino"))
+
+
+def demo_unavailable() -> str | None:
+    """Why the demo cannot run here, in one line naming the extra(s) to install; None when it can.
+
+    It only looks the packages up (``importlib.util.find_spec``): nothing is imported, so a CLI can ask at start-up
+    for free. A package that is installed but broken still fails when the demo runs, with the extra in the message.
+    """
+    missing = [(name, extra) for name, extra in _DEPENDENCIES if not _installed(name)]
+    if not missing:
+        return None
+    extras = ",".join(dict.fromkeys(extra for _, extra in missing))
+    return (f"the demo needs {', '.join(name for name, _ in missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'shapetrace[{extras}]'")
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules without a __spec__: imported already
+        return True
 
 
 class _Clock:

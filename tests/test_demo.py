@@ -6,12 +6,13 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shapetrace.demo import PSNR_BOUND, add_demo_command, main, run_demo
+from shapetrace.demo import PSNR_BOUND, add_demo_command, demo_unavailable, main, run_demo
 from shapetrace.runtime import psnr
 
 
@@ -62,6 +63,16 @@ def test_demo_command_plugs_into_a_cli():
     args = parser.parse_args(["demo", "--out", "somewhere", "--steps", "2"])
     assert args.func is run_demo and args.out == "somewhere" and args.steps == 2
     assert args.backend == "openvino" and args.device == "CPU" and args.verify is True and args.model is None
+
+
+def test_demo_unavailable_names_what_is_missing_and_the_extra(monkeypatch):
+    assert demo_unavailable() is None  # everything the demo needs is installed here
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what an uninstalled package looks like to import
+    assert demo_unavailable() == "the demo needs openvino, which is not installed: pip install 'shapetrace[openvino]'"
+    monkeypatch.setitem(sys.modules, "controlnet_aux", None)
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert demo_unavailable() == ("the demo needs controlnet_aux, PIL, openvino, which are not installed: "
+                                  "pip install 'shapetrace[diffusers,openvino]'")
 
 
 @pytest.mark.parametrize("argv, message", [
