@@ -1,5 +1,9 @@
+import dataclasses
+import json
 import os
+import shutil
 import warnings
+from types import MappingProxyType
 
 import pytest
 
@@ -17,13 +21,23 @@ def _quiet_warnings():
 
 
 class _ExportCache:
-    """Record + export each offline example once per test session (exports are the slow part)."""
+    """Record + export each offline example once per test session (exports are the slow part).
+
+    ``get(name, **export_kwargs)`` records one default run of ``EXAMPLES[name]`` and exports it with
+    ``export_all(verify=False, **export_kwargs)``, once per distinct keyword set. ``get(name, graphs=[...])`` does
+    not export again: ``export_all`` exports each graph on its own and lists one entry per graph in the manifest,
+    so an export of some graphs is the full export's files of those graphs under a manifest that lists only them,
+    in the order asked, with no parity -- which is what the cache makes, in a folder of its own (copies; compared
+    with a real ``graphs=`` export: the same files and manifest but for timings and OpenVINO's node names). The
+    object is shared by every test that asks for the same example: leave it as you found it (``load`` and
+    ``record`` blocks restore it).
+    """
 
     def __init__(self, root):
         self.root = root
         self.done = {}
 
-    def get(self, name, **export_kwargs):
+    def get(self, name, *, graphs=None, **export_kwargs):
         import shapetrace
         from shapetrace.testing import EXAMPLES
 
@@ -36,10 +50,44 @@ class _ExportCache:
             out = self.root / f"{name}-{len(self.done)}"
             result = shapetrace.export_all(obj, out, progress=False, **{"verify": False, **export_kwargs})
             self.done[key] = (obj, rec, out, result)
-        return self.done[key]
+        if graphs is None:
+            return self.done[key]
+        graphs = [graphs] if isinstance(graphs, str) else list(graphs)
+        sub_key = (*key, tuple(graphs))
+        if sub_key not in self.done:
+            self.done[sub_key] = self._narrowed(self.done[key], graphs, self.root / f"{name}-{len(self.done)}")
+        return self.done[sub_key]
+
+    @staticmethod
+    def _narrowed(full, graphs, out):
+        """The export of ``full`` narrowed to ``graphs`` in ``out``: their files, a manifest listing only them."""
+        obj, rec, full_out, result = full
+        manifest = json.loads((full_out / "manifest.json").read_text())
+        entries = {e["name"]: e for e in manifest["graphs"]}
+        missing = [g for g in graphs if g not in entries]
+        if missing:
+            raise KeyError(f"graphs={missing!r} are not in the export of {full_out.name}; it holds {list(entries)}")
+        out.mkdir()
+        for e in (entries[g] for g in graphs):
+            for value in (e.get("files") or {}).values():
+                for f in value if isinstance(value, list) else [value]:
+                    if f:
+                        shutil.copy2(full_out / f, out / f)
+                        if f.endswith(".xml"):
+                            shutil.copy2(full_out / (f[:-4] + ".bin"), out / (f[:-4] + ".bin"))
+        manifest["graphs"] = [entries[g] for g in graphs]
+        manifest["parity"] = None
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        narrowed = dataclasses.replace(result, out_dir=out, manifest=manifest, parity=None,
+                                       graphs=MappingProxyType({g: result.graphs[g] for g in graphs}))
+        return obj, rec, out, narrowed
 
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
-    """``exports.get("controlnet") -> (obj, recording, out_dir, ExportResult)``; do not modify out_dir in place."""
+    """``exports.get("controlnet") -> (obj, recording, out_dir, ExportResult)``; do not modify out_dir in place.
+
+    ``exports.get("controlnet", graphs=["controlnet", "text_encoder"])``: the same export narrowed to those graphs
+    (see :class:`_ExportCache`).
+    """
     return _ExportCache(tmp_path_factory.mktemp("exports"))

@@ -57,10 +57,14 @@ def test_psnr_and_max_abs_diff():
 
 # ============================================================================================ controlnet: the checks
 @pytest.fixture(scope="module")
-def cn(tmp_path_factory):
-    """controlnet + text_encoder of the tiny ControlNet pipeline exported (unet / vae run in PyTorch)."""
-    ex, pipe, out = _export(tmp_path_factory, "controlnet", graphs=["controlnet", "text_encoder"])
-    return ex, pipe, out
+def cn(exports):
+    """controlnet + text_encoder of the tiny ControlNet pipeline exported (unet / vae run in PyTorch).
+
+    The session's export of the pipeline (tests/conftest.py) narrowed to those two graphs: no export of its own.
+    """
+    pipe, _, out, result = exports.get("controlnet", graphs=["controlnet", "text_encoder"])
+    assert result.ok, str(result)
+    return EXAMPLES["controlnet"], pipe, out
 
 
 def _cn_inputs(batch=2, size=8, cond=64):
@@ -343,8 +347,11 @@ def test_vae_encode_rebuilds_the_distribution(tmp_path_factory):
 
 # ============================================================================================ text classification
 @pytest.fixture(scope="module")
-def tc(tmp_path_factory):
-    return _export(tmp_path_factory, "text-classification")
+def tc(exports):
+    """The tiny text-classification pipeline, every graph exported: the session's export (tests/conftest.py)."""
+    obj, _, out, result = exports.get("text-classification")
+    assert result.ok, str(result)
+    return EXAMPLES["text-classification"], obj, out
 
 
 def test_text_classification_matches_torch(tc):
