@@ -202,7 +202,18 @@ def test_two_records_in_two_threads_do_not_mix():
     assert all(type(p.unet) is not shapetrace.RecordingProxy for p in pipes)
 
 
-def test_unknown_output_type_is_recorded_by_type_and_export_names_the_fix(tmp_path):
+@pytest.fixture
+def flattener_registry():
+    """shapetrace's flattener registry, put back as it was after the test: what a test registers leaves no trace."""
+    registry = tree._REGISTRY
+    saved = dict(registry)
+    yield registry
+    with tree._LOCK:
+        registry.clear()
+        registry.update(saved)
+
+
+def test_unknown_output_type_is_recorded_by_type_and_export_names_the_fix(tmp_path, flattener_registry):
     class Box:
         def __init__(self, t):
             self.t = t
@@ -220,6 +231,7 @@ def test_unknown_output_type_is_recorded_by_type_and_export_names_the_fix(tmp_pa
         shapetrace.prepare(holder, "m", recording=rec)
     # registering a flattener fixes it
     shapetrace.register_flattener(Box, lambda b: ({"t": b.t}, None), lambda cls, f, ctx: cls(f["t"]))
+    assert tree.qualname(Box) in flattener_registry  # removed again by the fixture
     with shapetrace.record(holder) as rec:
         holder.m(torch.ones(1))
     assert list(rec["m"].outputs) == ["t"]
