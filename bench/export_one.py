@@ -129,7 +129,7 @@ class Phases:
 
 
 # ------------------------------------------------------------------------------------------ what-if patches
-# Each replaces one step of shapetrace/export.py in this child process only, to measure a proposed change before
+# Each replaces one step of shapetrace/writers.py in this child process only, to measure a proposed change before
 # anyone edits export.py. The originals are wrapped, so everything else export.py does stays as it is.
 def _patch_onnx_external_data(export_mod) -> None:
     """Every ONNX file saved with its weights as external data (``<stem>.onnx.data``), not only above 2 GB.
@@ -152,7 +152,7 @@ def _patch_onnx_external_data(export_mod) -> None:
 def _force_openvino_source(export_mod, source: str) -> None:
     import inspect
 
-    orig = export_mod._write_openvino
+    orig = export_mod.write_openvino
     params = inspect.signature(orig).parameters
 
     def _write_openvino(onnx_path, plan, xml_path, compress_to_fp16, *args, **kwargs):
@@ -166,7 +166,7 @@ def _force_openvino_source(export_mod, source: str) -> None:
         # older export.py: IR from ONNX when the ONNX file exists, else from torch
         return orig(onnx_path if source == "onnx" else None, plan, xml_path, compress_to_fp16, *args, **kwargs)
 
-    export_mod._write_openvino = _write_openvino
+    export_mod.write_openvino = _write_openvino
 
 
 def _patch_ov_from_exported_program(export_mod) -> None:
@@ -196,7 +196,7 @@ def _patch_ov_from_exported_program(export_mod) -> None:
         del model, ep
         return {"openvino_from": "exported_program", "compress_to_fp16": compress_to_fp16}
 
-    export_mod._write_openvino = _write_openvino
+    export_mod.write_openvino = _write_openvino
 
 
 PATCHES = {
@@ -236,6 +236,7 @@ def main() -> None:
     import torch
     import shapetrace
     from shapetrace import export as export_mod
+    from shapetrace import writers as writers_mod
     from shapetrace.recording import Recording
 
     import zoo
@@ -272,22 +273,21 @@ def main() -> None:
 
     phases.wrap(export_mod, "prepare", "prepare")
     phases.wrap(torch.export, "export", "torch.export")
-    phases.wrap(export_mod, "_write_onnx", "onnx (total)")
+    phases.wrap(writers_mod, "write_onnx", "onnx (total)")
     phases.wrap(torch.onnx, "export", "torch.onnx.export")
     from torch.onnx._internal.exporter import _onnx_program
 
-    phases.wrap(export_mod, "_rename_onnx_dims", "rename dims (onnx load+save)")
-    if hasattr(export_mod, "_rename_ir_dims"):
-        phases.wrap(export_mod, "_rename_ir_dims", "rename dims (in memory)")
+    phases.wrap(writers_mod, "_rename_onnx_dims", "rename dims (onnx load+save)")
+    phases.wrap(writers_mod, "_rename_ir_dims", "rename dims (in memory)")
     phases.wrap(_onnx_program.ONNXProgram, "save", "ONNXProgram.save")
     phases.wrap(onnx.checker, "check_model", "onnx.checker")
-    phases.wrap(export_mod, "_write_openvino", "openvino (total)")
+    phases.wrap(writers_mod, "write_openvino", "openvino (total)")
     phases.wrap(openvino, "convert_model", "openvino.convert_model")
     phases.wrap(openvino.Core, "read_model", "openvino.Core.read_model")
     phases.wrap(openvino, "save_model", "openvino.save_model")
 
     for name in a.patch:
-        PATCHES[name](export_mod)
+        PATCHES[name](writers_mod)
     formats = tuple(f for f in a.formats.split(",") if f)
     gc.collect()
     hwm_reset = reset_hwm()

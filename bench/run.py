@@ -446,7 +446,8 @@ class Bench:
     # ------------------------------------------------------------------------------------------ 3. graphs
     def graphs(self) -> None:
         from shapetrace.backends import open_runner
-        from shapetrace.export import flat_module
+        from shapetrace.flat import flat_module
+        from shapetrace.manifest import GraphEntry
         from shapetrace.walker import parse_path, resolve
 
         out = self.r.setdefault("graphs", {})
@@ -470,9 +471,9 @@ class Bench:
                 gc.collect()
                 kw: dict[str, Any] = dict(precision=precision, static_shapes=static)
                 if backend == "torch":
-                    kw = {"module": flat_module(module, entry)}
+                    kw = {"module": flat_module(module, GraphEntry.from_json(entry))}
                 try:
-                    runner = open_runner(backend, folder, entry, **kw)
+                    runner = open_runner(backend, folder, GraphEntry.from_json(entry), **kw)
                     t_open, _ = timed(runner.__enter__)
                     try:
                         t_first, _ = timed(lambda: runner.infer(feed))

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .export import ExportPlan, ExportResult, export_all, prepare
-from .errors import (ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RuntimeMismatchError,
-                     ShapetraceError, SignatureFileError, VerifyError)
+from ._version import __version__
+from .errors import (ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RunnerError,
+                     RuntimeMismatchError, ShapetraceError, SignatureFileError, VerifyError)
+from .export import ExportResult, export_all
+from .flat import ExportPlan, prepare
 from .proxy import RecordingProxy, record, recording_for
 from .recording import GraphRecord, Recording, TensorSpec
+from .report import ParityReport
+from .runtime import load
 from .tree import register_flattener
+from .verify import verify
 from .walker import find_modules
-from .verify import ParityReport, verify  # noqa: E402 - after the submodule imports it relies on
 
 __all__ = [
     "__version__",
@@ -38,13 +40,6 @@ __all__ = [
     "ExportError",
     "VerifyError",
     "RuntimeMismatchError",
+    "RunnerError",
 ]
 
-
-def __getattr__(name: str):
-    # load pulls in the runtime backends: imported on first use
-    if name == "load":
-        from .runtime import load
-
-        return load
-    raise AttributeError(f"module 'shapetrace' has no attribute {name!r}")

@@ -20,7 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from . import demo
+from . import manifest as manifest_mod
 from .errors import ShapetraceError, SignatureFileError
+from .manifest import MANIFEST, Manifest
+from .recording import Recording
+from .verify import verify
 
 __all__ = ["main", "build_parser", "render_manifest", "EXTRA_COMMANDS", "EXIT_OK", "EXIT_FAILED", "EXIT_UNUSABLE"]
 
@@ -36,9 +41,9 @@ EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def _register_demo(subparsers: Any) -> None:
-    from .demo import add_demo_command
-
-    add_demo_command(subparsers)
+    """``demo`` needs the diffusers / onnx / openvino extras: registered only when they import."""
+    if demo.demo_unavailable() is None:
+        demo.add_demo_command(subparsers)
 
 
 EXTRA_COMMANDS.append(_register_demo)
@@ -54,14 +59,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.is_file() and path.name in ("manifest.json", "signatures.json"):
         path = path.parent
-    if (path / "manifest.json").exists():
-        from .verify import load_manifest
-
-        print(render_manifest(load_manifest(path)))
+    if (path / MANIFEST).exists():
+        print(render_manifest(manifest_mod.read(path)))
         return EXIT_OK
     if (path / "signatures.json").exists():
-        from .recording import Recording
-
         print(str(Recording.load(path)))
         return EXIT_OK
     if not path.exists():
@@ -80,64 +81,52 @@ def _table(rows: Sequence[Sequence[str]], indent: str = "    ") -> list[str]:
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
 
 
-def render_manifest(manifest: Mapping[str, Any]) -> str:
-    """A readable summary of an export manifest (what ``inspect`` prints for an export folder)."""
-    lines = [f"export of {manifest.get('object_class') or '?'} (format {manifest.get('format_version')}, "
-             f"shapetrace {manifest.get('shapetrace_version', '?')})"]
-    tools = manifest.get("tools") or {}
-    if tools:
-        lines.append("tools: " + ", ".join(f"{k} {v}" for k, v in tools.items() if v))
-    parity = manifest.get("parity")
+def render_manifest(manifest: Manifest) -> str:
+    """A readable summary of an export manifest (what ``inspect`` prints for an export folder): per graph its
+    files, inputs and outputs with dim names, dims with their ranges, the constraints a call must respect (pruned;
+    ``manifest.json`` keeps every raw guard under ``guards``), constants and errors, and the stored parity."""
+    lines = [f"export of {manifest.object_class or '?'} (format {manifest.format_version}, "
+             f"shapetrace {manifest.shapetrace_version or '?'})"]
+    if manifest.tools:
+        lines.append("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items() if v))
+    parity = manifest.parity
     if parity is None:
         lines.append("parity: not verified (run `python -m shapetrace verify`)")
     else:
         lines.append(parity.get("summary") or f"parity {'ok' if parity.get('passed') else 'FAILED'}")
-    graphs = manifest.get("graphs") or []
-    ok = sum(1 for g in graphs if g.get("error") is None)
-    lines.append(f"{len(graphs)} graphs, {ok} exported")
-    for g in graphs:
+    lines.append(f"{len(manifest.graphs)} graphs, {len(manifest.exported)} exported")
+    for g in manifest.graphs:
         lines.append("")
-        cls = str(g.get("class") or "").rsplit(":", 1)[-1]
-        lines.append(f"graph {g['name']}  ({g.get('module', '?')}.{g.get('method', 'forward')}, {cls})")
-        err = g.get("error")
-        if err is not None:
-            text = f"{err.get('type')}: {err.get('message')}" if isinstance(err, Mapping) else str(err)
-            lines.append(f"  error: {text}")
+        lines.append(f"graph {g.name}  ({g.module or '?'}.{g.method}, {g.cls.rsplit(':', 1)[-1]})")
+        if g.error is not None:
+            lines.append(f"  error: {g.error}")
             continue
-        files = g.get("files") or {}
-        lines.append("  files: " + ", ".join(f"{k}={v}" for k, v in files.items() if v and not isinstance(v, list)))
+        lines.append("  files: " + ", ".join(f"{k}={v}" for k, v in g.files.items() if v and not isinstance(v, list)))
         lines.append("  inputs:")
-        rows = []
-        for i in g.get("inputs") or ():
-            vr = i.get("value_range")
-            rows.append((i["name"], i.get("dtype", "?"), _shape(i.get("shape", [])),
-                         f"example {_shape(i.get('example_shape', []))}",
-                         f"values {vr[0]}..{vr[1]}" if vr else ""))
-        lines.extend(_table(rows))
+        lines.extend(_table([(i.name, i.dtype, _shape(i.shape), f"example {_shape(i.example_shape)}",
+                              f"values {i.value_range[0]}..{i.value_range[1]}" if i.value_range else "")
+                             for i in g.inputs]))
         lines.append("  outputs:")
-        lines.extend(_table([(o["name"], o.get("dtype", "?"), _shape(o.get("shape", [])),
-                              f"example {_shape(o.get('example_shape', []))}") for o in g.get("outputs") or ()]))
-        dims = g.get("dims") or {}
-        if dims:
+        lines.extend(_table([(o.name, o.dtype, _shape(o.shape), f"example {_shape(o.example_shape)}")
+                             for o in g.outputs]))
+        if g.dims:
             lines.append("  dims:")
-            lines.extend(_table([(n, f"min {d.get('min')}", f"max {d.get('max') if d.get('max') is not None else '-'}",
-                                  f"example {d.get('example')}") for n, d in dims.items()]))
+            lines.extend(_table([(n, f"min {d.min}", f"max {d.max if d.max is not None else '-'}",
+                                  f"example {d.example}") for n, d in g.dims.items()]))
         else:
             lines.append("  dims: none (static)")
-        constraints = g.get("constraints") or []
-        if constraints:
-            lines.append("  constraints:")
-            lines.extend(f"    {c}" for c in constraints)
-        constants = g.get("constants") or {}
-        if constants:
-            lines.append("  constants: " + ", ".join(f"{k}={v!r}" for k, v in constants.items()))
+        if g.constraints:
+            hidden = len(set(g.guards) - set(g.constraints))
+            lines.append("  constraints:" + (f" ({hidden} more guards implied by these and the dim ranges: "
+                                              f"manifest.json 'guards')" if hidden else ""))
+            lines.extend(f"    {c}" for c in g.constraints)
+        if g.constants:
+            lines.append("  constants: " + ", ".join(f"{k}={v!r}" for k, v in g.constants.items()))
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- verify
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify
-
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] if args.graphs else None
     report = verify(args.out, backends=backends, atol=args.atol, rtol=args.rtol, graphs=graphs,

@@ -28,6 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .export import export_all
+from .metrics import max_abs_diff, psnr
+from .proxy import record
+from .runtime import load
+
 __all__ = ["add_demo_command", "demo_unavailable", "run_demo", "main", "PSNR_BOUND"]
 
 #: The final image on the exported graphs must be at least this close to PyTorch's (dB). f32 OpenVINO measures
@@ -169,8 +174,6 @@ def run_demo(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    import shapetrace
-    from .runtime import max_abs_diff, psnr
     from .testing import DEFAULT_PROMPT, openpose_detector, pose_image, run_openpose
 
     problem = _check_arguments(args)
@@ -212,12 +215,12 @@ def run_demo(args: argparse.Namespace) -> int:
     with clock.stage("build", "StableDiffusionControlNetPipeline"):
         pipe = _pipeline(args)
     with clock.stage("record", "one run inside shapetrace.record()"):
-        with shapetrace.record(pipe) as rec:
+        with record(pipe) as rec:
             call(pipe)
     print(str(rec))
     with clock.stage("export", f"export_all -> {export_dir} (ONNX + OpenVINO IR)"
                      + (", verify on ONNX Runtime and OpenVINO" if args.verify else "")):
-        result = shapetrace.export_all(pipe, export_dir, overwrite=True, verify=args.verify, progress=False)
+        result = export_all(pipe, export_dir, overwrite=True, verify=args.verify, progress=False)
     print(str(result))
     if result.parity is not None:
         print()
@@ -226,7 +229,7 @@ def run_demo(args: argparse.Namespace) -> int:
         torch_images = call(pipe)
     _save(torch_images, out / "torch.png")
     with clock.stage("load", f"shapetrace.load(pipe, backend={args.backend!r}): compile every graph"):
-        runtime = shapetrace.load(pipe, export_dir, backend=args.backend, device=args.device,
+        runtime = load(pipe, export_dir, backend=args.backend, device=args.device,
                                   strict=False)
     with runtime, warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -7,17 +7,15 @@ mapping ``{input name: [dims] or {dim: name}}`` says exactly which.
 
 ``torch.export`` (with ``Dim.AUTO``) then decides: dims it can keep dynamic get one symbol each, shared where the
 model ties them (sample's batch is encoder_hidden_states' batch); dims it specialises to a constant are reported.
-Its guards (``ep._guards_code``) become ``constraints``: Python expressions over dim names such as
-``height % 2 == 0`` or ``height == 1 + (-1 + controlnet_cond_height) // 2``, checked by :func:`check_constraints`
-with a small safe evaluator (no ``eval``).
+Its guards (``ep._guards_code``) become the manifest's ``guards``: Python expressions over dim names such as
+``height % 2 == 0`` or ``height == 1 + (-1 + controlnet_cond_height) // 2``. :mod:`shapetrace.constraints`
+evaluates them (safely, no ``eval``), prunes them to the ``constraints`` a user must respect, and solves them for
+verify's second input set.
 """
 
 from __future__ import annotations
 
 import ast
-import itertools
-import operator
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -26,8 +24,7 @@ import torch
 
 from .errors import ExportError
 
-__all__ = ["candidate_dims", "DimInfo", "describe_program", "check_constraints", "alternative_dims", "role_name",
-           "symbol_map_rename"]
+__all__ = ["candidate_dims", "DimInfo", "describe_program", "role_name", "symbol_map_rename"]
 
 _ROLES = {1: ("batch",), 2: ("batch", "sequence"), 3: ("batch", "sequence", "hidden"),
           4: ("batch", "channels", "height", "width"), 5: ("batch", "channels", "frames", "height", "width")}
@@ -222,214 +219,3 @@ def _translate_guards(guards: Sequence[str], input_names: Sequence[str], input_s
         if text not in out:
             out.append(text)
     return out
-
-
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
-           ast.Mod: operator.mod, ast.Pow: operator.pow}
-_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-           ast.Gt: operator.gt, ast.GtE: operator.ge}
-
-
-def _eval(node: ast.AST, values: Mapping[str, int]) -> Any:
-    if isinstance(node, ast.Expression):
-        return _eval(node.body, values)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, bool)):
-        return node.value
-    if isinstance(node, ast.Name):
-        return values[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
-        v = _eval(node.operand, values)
-        return -v if isinstance(node.op, ast.USub) else not v
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _BINOPS[type(node.op)](_eval(node.left, values), _eval(node.right, values))
-    if isinstance(node, ast.BoolOp):
-        vals = [_eval(v, values) for v in node.values]
-        return all(vals) if isinstance(node.op, ast.And) else any(vals)
-    if isinstance(node, ast.Compare):
-        left = _eval(node.left, values)
-        for op, comp in zip(node.ops, node.comparators):
-            right = _eval(comp, values)
-            if type(op) not in _CMPOPS or not _CMPOPS[type(op)](left, right):
-                return False
-            left = right
-        return True
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("Max", "Min", "max", "min"):
-        args = [_eval(a, values) for a in node.args]
-        return max(args) if node.func.id.lower() == "max" else min(args)
-    raise ValueError(f"unsupported expression element {ast.dump(node)[:60]}")
-
-
-def evaluate(expr: str, values: Mapping[str, int]) -> Any:
-    """Evaluate an arithmetic expression over dim names (safe: no calls, no attributes)."""
-    return _eval(ast.parse(expr, mode="eval"), values)
-
-
-def check_constraints(constraints: Sequence[str], values: Mapping[str, int],
-                      dims: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """The constraints (and min/max ranges from ``dims``) that ``values`` break; empty when valid."""
-    failed = []
-    for name, info in (dims or {}).items():
-        v = values.get(name)
-        if v is None:
-            continue
-        if info.get("min") is not None and v < info["min"]:
-            failed.append(f"{name} >= {info['min']}")
-        if info.get("max") is not None and v > info["max"]:
-            failed.append(f"{name} <= {info['max']}")
-    for c in constraints:
-        try:
-            if not evaluate(c, values):
-                failed.append(c)
-        except (KeyError, ValueError, ZeroDivisionError, SyntaxError):
-            failed.append(c)
-    return failed
-
-
-def _derived(constraints: Sequence[str], names: Sequence[str]) -> dict[str, ast.AST]:
-    """Dims defined by another: ``name == expr`` (or ``expr == name``) where expr does not mention name."""
-    out: dict[str, ast.AST] = {}
-    for c in constraints:
-        try:
-            node = ast.parse(c, mode="eval").body
-        except SyntaxError:
-            continue
-        if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
-            continue
-        for lhs, rhs in ((node.left, node.comparators[0]), (node.comparators[0], node.left)):
-            if isinstance(lhs, ast.Name) and lhs.id in names and lhs.id not in out:
-                used = {x.id for x in ast.walk(rhs) if isinstance(x, ast.Name)}
-                if lhs.id not in used and used <= set(names) and not any(u in out and _depends(out, u, lhs.id)
-                                                                       for u in used):
-                    out[lhs.id] = rhs
-                    break
-    return out
-
-
-def _depends(derived: Mapping[str, ast.AST], name: str, target: str, depth: int = 0) -> bool:
-    if name == target:
-        return True
-    if name not in derived or depth > 20:
-        return False
-    return any(_depends(derived, x.id, target, depth + 1) for x in ast.walk(derived[name]) if isinstance(x, ast.Name))
-
-
-def _fill(values: dict[str, int], derived: Mapping[str, ast.AST]) -> dict[str, int] | None:
-    out = dict(values)
-    for _ in range(len(derived) + 1):
-        pending = [n for n in derived if n not in out]
-        if not pending:
-            return out
-        for n in pending:
-            try:
-                out[n] = int(_eval(derived[n], out))
-            except KeyError:
-                continue
-            except (ValueError, ZeroDivisionError):
-                return None
-    return out  # dims whose sources are not assigned yet stay out
-
-
-def alternative_dims(entry: Mapping[str, Any], seed: int = 0, tries: int = 4000) -> dict[str, int] | None:
-    """Another valid assignment of the graph's dynamic dims, changing every dim where possible.
-
-    ``entry`` is a manifest graph entry (``dims`` + ``constraints``). Dims defined by an equality constraint
-    (``height == 1 + (-1 + controlnet_cond_height) // 8``) are computed from the others; the free dims are drawn
-    from candidates around each dim's example, searched jointly where constraints tie them. The assignment that
-    changes the most dims, then stays closest to the examples, wins. ``None`` if no dim can change.
-    """
-    dims = entry.get("dims") or {}
-    if not dims:
-        return None
-    constraints = list(entry.get("constraints") or [])
-    names = list(dims)
-    derived = _derived(constraints, names)
-    free = [n for n in names if n not in derived]
-    cands: dict[str, list[int]] = {}
-    for n in free:
-        ex = int(dims[n]["example"])
-        lo = int(dims[n].get("min") or 1)
-        hi = dims[n].get("max")
-        vals = {ex + 1, ex - 1, ex + 2, ex - 2, ex * 2, max(1, ex // 2), ex + 4, ex + 8, ex - 8, ex * 3 // 2,
-                ex * 8, max(1, ex // 8), ex + 16, ex * 4, max(1, ex // 4)}
-        vals = sorted((v for v in vals if v >= max(lo, 1) and (hi is None or v <= hi) and v != ex),
-                      key=lambda v: abs(v - ex))
-        cands[n] = vals + [ex]
-
-    def roots(name: str, depth: int = 0) -> set[str]:
-        if name not in derived or depth > 20:
-            return {name}
-        out: set[str] = set()
-        for x in ast.walk(derived[name]):
-            if isinstance(x, ast.Name):
-                out |= roots(x.id, depth + 1)
-        return out
-
-    parent = {n: n for n in free}
-
-    def find(n: str) -> str:
-        while parent[n] != n:
-            n = parent[n]
-        return n
-
-    for c in constraints:
-        try:
-            used = {x.id for x in ast.walk(ast.parse(c, mode="eval")) if isinstance(x, ast.Name)} & set(names)
-        except SyntaxError:
-            continue
-        base = sorted(set().union(*(roots(u) for u in used)) & set(free)) if used else []
-        for a, b in zip(base, base[1:]):
-            parent[find(a)] = find(b)
-    groups: dict[str, list[str]] = {}
-    for n in free:
-        groups.setdefault(find(n), []).append(n)
-    rng = random.Random(seed)
-
-    parsed = []
-    for c in constraints:
-        try:
-            tree = ast.parse(c, mode="eval")
-        except SyntaxError:
-            continue
-        parsed.append((tree, {x.id for x in ast.walk(tree) if isinstance(x, ast.Name)}))
-
-    def local_check(a: dict[str, int]) -> bool:
-        full = _fill(a, derived)
-        if full is None:
-            return False
-        for n, v in full.items():
-            info = dims.get(n, {})
-            if v < max(1, info.get("min") or 1) or (info.get("max") is not None and v > info["max"]):
-                return False
-        for tree, used in parsed:
-            if used <= full.keys():
-                try:
-                    if not _eval(tree, full):
-                        return False
-                except (ValueError, ZeroDivisionError):
-                    return False
-        return True
-
-    result: dict[str, int] = {}
-    for group in groups.values():
-        best: tuple | None = None
-        space = 1
-        for n in group:
-            space *= len(cands[n])
-        combos = itertools.product(*(cands[n] for n in group)) if space <= tries else (
-            tuple(rng.choice(cands[n]) for n in group) for _ in range(tries))
-        for combo in combos:
-            a = dict(zip(group, combo))
-            if not local_check(a):
-                continue
-            full = _fill(a, derived) or a
-            touched = [n for n in full if n in group or (n in derived and roots(n) & set(group))]
-            changed = sum(full[n] != dims[n]["example"] for n in touched)
-            dist = sum(abs(full[n] - dims[n]["example"]) / max(1, dims[n]["example"]) for n in touched)
-            s = (changed, -dist)
-            if best is None or s > best[0]:
-                best = (s, a)
-        result.update(best[1] if best is not None else {n: int(dims[n]["example"]) for n in group})
-    full = _fill(result, derived)
-    if full is None or any(n not in full for n in names) or check_constraints(constraints, full, dims) or all(full[n] == dims[n]["example"] for n in names):
-        return None
-    return {n: full[n] for n in names}

@@ -9,7 +9,9 @@
     ├── SignatureFileError       a signatures.json / manifest.json that is missing, corrupt or from a newer version
     ├── ExportError              export_all() could not start, or a graph failed to export
     ├── VerifyError              verify() could not run (missing files, nothing to compare)
-    └── RuntimeMismatchError     load() on another object, or a call the exported graph cannot answer
+    ├── RuntimeMismatchError     load() on another object, or a call the exported graph cannot answer
+    └── RunnerError              a runtime could not open or run a model file (verify and load re-raise it
+                                 as their own error, naming the graph)
 
 Every message names the thing at fault and what to do next.
 """
@@ -25,6 +27,7 @@ __all__ = [
     "ExportError",
     "VerifyError",
     "RuntimeMismatchError",
+    "RunnerError",
 ]
 
 
@@ -58,3 +61,7 @@ class VerifyError(ShapetraceError):
 
 class RuntimeMismatchError(ShapetraceError):
     """An export does not fit the object or the call it is asked to serve."""
+
+
+class RunnerError(ShapetraceError):
+    """A backend runner could not load, compile or run its model file, or was fed wrongly."""

@@ -10,12 +10,8 @@ and of the module's own public methods (``vae.decode``) that receive a tensor ar
 from __future__ import annotations
 
 import contextlib
-import inspect
-import re
 import threading
-import typing
 import weakref
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator
 
@@ -24,127 +20,11 @@ import torch
 from . import tree
 from .errors import ModuleNotFoundInObject, RecordingError
 from .recording import GraphRecord, Recording, TensorSpec
+from .signature import bind_call, method_info
+from .standin import StandIn
 from .walker import _select, find_module_paths, format_path, replace
 
 __all__ = ["RecordingProxy", "record", "recording_for", "Recorder"]
-
-# Methods defined on framework base classes (not the model's own compute) are forwarded, never recorded.
-_FRAMEWORK_PREFIXES = ("torch.", "transformers.modeling_utils", "transformers.generation", "transformers.integrations",
-                       "transformers.utils", "diffusers.models.modeling_utils", "diffusers.configuration_utils",
-                       "diffusers.loaders", "accelerate.", "peft.", "huggingface_hub.", "safetensors.")
-
-
-def _is_framework(cls: type) -> bool:
-    mod = cls.__module__ + "."
-    return any(mod.startswith(p) for p in _FRAMEWORK_PREFIXES)
-
-
-_method_cache: dict[tuple[type, str], Any] = {}
-_cache_lock = threading.Lock()
-
-
-def _recordable(cls: type, name: str) -> bool:
-    """Is ``cls.name`` a public method of the model's own code (not of torch / the framework)?"""
-    key = (cls, name)
-    hit = _method_cache.get(key)
-    if hit is None:
-        hit = False
-        if not name.startswith("_"):
-            for klass in cls.__mro__:
-                if name in klass.__dict__:
-                    attr = klass.__dict__[name]
-                    hit = inspect.isfunction(attr) and not _is_framework(klass)
-                    break
-        with _cache_lock:
-            _method_cache[key] = hit
-    return hit
-
-
-@dataclass(frozen=True)
-class _MethodInfo:
-    signature: inspect.Signature | None
-    output_fields: list[str] | None
-
-
-_info_cache: dict[tuple[type, str], _MethodInfo] = {}
-
-
-def _method_info(cls: type, method: str) -> _MethodInfo:
-    key = (cls, method)
-    info = _info_cache.get(key)
-    if info is None:
-        fn = inspect.getattr_static(cls, method, None)
-        if isinstance(fn, (staticmethod, classmethod)):
-            fn = fn.__func__
-        sig = None
-        try:
-            sig = inspect.signature(fn)
-            params = list(sig.parameters.values())
-            if params and params[0].name == "self":
-                sig = sig.replace(parameters=params[1:])
-        except (TypeError, ValueError):
-            pass
-        info = _MethodInfo(sig, _output_fields(fn))
-        with _cache_lock:
-            _info_cache[key] = info
-    return info
-
-
-def _output_fields(fn: Any) -> list[str] | None:
-    """Field names of the ModelOutput / BaseOutput class named in ``fn``'s return annotation (if exactly one).
-
-    HF models return ``output.to_tuple()`` when ``return_dict=False``; these names let the tuple's items keep
-    their field names (``sample``, ``down_block_res_samples``) instead of positions.
-    """
-    import collections
-    import dataclasses
-
-    candidates: list[type] = []
-
-    def collect(tp: Any) -> None:
-        if isinstance(tp, type):
-            if issubclass(tp, collections.OrderedDict) and dataclasses.is_dataclass(tp):
-                candidates.append(tp)
-            return
-        for arg in getattr(tp, "__args__", ()) or ():
-            collect(arg)
-
-    try:
-        hints = typing.get_type_hints(fn)
-        collect(hints.get("return"))
-    except Exception:  # unresolvable string annotations: look the names up in the function's globals
-        ann = getattr(fn, "__annotations__", {}).get("return")
-        if isinstance(ann, str):
-            glb = getattr(fn, "__globals__", {})
-            for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", ann):
-                collect(glb.get(ident))
-        elif ann is not None:
-            collect(ann)
-    unique = list(dict.fromkeys(candidates))
-    if len(unique) != 1:
-        return None
-    return [f.name for f in dataclasses.fields(unique[0])]
-
-
-def bind_call(sig: inspect.Signature | None, args: tuple, kwargs: dict) -> list[tuple[str, str, Any]]:
-    """``[(name, kind, value)]`` for a call, positional args bound to their real parameter names."""
-    if sig is not None:
-        try:
-            bound = sig.bind(*args, **kwargs)
-        except TypeError:
-            bound = None
-        if bound is not None:
-            out = []
-            for name, value in bound.arguments.items():
-                kind = sig.parameters[name].kind
-                if kind is inspect.Parameter.VAR_KEYWORD:
-                    out.extend((k, "VAR_KEYWORD", v) for k, v in value.items())
-                else:
-                    out.append((name, kind.name, value))
-            return out
-    return ([("args", "VAR_POSITIONAL", tuple(args))] if args else []) + \
-        [(k, "VAR_KEYWORD", v) for k, v in kwargs.items()]
-
 
 def _spec_of(t: torch.Tensor) -> TensorSpec:
     vr = None
@@ -211,10 +91,10 @@ class Recorder:
     def call(self, proxy_path: str, module: torch.nn.Module, method: str, fn: Callable, args: tuple,
              kwargs: dict) -> Any:
         cls = type(module)
-        info = _method_info(cls, method)
+        info = method_info(cls, method)
         bound = bind_call(info.signature, args, kwargs)
         leaves: dict[str, Any] = {}
-        params = [{"name": n, "kind": k, "node": tree._flatten(v, n, leaves)} for n, k, v in bound]
+        params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]} for n, k, v in bound]
         tensors = {n: v for n, v in leaves.items() if isinstance(v, torch.Tensor)}
         if not tensors:  # not a tensor call (e.g. enable_slicing()): not a graph
             return fn(*args, **kwargs)
@@ -238,123 +118,41 @@ class Recorder:
             for n, t in out_leaves.items():
                 if isinstance(t, torch.Tensor):
                     b.output_shapes.setdefault(n, {})[tuple(t.shape)] = None
-            for p in params:
-                _collect_consts(p["node"], p["name"], b.consts)
+            for const, node in tree.spec_leaves({"t": "args", "params": params}):
+                if node["t"] == "const":
+                    seen = b.consts.setdefault(const, {})
+                    if len(seen) < 16:
+                        seen.setdefault(repr(node["value"]), node["value"])
         return output
 
-
-def _collect_consts(node: dict, name: str, into: dict) -> None:
-    t = node["t"]
-    if t == "const":
-        seen = into.setdefault(name, {})
-        if len(seen) < 16:
-            seen.setdefault(repr(node["value"]), node["value"])
-    elif t in ("tuple", "list"):
-        for i, child in enumerate(node["items"]):
-            _collect_consts(child, f"{name}.{(node.get('fields') or range(len(node['items'])))[i]}", into)
-    elif t in ("dict", "object"):
-        for k, child in zip(node["keys"], node["items"]):
-            _collect_consts(child, f"{name}.{k}", into)
+    def calls_of(self, module_path: str) -> int:
+        """Calls recorded so far for every graph of the module at ``module_path``."""
+        with self._lock:
+            return sum(b.calls for b in self._graphs.values() if b.module_path == module_path)
 
 
-class RecordingProxy:
-    """Stands in for a module: forwards everything, records tensor calls. See the module docstring."""
+class RecordingProxy(StandIn):
+    """Stands in for a module (:class:`~shapetrace.standin.StandIn`): forwards everything, records tensor calls."""
 
-    __slots__ = ("_st_wrapped", "_st_path", "_st_recorder", "__weakref__")
+    __slots__ = ("_st_recorder",)
     _st_kind = "recording"
 
     def __init__(self, wrapped: torch.nn.Module, path: str, recorder: Recorder) -> None:
-        object.__setattr__(self, "_st_wrapped", wrapped)
-        object.__setattr__(self, "_st_path", path)
+        super().__init__(wrapped, path)
         object.__setattr__(self, "_st_recorder", recorder)
 
-    # ---- identity ------------------------------------------------------------------------------------
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance(proxy, UNet2DConditionModel) holds
-        return type(object.__getattribute__(self, "_st_wrapped"))
-
-    @property
-    def __wrapped__(self) -> torch.nn.Module:
-        return object.__getattribute__(self, "_st_wrapped")
-
-    def __repr__(self) -> str:
-        wrapped = object.__getattribute__(self, "_st_wrapped")
-        path = object.__getattribute__(self, "_st_path")
-        recorder = object.__getattribute__(self, "_st_recorder")
-        with recorder._lock:
-            calls = sum(b.calls for b in recorder._graphs.values() if b.module_path == path)
-        return f"<RecordingProxy {path!r} for {type(wrapped).__name__}, {calls} calls>"
-
-    def __copy__(self):
-        raise RecordingError(f"cannot copy {self!r} while recording; copy the pipeline outside the record() block")
-
-    def __deepcopy__(self, memo):
-        raise RecordingError(f"cannot deepcopy {self!r} while recording; copy the pipeline outside the record() block")
-
-    def __reduce_ex__(self, protocol):
-        raise RecordingError(f"cannot pickle {self!r} while recording; pickle the pipeline outside the record() block")
-
-    # ---- calls ---------------------------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = object.__getattribute__(self, "_st_wrapped")
+    def _st_call(self, method: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
         return object.__getattribute__(self, "_st_recorder").call(
-            object.__getattribute__(self, "_st_path"), wrapped, "forward", wrapped, args, kwargs)
+            object.__getattribute__(self, "_st_path"), object.__getattribute__(self, "_st_wrapped"), method, fn,
+            args, kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        wrapped = object.__getattribute__(self, "_st_wrapped")
-        value = getattr(wrapped, name)
-        if not callable(value) or getattr(value, "__self__", None) is not wrapped:
-            return value
-        if name == "forward" or _recordable(type(wrapped), name):
-            recorder = object.__getattribute__(self, "_st_recorder")
-            path = object.__getattribute__(self, "_st_path")
+    def _st_describe(self) -> str:
+        path = object.__getattribute__(self, "_st_path")
+        return f"{object.__getattribute__(self, '_st_recorder').calls_of(path)} calls"
 
-            def recorded(*args: Any, **kwargs: Any) -> Any:
-                return recorder.call(path, wrapped, name, value, args, kwargs)
-
-            recorded.__name__ = name
-            recorded.__wrapped__ = value  # type: ignore[attr-defined]
-            return recorded
-
-        def forwarded(*args: Any, **kwargs: Any) -> Any:  # .to() / .eval() return the proxy, not the module
-            result = value(*args, **kwargs)
-            return self if result is wrapped else result
-
-        forwarded.__name__ = name
-        forwarded.__wrapped__ = value  # type: ignore[attr-defined]
-        return forwarded
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(object.__getattribute__(self, "_st_wrapped"), name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(object.__getattribute__(self, "_st_wrapped"), name)
-
-    def __dir__(self) -> Iterable[str]:
-        return dir(object.__getattribute__(self, "_st_wrapped"))
-
-    # container modules (ModuleList, Sequential, ModuleDict)
-    def __len__(self) -> int:
-        return len(object.__getattribute__(self, "_st_wrapped"))
-
-    def __iter__(self) -> Iterator:
-        return iter(object.__getattribute__(self, "_st_wrapped"))
-
-    def __getitem__(self, key: Any) -> Any:
-        return object.__getattribute__(self, "_st_wrapped")[key]
-
-    def __contains__(self, key: Any) -> bool:
-        return key in object.__getattribute__(self, "_st_wrapped")
-
-    def __bool__(self) -> bool:
-        return bool(object.__getattribute__(self, "_st_wrapped"))
-
-    def __eq__(self, other: Any) -> bool:
-        wrapped = object.__getattribute__(self, "_st_wrapped")
-        return other is self or other is wrapped
-
-    def __hash__(self) -> int:
-        return hash(object.__getattribute__(self, "_st_wrapped"))
+    def _st_refusal(self, verb: str) -> RecordingError:
+        return RecordingError(f"cannot {verb} {self!r} while recording; {verb} the pipeline outside the record() "
+                              f"block")
 
 
 # ----------------------------------------------------------------------------------------------- record()

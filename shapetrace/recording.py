@@ -17,10 +17,8 @@ by ``format_version``) and one ``<graph>.inputs.npz`` per graph whose keys are t
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,12 +28,12 @@ import numpy as np
 import torch
 
 from . import tree
+from ._version import __version__
 from .errors import SignatureFileError
+from .files import FORMAT_VERSION, read_json, save_npz, write_json
 
 __all__ = ["TensorSpec", "GraphRecord", "Recording", "FORMAT_VERSION", "file_stem", "dtype_name",
-           "dtype_from_name", "to_numpy", "from_numpy"]
-
-FORMAT_VERSION = 1
+           "dtype_from_name", "to_numpy", "from_numpy", "read_json"]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -121,21 +119,12 @@ class GraphRecord:
         """The first call's real ``(args, kwargs)``, rebuilt from the kept CPU copies."""
         if not self.examples:
             raise SignatureFileError(f"graph {self.name!r} has no example inputs (its .inputs.npz was not loaded)")
-        args: list = []
-        kwargs: dict[str, Any] = {}
         leaves = dict(self.examples)
         for name, v in tree.constants_of(dict(self.input_tree)).items():
             # opaque values (a torch.Generator) are kept in memory only; after load() they come back as None
             if isinstance(v, str) and v.startswith("<") and name not in leaves:
                 leaves[name] = None
-        for param in self.input_tree["params"]:
-            value = tree.unflatten(param["node"], leaves)
-            if param["kind"] == "VAR_POSITIONAL":
-                args.extend(value)
-            elif param["kind"] == "POSITIONAL_ONLY":
-                args.append(value)
-            else:
-                kwargs[param["name"]] = value
+        args, kwargs = tree.split_call(self.input_tree, leaves)
         return tuple(args), kwargs
 
     def to_json(self) -> dict:
@@ -207,8 +196,6 @@ class Recording:
 
     # ----------------------------------------------------------------------------------------- persistence
     def to_json(self) -> dict:
-        from . import __version__
-
         return {"format_version": FORMAT_VERSION, "shapetrace_version": __version__,
                 "object_class": self.object_class, "graphs": [g.to_json() for g in self.graphs.values()]}
 
@@ -220,9 +207,8 @@ class Recording:
         out.mkdir(parents=True, exist_ok=True)
         for g in self.graphs.values():
             arrays = {n: to_numpy(t) for n, t in g.examples.items() if isinstance(t, torch.Tensor)}
-            _atomic_write(out / f"{file_stem(g.name)}.inputs.npz", lambda f, a=arrays: np.savez(f, **a), binary=True)
-        text = json.dumps(self.to_json(), indent=2)
-        _atomic_write(out / "signatures.json", lambda f: f.write(text))
+            save_npz(out / f"{file_stem(g.name)}.inputs.npz", arrays)
+        write_json(out / "signatures.json", self.to_json())
         return out
 
     @classmethod
@@ -247,38 +233,6 @@ class Recording:
                                          f"re-create it with Recording.save") from e
             graphs[g.name] = g
         return cls(graphs, data.get("object_class", ""))
-
-
-def read_json(path: Path, what: str) -> dict:
-    """Read a versioned JSON file written by shapetrace, with errors that say what to do."""
-    if not path.exists():
-        raise SignatureFileError(f"{path} not found: is this a folder written by shapetrace?")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SignatureFileError(f"{path} is not a readable {what} ({e}); re-create it") from e
-    if not isinstance(data, dict) or "format_version" not in data:
-        raise SignatureFileError(f"{path} is not a shapetrace {what} (no format_version)")
-    version = data["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SignatureFileError(f"{path} has format_version {version!r}, newer than this shapetrace reads "
-                                 f"({FORMAT_VERSION}); upgrade shapetrace")
-    return data
-
-
-def _atomic_write(path: Path, write, binary: bool = False) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place when complete."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def render_table(rec: Recording) -> str:

@@ -26,7 +26,7 @@ import dataclasses
 import importlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.utils._pytree as pytree
@@ -34,7 +34,7 @@ import torch.utils._pytree as pytree
 from .errors import FlattenError
 
 __all__ = ["register_flattener", "flatten", "flatten_output", "unflatten", "constants_of", "qualname", "import_qualname",
-           "tensor_names", "has_opaque_tensors"]
+           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "const_value"]
 
 
 @dataclass(frozen=True)
@@ -192,64 +192,59 @@ def _pytree_key(k: Any) -> str:
     return str(k)
 
 
-def tensor_names(spec: dict) -> list[str]:
+def spec_leaves(spec: Mapping[str, Any], name: str = "") -> Iterator[tuple[str, dict]]:
+    """Every leaf node (``tensor``, ``const``, ``opaque``) of ``spec`` with its flat name, in order.
+
+    The one walk over a spec: names join one part per level with ``.`` (the field, key or index), an ``args``
+    node starts each parameter at its name. The nodes are the spec's own dicts (callers may rewrite one in place).
+    """
+    t = spec["t"]
+    if t in ("tensor", "const", "opaque"):
+        yield name, spec  # type: ignore[misc]
+    elif t == "args":
+        for p in spec["params"]:
+            yield from spec_leaves(p["node"], p["name"])
+    elif t in ("tuple", "list"):
+        names = spec.get("fields") or range(len(spec["items"]))
+        for n, child in zip(names, spec["items"]):
+            yield from spec_leaves(child, _join(name, n))
+    elif t in ("dict", "object"):
+        for k, child in zip(spec["keys"], spec["items"]):
+            yield from spec_leaves(child, _join(name, k))
+
+
+def tensor_names(spec: Mapping[str, Any]) -> list[str]:
     """Flat names of the tensor leaves of ``spec`` in order."""
-    out: list[str] = []
-
-    def walk(node: dict) -> None:
-        if node["t"] == "tensor":
-            out.append(node["name"])
-        for child in node.get("items", ()):
-            walk(child)
-        for child in node.get("params", ()):
-            walk(child["node"])
-
-    walk(spec)
-    return out
+    return [node["name"] for _, node in spec_leaves(spec) if node["t"] == "tensor"]
 
 
-def has_opaque_tensors(spec: dict) -> list[str]:
+def has_opaque_tensors(spec: Mapping[str, Any]) -> list[str]:
     """Types of opaque leaves that hold tensors (they cannot be exported)."""
-    out: list[str] = []
-
-    def walk(node: dict) -> None:
-        if node["t"] == "opaque" and node.get("tensors"):
-            out.append(node["type"])
-        for child in node.get("items", ()):
-            walk(child)
-        for child in node.get("params", ()):
-            walk(child["node"])
-
-    walk(spec)
-    return out
+    return [node["type"] for _, node in spec_leaves(spec) if node["t"] == "opaque" and node.get("tensors")]
 
 
-def constants_of(spec: dict, prefix_filter: Callable[[str], bool] | None = None) -> dict[str, Any]:
+def constants_of(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Non-tensor leaves of ``spec`` as ``{flat name: value}`` (opaque ones as ``'<type>'``)."""
-    out: dict[str, Any] = {}
-
-    def walk(node: dict, name: str) -> None:
-        t = node["t"]
-        if t == "const":
-            out[name] = node["value"]
-        elif t == "opaque":
-            out[name] = f"<{node['type']}>"
-        elif t in ("tuple", "list"):
-            names = node.get("fields") or list(range(len(node["items"])))
-            for n, child in zip(names, node["items"]):
-                walk(child, _join(name, n))
-        elif t in ("dict", "object"):
-            for k, child in zip(node["keys"], node["items"]):
-                walk(child, _join(name, k))
-        elif t == "args":
-            for p in node["params"]:
-                walk(p["node"], p["name"])
-
-    walk(spec, "")
-    return out
+    return {name: node["value"] if node["t"] == "const" else f"<{node['type']}>"
+            for name, node in spec_leaves(spec) if node["t"] != "tensor"}
 
 
-def _const_value(node: dict) -> Any:
+def split_call(input_tree: Mapping[str, Any], leaves: Mapping[str, Any]) -> tuple[list, dict[str, Any]]:
+    """Rebuild a call's ``(args, kwargs)`` from its ``args`` spec and its leaves (flat name -> value)."""
+    args: list = []
+    kwargs: dict[str, Any] = {}
+    for param in input_tree["params"]:
+        value = unflatten(param["node"], leaves)
+        if param["kind"] == "VAR_POSITIONAL":
+            args.extend(value)
+        elif param["kind"] == "POSITIONAL_ONLY":
+            args.append(value)
+        else:
+            kwargs[param["name"]] = value
+    return args, kwargs
+
+
+def const_value(node: Mapping[str, Any]) -> Any:
     typ, value = node["type"], node["value"]
     if typ == "torch.dtype":
         return getattr(torch, value.replace("torch.", ""))
@@ -272,7 +267,7 @@ def unflatten(spec: dict, leaves: Mapping[str, Any], *, as_tuple: bool = False) 
         except KeyError:
             raise FlattenError(f"no value for tensor {spec['name']!r}") from None
     if t == "const":
-        return _const_value(spec)
+        return const_value(spec)
     if t == "opaque":
         if spec.get("name") in leaves:
             return leaves[spec["name"]]

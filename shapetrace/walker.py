@@ -201,20 +201,16 @@ def _select(found: list, include: Iterable[str] | None, exclude: Iterable[str] |
 
     available = ", ".join(format_path(p) for p, _ in found) or "(none)"
     selected = found
-    if include is not None:
-        include = [include] if isinstance(include, str) else list(include)
-        for pattern in include:
+    for what, patterns, keep in (("include", include, True), ("exclude", exclude, False)):
+        if patterns is None:
+            continue
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        for pattern in patterns:
             if not any(matches(format_path(p), pattern) for p, _ in found):
                 raise ModuleNotFoundInObject(
-                    f"include pattern {pattern!r} matched no module; modules found: {available}")
-        selected = [(p, m) for p, m in selected if any(matches(format_path(p), pat) for pat in include)]
-    if exclude is not None:
-        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
-        for pattern in exclude:
-            if not any(matches(format_path(p), pattern) for p, _ in found):
-                raise ModuleNotFoundInObject(
-                    f"exclude pattern {pattern!r} matched no module; modules found: {available}")
-        selected = [(p, m) for p, m in selected if not any(matches(format_path(p), pat) for pat in exclude)]
+                    f"{what} pattern {pattern!r} matched no module; modules found: {available}")
+        selected = [(p, m) for p, m in selected
+                    if any(matches(format_path(p), pat) for pat in patterns) == keep]
     return selected
 
 

@@ -1,5 +1,6 @@
 """The runner interface on a tiny hand-built export: names, dtypes, dynamic shapes, missing files and packages."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from shapetrace import VerifyError
+from shapetrace import RunnerError
+from shapetrace.manifest import GraphEntry
 from shapetrace.backends import OnnxRuntimeRunner, OpenVINORunner, TorchRunner, open_runner
 
 # ------------------------------------------------------------------------------------------ tiny export folder
@@ -85,7 +87,7 @@ def tiny(tiny_dir, tmp_path):
     """A private copy of the tiny export (tests may break it) and its graph entry."""
     out = tmp_path / "export"
     shutil.copytree(tiny_dir, out)
-    return out, json.loads((out / "manifest.json").read_text())["graphs"][0]
+    return out, GraphEntry.from_json(json.loads((out / "manifest.json").read_text())["graphs"][0])
 
 
 def _reference(x, ids):
@@ -165,7 +167,7 @@ def test_static_shapes_pin_the_example_sizes(tiny, backend):
         got = runner.infer({"x": x.numpy(), "ids": ids.numpy()})
         np.testing.assert_allclose(got["h"], _reference(x, ids)[0], atol=1e-5)
         x3, ids3 = tiny_inputs(3, 5)
-        with pytest.raises(Exception):
+        with pytest.raises(RunnerError, match=rf"^{backend}:tiny: "):
             runner.infer({"x": x3.numpy(), "ids": ids3.numpy()})
 
 
@@ -174,11 +176,11 @@ def test_infer_needs_an_open_runner_and_every_input(tiny):
     x, ids = tiny_inputs()
     runner = open_runner("onnxruntime", out, entry)
     assert "closed" in repr(runner)
-    with pytest.raises(VerifyError, match="is not open; use it as a context manager"):
+    with pytest.raises(RunnerError, match="is not open; use it as a context manager"):
         runner.infer({"x": x.numpy(), "ids": ids.numpy()})
     with runner:
         assert "open" in repr(runner)
-        with pytest.raises(VerifyError, match=r"the feed lacks input\(s\) 'ids'"):
+        with pytest.raises(RunnerError, match=r"the feed lacks input\(s\) 'ids'"):
             runner.infer({"x": x.numpy()})
 
 
@@ -195,31 +197,31 @@ def test_unknown_backend_is_refused(tiny):
 def test_missing_model_file_names_the_file(tiny, backend, victim):
     out, entry = tiny
     (out / victim).unlink()
-    with pytest.raises(VerifyError, match=rf"{victim} not found \(the \w+ file of graph 'tiny'\)"):
+    with pytest.raises(RunnerError, match=rf"{victim} not found \(the \w+ file of graph 'tiny'\)"):
         open_runner(backend, out, entry)
 
 
 def test_missing_openvino_weights_name_the_bin_file(tiny):
     out, entry = tiny
     (out / "tiny.bin").unlink()
-    with pytest.raises(VerifyError, match=r"tiny\.bin not found"):
+    with pytest.raises(RunnerError, match=r"tiny\.bin not found"):
         with open_runner("openvino", out, entry):
             pass
 
 
 @pytest.mark.parametrize("backend,victim", [("onnxruntime", "tiny.onnx"), ("openvino", "tiny.xml")])
-def test_corrupt_model_file_is_a_verify_error_naming_the_file(tiny, backend, victim):
+def test_corrupt_model_file_is_a_runner_error_naming_the_file(tiny, backend, victim):
     out, entry = tiny
     (out / victim).write_bytes(b"\x00garbage, not a model\xff" * 10)
-    with pytest.raises(VerifyError, match=rf"cannot (load|read) .*{victim} .*corrupt"):
+    with pytest.raises(RunnerError, match=rf"cannot (load|read) .*{victim} .*corrupt"):
         with open_runner(backend, out, entry):
             pass
 
 
 def test_graph_without_a_file_for_the_backend(tiny):
     out, entry = tiny
-    entry = dict(entry, files=dict(entry["files"], onnx=None))
-    with pytest.raises(VerifyError, match="graph 'tiny' has no onnx file in the manifest"):
+    entry = dataclasses.replace(entry, files=dict(entry.files, onnx=None))
+    with pytest.raises(RunnerError, match="graph 'tiny' has no onnx file in the manifest"):
         open_runner("onnxruntime", out, entry)
 
 

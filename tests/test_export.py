@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace import dims
-from shapetrace.export import flat_module
+from shapetrace import constraints, writers
+from shapetrace.flat import flat_module
+from shapetrace.manifest import Dim, GraphEntry
 from shapetrace.testing import EXAMPLES
 from shapetrace.walker import parse_path, resolve
 
@@ -35,7 +36,7 @@ def _run_all(obj, out, entry, feed):
     import openvino as ov
 
     _, _, module = resolve(obj, parse_path(entry["module"]))
-    flat = flat_module(module, entry)
+    flat = flat_module(module, GraphEntry.from_json(entry))
     with torch.no_grad():
         ref = [t.numpy() for t in flat(*(feed[i["name"]] for i in entry["inputs"]))]
     np_feed = {k: v.numpy() for k, v in feed.items()}
@@ -88,13 +89,17 @@ def test_every_dynamic_dim_holds_at_a_second_valid_size(exported):
     obj, rec, out, result = exported
     manifest = json.loads((out / "manifest.json").read_text())
     for entry in manifest["graphs"]:
-        values = dims.alternative_dims(entry)
+        values = constraints.alternative_sizes(_dims(entry), entry["constraints"])
         assert values is not None, entry["name"]
         assert all(values[d] != info["example"] for d, info in entry["dims"].items()), (entry["name"], values)
         feed = _inputs_for(entry, values)
         ref, ort_out, ov_out = _run_all(obj, out, entry, feed)
         _assert_close(ref, ort_out, (entry["name"], values, "onnxruntime"))
         _assert_close(ref, ov_out, (entry["name"], values, "openvino"))
+
+
+def _dims(entry):
+    return {n: Dim.from_json(n, d) for n, d in entry["dims"].items()}
 
 
 def _graph(out, name):
@@ -115,13 +120,13 @@ def test_shared_dim_names_and_constraints_of_the_controlnet_pipeline(exports):
     assert cn["constants"]["conditioning_scale"] == 1.0
     # the UNet's height must be even (its down-sampling factor); the manifest says so and refuses 9
     ok = {d: info["example"] for d, info in unet["dims"].items()}
-    assert dims.check_constraints(unet["constraints"], ok, unet["dims"]) == []
-    assert dims.check_constraints(unet["constraints"], {**ok, "height": 9}, unet["dims"]) != []
+    assert constraints.check(unet["constraints"], ok, _dims(unet)) == []
+    assert constraints.check(unet["constraints"], {**ok, "height": 9}, _dims(unet)) != []
     # controlnet_cond's height is tied to sample's through the conditioning embedding's 8x down-sampling
     cn_ok = {d: info["example"] for d, info in cn["dims"].items()}
-    assert dims.check_constraints(cn["constraints"], {**cn_ok, "controlnet_cond_height": 128}, cn["dims"]) != []
-    assert dims.check_constraints(cn["constraints"], {**cn_ok, "height": 16, "controlnet_cond_height": 128},
-                                  cn["dims"]) == []
+    assert constraints.check(cn["constraints"], {**cn_ok, "controlnet_cond_height": 128}, _dims(cn)) != []
+    assert constraints.check(cn["constraints"], {**cn_ok, "height": 16, "controlnet_cond_height": 128},
+                             _dims(cn)) == []
     assert vae["outputs"][0]["shape"] == ["batch", 3, "8*height", "8*width"]
 
 
@@ -168,17 +173,15 @@ def test_refuses_to_clobber_an_earlier_export(exports, tmp_path):
 
 
 def test_one_failing_graph_does_not_stop_the_others(exports, tmp_path, monkeypatch):
-    from shapetrace import export as export_mod
-
     obj, rec, _, _ = exports.get("sd")
-    real = export_mod._write_onnx
+    real = writers.write_onnx
 
     def broken(plan, *a, **k):
         if plan.graph == "unet":
             raise RuntimeError("exporter exploded")
         return real(plan, *a, **k)
 
-    monkeypatch.setattr(export_mod, "_write_onnx", broken)
+    monkeypatch.setattr(writers, "write_onnx", broken)
     result = shapetrace.export_all(obj, tmp_path / "o", recording=rec, progress=False, verify=False)
     assert not result.ok
     assert "exporter exploded" in result.graphs["unet"].error
@@ -190,8 +193,6 @@ def test_one_failing_graph_does_not_stop_the_others(exports, tmp_path, monkeypat
 
 
 def test_failure_midway_leaves_an_earlier_export_intact(exports, tmp_path, monkeypatch):
-    from shapetrace import export as export_mod
-
     obj, rec, _, _ = exports.get("text-classification")
     out = tmp_path / "o"
     shapetrace.export_all(obj, out, recording=rec, progress=False, verify=False)
@@ -200,7 +201,7 @@ def test_failure_midway_leaves_an_earlier_export_intact(exports, tmp_path, monke
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_mod, "_write_openvino", disk_full)
+    monkeypatch.setattr(writers, "write_openvino", disk_full)
     with pytest.raises(OSError, match="No space left"):
         shapetrace.export_all(obj, out, recording=rec, progress=False, verify=False, overwrite=True)
     after = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -237,7 +238,7 @@ def test_openvino_only_export_into_a_folder_with_a_comma(exports, tmp_path):
     out = tmp_path / "a,b"
     result = shapetrace.export_all(obj, out, recording=rec, formats=("openvino",), progress=False, verify=False)
     assert result.ok, str(result)
-    entry = result.manifest["graphs"][0]
+    entry = result.manifest.graphs[0].to_json()
     assert entry["files"]["onnx"] is None and entry["tools"]["openvino_from"] == "torch"
     model = ov.Core().read_model(str(out / entry["files"]["openvino"]))
     assert [p.get_any_name() for p in model.inputs] == [i["name"] for i in entry["inputs"]]
@@ -253,14 +254,12 @@ def test_openvino_only_export_into_a_folder_with_a_comma(exports, tmp_path):
 def test_large_graphs_keep_their_weights_in_external_data(exports, tmp_path, monkeypatch):
     import onnx
 
-    from shapetrace import export as export_mod
-
-    monkeypatch.setattr(export_mod, "ONNX_EXTERNAL_DATA_ABOVE_BYTES", 1000)
+    monkeypatch.setattr(writers, "ONNX_EXTERNAL_DATA_ABOVE_BYTES", 1000)
     obj, rec, _, _ = exports.get("text-classification")
     out = tmp_path / "o"
     result = shapetrace.export_all(obj, out, recording=rec, progress=False)
     assert result.ok and result.parity, str(result)
-    entry = result.manifest["graphs"][0]
+    entry = result.manifest.graphs[0].to_json()
     assert entry["files"]["onnx_data"] == ["model.onnx.data"]
     small = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in small.graph.initializer)

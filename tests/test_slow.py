@@ -49,7 +49,7 @@ def test_full_size_sd15_unet_exports_within_memory(tmp_path):
     result = shapetrace.export_all(holder, out, recording=rec, progress=False, verify=False)
     export_vm_hwm = _vm_hwm() if hwm_reset else None
     assert result.ok, str(result)
-    entry = result.manifest["graphs"][0]
+    entry = result.manifest.graphs[0].to_json()
     weights = entry["weights_bytes"]
     assert weights > 3e9
     bound = PEAK_OVER_WEIGHTS_BOUND * weights

@@ -1,5 +1,6 @@
 """verify(): the comparison rules on synthetic arrays, the report records, and real exports passed and broken."""
 
+import dataclasses
 import json
 import math
 import re
@@ -10,9 +11,10 @@ import pytest
 
 import shapetrace
 from shapetrace import ParityReport, SignatureFileError, VerifyError
-from shapetrace.dims import check_constraints
+from shapetrace.constraints import alternative_sizes, check
+from shapetrace.manifest import Dim, GraphEntry
 from shapetrace.testing import EXAMPLES
-from shapetrace.verify import (DEFAULT_TOLERANCES, ParityCheck, alternative_sizes, compare_arrays, render_report,
+from shapetrace.verify import (DEFAULT_TOLERANCES, ParityCheck, compare_arrays, render_report,
                                resized_inputs, resolve_tolerance)
 
 from test_backends import make_tiny_export
@@ -157,19 +159,23 @@ def test_alternative_sizes_change_every_dim_and_respect_constraints():
         "cond_height": {"min": 1, "max": None, "example": 64},
         "sequence": {"min": 1, "max": 77, "example": 77}},
         "constraints": ["height == (1 + (((-1) + cond_height) // 8))", "(height % 2) == 0", "batch < 64"]}
-    sizes = alternative_sizes(entry)
+    sizes = alternative_sizes(_dims(entry), entry["constraints"])
     assert sizes is not None and set(sizes) == set(entry["dims"])
     assert all(sizes[d] != info["example"] for d, info in entry["dims"].items()), sizes
-    assert check_constraints(entry["constraints"], sizes, entry["dims"]) == []
+    assert check(entry["constraints"], sizes, _dims(entry)) == []
     assert sizes["sequence"] == 76  # nearest valid size below the max
 
 
 def test_alternative_sizes_keep_a_dim_that_cannot_change():
     entry = {"name": "g", "dims": {"batch": {"min": 1, "max": None, "example": 1},
                                    "seq": {"min": 4, "max": 4, "example": 4}}, "constraints": []}
-    assert alternative_sizes(entry) == {"batch": 2, "seq": 4}
-    assert alternative_sizes({"name": "g", "dims": {"seq": {"min": 4, "max": 4, "example": 4}}}) is None
-    assert alternative_sizes({"name": "g", "dims": {}}) is None
+    assert alternative_sizes(_dims(entry), []) == {"batch": 2, "seq": 4}
+    assert alternative_sizes({"seq": Dim("seq", 4, 4, 4)}, []) is None
+    assert alternative_sizes({}, []) is None
+
+
+def _dims(entry):
+    return {n: Dim.from_json(n, d) for n, d in entry["dims"].items()}
 
 
 def test_resized_inputs_follow_the_recorded_values():
@@ -186,7 +192,7 @@ def test_resized_inputs_follow_the_recorded_values():
                "timestep": np.array(981), "input_ids": rng.integers(3, 41, (2, 7)),
                "attention_mask": np.array([[1] * 7, [1] * 5 + [0] * 2]),
                "scale": np.array([0.5], np.float16)}
-    feed = resized_inputs(entry, example, {"batch": 3, "height": 6, "seq": 9}, seed=0)
+    feed = resized_inputs(GraphEntry.from_json(entry), example, {"batch": 3, "height": 6, "seq": 9}, seed=0)
     assert feed["sample"].shape == (3, 4, 6) and feed["sample"].dtype == np.float32
     assert abs(feed["sample"].mean() - 10) < 1.5 and 1.5 < feed["sample"].std() < 4.5
     assert feed["timestep"].shape == () and feed["timestep"] == 981
@@ -196,7 +202,7 @@ def test_resized_inputs_follow_the_recorded_values():
     assert mask.shape == (3, 9) and set(np.unique(mask)) <= {0, 1} and (mask[:, 0] == 1).all()
     assert (np.diff(mask, axis=1) <= 0).all()  # ones then zeros, like padding
     assert feed["scale"].dtype == np.float16 and feed["scale"][0] == np.float16(0.5)
-    again = resized_inputs(entry, example, {"batch": 3, "height": 6, "seq": 9}, seed=0)
+    again = resized_inputs(GraphEntry.from_json(entry), example, {"batch": 3, "height": 6, "seq": 9}, seed=0)
     assert all(np.array_equal(feed[k], again[k]) for k in feed)  # seeded
 
 
@@ -223,7 +229,7 @@ def test_report_is_truthy_only_when_every_check_passed():
                                     "onnxruntime vs torch (example inputs): max abs error 0.5")
     err = ParityReport((_check(), _check(error="InvalidArgument: Got invalid dimensions")))
     assert not err and err.failures[0].verdict == "ERROR"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ok.checks[0].graph = "other"  # frozen records
 
 

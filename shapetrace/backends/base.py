@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import VerifyError
+from ..errors import RunnerError
+from ..manifest import GraphEntry
 
 __all__ = ["Runner", "model_file", "default_threads", "cast_feed", "by_name_or_position", "match_inputs",
            "short_error"]
@@ -58,14 +59,21 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------ inference
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once on ``feed`` (input name -> array); return output name -> array, in ``output_names`` order."""
+        """Run once on ``feed`` (input name -> array); return output name -> array, in ``output_names`` order.
+
+        Anything the runtime raises comes out as :class:`~shapetrace.RunnerError` naming the runner."""
         if not self._active:
-            raise VerifyError(f"{self!r} is not open; use it as a context manager: `with runner: runner.infer(...)`")
+            raise RunnerError(f"{self!r} is not open; use it as a context manager: `with runner: runner.infer(...)`")
         missing = [n for n in self.input_names if n not in feed]
         if missing:
-            raise VerifyError(f"{self.label}: the feed lacks input(s) {', '.join(map(repr, missing))}; "
+            raise RunnerError(f"{self.label}: the feed lacks input(s) {', '.join(map(repr, missing))}; "
                               f"expected {', '.join(self.input_names)}")
-        return self._infer({n: np.asarray(feed[n]) for n in self.input_names})
+        try:
+            return self._infer({n: np.asarray(feed[n]) for n in self.input_names})
+        except RunnerError:
+            raise
+        except Exception as e:  # a runtime refusing the inputs (a shape its graph cannot take, a dtype): say which
+            raise RunnerError(f"{self.label}: {short_error(e)}") from e
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -75,16 +83,15 @@ class Runner:
         return f"<{type(self).__name__} {self.label!r}, {state}>"
 
 
-def model_file(out_dir: str | os.PathLike, entry: Mapping[str, Any], kind: str) -> Path:
-    """The path of ``entry["files"][kind]`` inside ``out_dir``, checked to exist (else :class:`VerifyError`)."""
-    graph = entry.get("name", "?")
-    rel = (entry.get("files") or {}).get(kind)
+def model_file(out_dir: str | os.PathLike, entry: GraphEntry, kind: str) -> Path:
+    """The path of ``entry``'s ``kind`` file inside ``out_dir``, checked to exist (else :class:`RunnerError`)."""
+    rel = entry.file(kind)
     if not rel:
-        raise VerifyError(f"graph {graph!r} has no {kind} file in the manifest (it was not exported to {kind}); "
+        raise RunnerError(f"graph {entry.name!r} has no {kind} file in the manifest (it was not exported to {kind}); "
                           f"re-export it or leave that backend out")
     path = Path(out_dir) / rel
     if not path.is_file():
-        raise VerifyError(f"{path} not found (the {kind} file of graph {graph!r}); the export folder is "
+        raise RunnerError(f"{path} not found (the {kind} file of graph {entry.name!r}); the export folder is "
                           f"incomplete: re-run export_all")
     return path
 
@@ -117,7 +124,7 @@ def by_name_or_position(wanted: Sequence[str], available: Sequence[set[str]], wh
         return list(range(len(wanted)))
     missing = [n for n, i in zip(wanted, index) if i < 0]
     have = ", ".join(sorted(n for names in available for n in names)) or "(unnamed)"
-    raise VerifyError(f"{label}: the model has no {what} named {', '.join(map(repr, missing))}; it has {have}. "
+    raise RunnerError(f"{label}: the model has no {what} named {', '.join(map(repr, missing))}; it has {have}. "
                       f"The manifest and the model file disagree: re-export")
 
 
@@ -129,7 +136,7 @@ def match_inputs(wanted: Sequence[str], available: Sequence[set[str]], label: st
     uncovered = sorted(set(range(len(available))) - set(index))
     if uncovered:
         names = ", ".join(repr(sorted(available[i])[0]) if available[i] else f"#{i}" for i in uncovered)
-        raise VerifyError(f"{label}: the model has input(s) {names} the manifest does not list "
+        raise RunnerError(f"{label}: the model has input(s) {names} the manifest does not list "
                           f"({', '.join(wanted)}); the manifest and the model file disagree: re-export")
     return index
 

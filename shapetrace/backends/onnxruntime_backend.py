@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import VerifyError
+from ..errors import RunnerError
 from .base import Runner, by_name_or_position, cast_feed, default_threads, short_error
 
 __all__ = ["OnnxRuntimeRunner", "import_onnxruntime"]
@@ -60,12 +60,12 @@ class OnnxRuntimeRunner(Runner):
             opts.add_free_dimension_override_by_name(dim, int(value))
         providers = [p for p in _PROVIDERS[self.device] if p in ort.get_available_providers()]
         if not providers or providers[0] != _PROVIDERS[self.device][0]:
-            raise VerifyError(f"onnxruntime has no {_PROVIDERS[self.device][0]} here (available: "
+            raise RunnerError(f"onnxruntime has no {_PROVIDERS[self.device][0]} here (available: "
                               f"{', '.join(ort.get_available_providers())}); use device='CPU'")
         try:
             self._session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
         except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile: all mean the file is unusable
-            raise VerifyError(f"onnxruntime cannot load {self.path} ({short_error(e)}); "
+            raise RunnerError(f"onnxruntime cannot load {self.path} ({short_error(e)}); "
                               f"the file is missing or corrupt: re-run export_all") from e
         ins = self._session.get_inputs()
         outs = self._session.get_outputs()
@@ -74,7 +74,7 @@ class OnnxRuntimeRunner(Runner):
         self._feed_names = [n for n in self.input_names if n in declared]
         unknown = [i.name for i in ins if i.name not in set(self.input_names)]
         if unknown:
-            raise VerifyError(f"{self.path} has input(s) {', '.join(map(repr, unknown))} the manifest does not "
+            raise RunnerError(f"{self.path} has input(s) {', '.join(map(repr, unknown))} the manifest does not "
                               f"list ({', '.join(self.input_names)}); re-export")
         self._feed_types = {n: _ORT_TYPES.get(declared[n].type) for n in self._feed_names}
         self._out_index = by_name_or_position(self.output_names, [{o.name} for o in outs], "output", self.label)

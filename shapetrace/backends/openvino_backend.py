@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import VerifyError
+from ..errors import RunnerError
 from .base import Runner, by_name_or_position, cast_feed, match_inputs, short_error
 
 __all__ = ["OpenVINORunner", "import_openvino", "PRECISIONS"]
@@ -28,13 +28,15 @@ def import_openvino() -> Any:
 
 
 class OpenVINORunner(Runner):
-    """Runs one IR (``.xml`` + ``.bin``). ``static_shapes`` reshapes the model to ``example_shapes`` first."""
+    """Runs one IR (``.xml`` + ``.bin``). ``example_shapes`` (static shapes) reshapes the model first; ``config``
+    holds extra ``compile_model`` properties (``NUM_STREAMS``...), applied after the defaults."""
 
     name = "openvino"
 
     def __init__(self, xml_path: str | os.PathLike, input_names: Sequence[str], output_names: Sequence[str], *,
                  device: str = "CPU", precision: str = "f32", threads: int | None = None,
-                 example_shapes: Mapping[str, Sequence[int]] | None = None, label: str = "") -> None:
+                 example_shapes: Mapping[str, Sequence[int]] | None = None,
+                 config: Mapping[str, Any] | None = None, label: str = "") -> None:
         super().__init__(input_names, output_names, label or f"openvino:{os.fspath(xml_path)}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is not known; use one of {', '.join(PRECISIONS)}")
@@ -43,6 +45,7 @@ class OpenVINORunner(Runner):
         self.precision = precision
         self.threads = threads
         self.example_shapes = dict(example_shapes) if example_shapes else None
+        self.config = dict(config or {})
         self._compiled: Any = None
         self._request: Any = None
 
@@ -50,12 +53,12 @@ class OpenVINORunner(Runner):
         ov = import_openvino()
         bin_path = os.path.splitext(self.path)[0] + ".bin"
         if not os.path.isfile(bin_path):
-            raise VerifyError(f"{bin_path} not found (the weights of {self.path}); re-run export_all")
+            raise RunnerError(f"{bin_path} not found (the weights of {self.path}); re-run export_all")
         core = ov.Core()
         try:
             model = core.read_model(self.path)
         except Exception as e:
-            raise VerifyError(f"openvino cannot read {self.path} ({short_error(e)}); "
+            raise RunnerError(f"openvino cannot read {self.path} ({short_error(e)}); "
                               f"the IR is missing or corrupt: re-run export_all") from e
         in_ports = [set(p.get_names()) for p in model.inputs]
         in_index = match_inputs(self.input_names, in_ports, self.label)
@@ -66,10 +69,11 @@ class OpenVINORunner(Runner):
                                   "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        config.update(self.config)
         try:
             self._compiled = core.compile_model(model, self.device, config)
         except Exception as e:
-            raise VerifyError(f"openvino cannot compile {self.path} for {self.device} "
+            raise RunnerError(f"openvino cannot compile {self.path} for {self.device} with {config} "
                               f"({short_error(e)})") from e
         self._request = self._compiled.create_infer_request()
         self._in_index = in_index

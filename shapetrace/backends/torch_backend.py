@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import VerifyError
+from ..errors import RunnerError
 from ..recording import dtype_from_name, from_numpy, to_numpy
 from .base import Runner
 
@@ -41,6 +41,6 @@ class TorchRunner(Runner):
             out = (out,)
         out = list(out)
         if len(out) != len(self.output_names):
-            raise VerifyError(f"{self.label} returned {len(out)} outputs, the manifest lists "
+            raise RunnerError(f"{self.label} returned {len(out)} outputs, the manifest lists "
                               f"{len(self.output_names)} ({', '.join(self.output_names)})")
         return {n: to_numpy(t) for n, t in zip(self.output_names, out)}

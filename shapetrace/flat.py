@@ -1,0 +1,194 @@
+"""The flat view of one recorded graph, which every exporter and runtime works with.
+
+A graph's real call takes nested args / kwargs and returns nested outputs (``UNet2DConditionOutput``, tuples of
+residuals). :class:`FlatModule` wraps the module so that ``forward(*tensors)`` takes the tensor leaves in order and
+returns the output tensor leaves in order, under their flat names; non-tensor arguments are frozen to their
+recorded values. :func:`prepare` turns a recorded graph into an :class:`ExportPlan` (the flat module, example
+args, ``dynamic_shapes`` for ``torch.export``, ``input=`` for ``openvino.convert_model``); :func:`flat_module`
+wraps a live module for a manifest :class:`~shapetrace.manifest.GraphEntry` (verify's and load's PyTorch side).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import dims as dims_mod
+from . import tree
+from .errors import ExportError, FlattenError, RecordingError
+from .manifest import GraphEntry
+from .proxy import recording_for
+from .recording import GraphRecord, Recording, TensorSpec
+from .standin import StandIn
+from .walker import parse_path, resolve
+
+__all__ = ["FlatModule", "ExportPlan", "prepare", "flat_module", "module_for", "recording_of"]
+
+
+class FlatModule(torch.nn.Module):
+    """``forward(*tensors)`` in ``input_names`` order -> tuple of output tensors in ``output_names`` order.
+
+    Rebuilds the original args / kwargs (constants and opaque values frozen to the recorded ones), calls the
+    recorded method of ``module`` and flattens its output.
+    """
+
+    def __init__(self, module: torch.nn.Module, method: str, input_tree: Mapping[str, Any],
+                 input_names: Sequence[str], output_names: Sequence[str], output_fields: Sequence[str] | None,
+                 frozen: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+        self.input_tree = dict(input_tree)
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.output_fields = list(output_fields) if output_fields else None
+        self._frozen = dict(frozen or {})
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        leaves = dict(self._frozen)
+        leaves.update(zip(self.input_names, tensors))
+        args, kwargs = tree.split_call(self.input_tree, leaves)
+        fn = self.module if self.method == "forward" else getattr(self.module, self.method)
+        output = fn(*args, **kwargs)
+        _, flat = tree.flatten_output(output, self.output_fields)
+        missing = [n for n in self.output_names if n not in flat]
+        if missing:
+            raise ExportError(f"output {missing[0]!r} is missing from this call's output (got {', '.join(flat)})")
+        return tuple(flat[n] for n in self.output_names)
+
+
+def _np_dtype(dtype: torch.dtype) -> Any:
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32,
+            torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.int8: np.int8,
+            torch.uint8: np.uint8, torch.bool: np.bool_}.get(dtype, np.float32)
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything needed to export one graph with any tool (see the README's "other tools" section).
+
+    ``torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)`` and
+    ``torch.onnx.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes,
+    input_names=plan.input_names, output_names=plan.output_names)`` work as is;
+    ``openvino.convert_model(plan.module, example_input=plan.args, input=plan.openvino_input)`` too.
+    """
+
+    graph: str
+    module: FlatModule
+    args: tuple
+    dynamic_shapes: tuple
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    candidates: Mapping[str, Mapping[int, Any]]
+    example_inputs: Mapping[str, torch.Tensor]  # the recorded (untiled) inputs
+    promoted: tuple[str, ...] = ()  # scalar arguments that varied across calls, exported as 0-d inputs
+    output_keys: tuple[str, ...] = ()  # flat output names in the output tree (== output_names unless renamed)
+
+    @property
+    def openvino_input(self) -> list[tuple[str, list[int], Any]]:
+        """``input=`` for ``openvino.convert_model``: (name, shape with -1 for dynamic dims, numpy dtype)."""
+        out = []
+        for name, arg in zip(self.input_names, self.args):
+            dyn = self.candidates.get(name, {})
+            out.append((name, [-1 if d in dyn else int(s) for d, s in enumerate(arg.shape)], _np_dtype(arg.dtype)))
+        return out
+
+
+def module_for(obj: Any, g: GraphRecord) -> torch.nn.Module:
+    try:
+        _, _, module = resolve(obj, parse_path(g.module_path))
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise ExportError(f"graph {g.name!r}: no module at {g.module_path!r} in this {type(obj).__name__} any more "
+                          f"({e}); record the object again") from e
+    if issubclass(type(module), StandIn):
+        raise ExportError(f"graph {g.name!r}: export_all() was called inside the record() block; call it after")
+    if tree.qualname(type(module)) != g.module_class:
+        raise ExportError(f"graph {g.name!r}: the module at {g.module_path!r} is now a "
+                          f"{type(module).__name__}, but a {g.module_class.rsplit(':', 1)[-1]} was recorded; "
+                          f"record the object again")
+    return module
+
+
+def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = None,
+            dynamic: Any = "auto") -> ExportPlan:
+    """The :class:`ExportPlan` of one recorded graph of ``obj`` (the live object the recording was made on)."""
+    if not isinstance(graph, GraphRecord):
+        rec = recording if recording is not None else recording_of(obj)
+        graph = rec[graph]
+    g = graph
+    module = module_for(obj, g)
+    opaque_outputs = tree.has_opaque_tensors(dict(g.output_tree))
+    if opaque_outputs:
+        typ = opaque_outputs[0]
+        raise FlattenError(
+            f"graph {g.name!r} returns a {typ}, which holds tensors shapetrace cannot flatten; register a "
+            f"flattener: shapetrace.register_flattener({typ.rsplit('.', 1)[-1]}, lambda obj: ({{'field': obj.field}}, "
+            f"None), lambda cls, fields, ctx: cls(**fields)) and record again")
+    opaque_inputs = tree.has_opaque_tensors(dict(g.input_tree))
+    if opaque_inputs:
+        raise FlattenError(f"graph {g.name!r} takes a {opaque_inputs[0]} holding tensors, which cannot be an "
+                           f"exported input; register a flattener for it (shapetrace.register_flattener)")
+    input_tree = json.loads(json.dumps(dict(g.input_tree)))
+    examples = {n: t for n, t in g.examples.items() if isinstance(t, torch.Tensor)}
+    frozen = {n: v for n, v in g.examples.items() if not isinstance(v, torch.Tensor)}
+    promoted = _promote_varying_scalars(input_tree, g, examples)
+    input_names = tree.tensor_names(input_tree)
+    missing = [n for n in input_names if n not in examples]
+    if missing:
+        raise ExportError(f"graph {g.name!r} has no example value for input {missing[0]!r}; record it again")
+    specs = dict(g.inputs)
+    for n in promoted:
+        specs[n] = TensorSpec(tuple(examples[n].shape), examples[n].dtype)
+    candidates = dims_mod.candidate_dims({n: specs[n] for n in input_names}, dynamic)
+    args = []
+    for n in input_names:
+        t = examples[n]
+        for d in candidates.get(n, {}):
+            if t.shape[d] == 1:  # torch.export specialises size-1 dims: trace with 2, the graph stays general
+                t = torch.cat([t, t], dim=d)
+        args.append(t)
+    output_keys = list(g.outputs)
+    # ONNX needs unique value names: an output called like an input (unet: sample -> sample) is "output.sample"
+    taken = set(input_names)
+    output_names = [f"output.{k}" if k in taken else k for k in output_keys]
+    fields = dict(g.output_tree).get("fields")
+    flat = FlatModule(module, g.method, input_tree, input_names, output_keys, fields, frozen)
+    # forward(*tensors) has one (var-positional) parameter: its dynamic_shapes entry is the tuple of per-input specs
+    dyn = (tuple({d: torch.export.Dim.AUTO for d in candidates.get(n, {})} or None for n in input_names),)
+    return ExportPlan(g.name, flat, tuple(args), dyn, tuple(input_names), tuple(output_names),
+                      MappingProxyType(candidates), MappingProxyType({n: examples[n] for n in input_names}),
+                      tuple(promoted), tuple(output_keys))
+
+
+def flat_module(module: torch.nn.Module, entry: GraphEntry) -> FlatModule:
+    """The flat wrapper for a manifest graph entry around a live ``module`` (used by verify / load)."""
+    # opaque arguments (a torch.Generator) were recorded by type only: they are passed as None
+    frozen = {k: None for k, v in tree.constants_of(entry.input_tree).items()
+              if isinstance(v, str) and v.startswith("<")}
+    return FlatModule(module, entry.method, entry.input_tree, entry.input_names, [o.key for o in entry.outputs],
+                      entry.output_tree.get("fields"), frozen)
+
+
+def _promote_varying_scalars(input_tree: dict, g: GraphRecord, examples: dict) -> list[str]:
+    """Scalar arguments whose value changed across calls become 0-d tensor inputs instead of frozen constants."""
+    promoted: list[str] = []
+    for name, node in list(tree.spec_leaves(input_tree)):
+        if node["t"] == "const" and name in g.varying_constants and node["type"] in ("int", "float"):
+            examples[name] = torch.tensor(node["value"], dtype=torch.float32 if node["type"] == "float" else torch.int64)
+            node.clear()
+            node.update({"t": "tensor", "name": name})
+            promoted.append(name)
+    return promoted
+
+
+def recording_of(obj: Any) -> Recording:
+    """The last recording of ``obj``, as an :class:`ExportError` when there is none."""
+    try:
+        return recording_for(obj)
+    except RecordingError as e:
+        raise ExportError(str(e)) from None

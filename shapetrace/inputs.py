@@ -1,0 +1,98 @@
+"""The ``resized`` input set of verify: new inputs for a graph with every dynamic dim set to another valid size.
+
+Float inputs are drawn from a normal distribution with the example's mean and std; integer inputs (token ids,
+timesteps) uniformly within the recorded ``value_range``; constant inputs stay constant; masks (0/1 inputs named
+``*mask*``) are ones followed by zeros, like padding. Seeded by the graph's name: the same folder always gives the
+same inputs. The sizes themselves come from :func:`shapetrace.constraints.alternative_sizes`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .manifest import GraphEntry
+
+__all__ = ["resized_inputs", "input_sizes"]
+
+_FLOAT_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32, "float64": np.float64}
+
+
+def resized_inputs(entry: GraphEntry, example: Mapping[str, np.ndarray], sizes: Mapping[str, int],
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """A new input set for ``entry`` with dynamic dims set to ``sizes`` (rules in the module docstring)."""
+    rng = np.random.default_rng([seed, zlib.crc32(entry.name.encode())])
+    feed: dict[str, np.ndarray] = {}
+    for spec in entry.inputs:
+        name, dtype = spec.name, spec.dtype
+        ex = np.asarray(example[name]) if name in example else None
+        shape = []
+        for d, s in enumerate(spec.shape):
+            if isinstance(s, int):
+                shape.append(s)
+            elif s in sizes:
+                shape.append(int(sizes[s]))
+            else:  # an unnamed / expression dim: keep the example's size
+                shape.append(int(spec.example_shape[d]))
+        feed[name] = _draw(rng, name, dtype, tuple(shape), ex, spec.value_range)
+    return feed
+
+
+def _draw(rng: np.random.Generator, name: str, dtype: str, shape: tuple[int, ...], ex: np.ndarray | None,
+          value_range: Sequence[float] | None) -> np.ndarray:
+    if dtype in _FLOAT_NP:
+        np_dtype = _FLOAT_NP[dtype]
+        if ex is None or ex.size == 0:
+            return rng.standard_normal(shape).astype(np_dtype)
+        exf = ex.astype(np.float64)
+        if np.all(exf == exf.flat[0]):
+            return np.full(shape, exf.flat[0], dtype=np_dtype)
+        if _is_mask(name, exf):
+            return _mask(rng, shape).astype(np_dtype)
+        mean, std = float(np.nanmean(exf)), float(np.nanstd(exf))
+        return rng.normal(mean, std if math.isfinite(std) and std > 0 else 1.0, shape).astype(np_dtype)
+    if dtype == "bool":
+        if ex is not None and ex.size and np.all(ex == ex.flat[0]):
+            return np.full(shape, bool(ex.flat[0]))
+        return _mask(rng, shape) if "mask" in name.lower() else rng.integers(0, 2, shape).astype(bool)
+    np_dtype = np.dtype(dtype) if dtype.startswith(("int", "uint")) else np.int64
+    if value_range is not None:
+        lo, hi = int(value_range[0]), int(value_range[1])
+    elif ex is not None and ex.size:
+        lo, hi = int(ex.min()), int(ex.max())
+    else:
+        lo, hi = 0, 1
+    if lo == hi:
+        return np.full(shape, lo, dtype=np_dtype)
+    if ex is not None and _is_mask(name, ex.astype(np.float64)):
+        return _mask(rng, shape).astype(np_dtype)
+    return rng.integers(lo, hi + 1, shape).astype(np_dtype)
+
+
+def _is_mask(name: str, ex: np.ndarray) -> bool:
+    return "mask" in name.lower() and bool(np.isin(ex, (0.0, 1.0)).all())
+
+
+def _mask(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Ones then zeros along the last axis (at least one 1 per row), like a padded attention mask."""
+    if not shape:
+        return np.ones((), dtype=bool)
+    n = shape[-1]
+    lengths = rng.integers(max(1, n // 2), n + 1, shape[:-1]) if n else np.zeros(shape[:-1], dtype=np.int64)
+    return np.arange(n) < np.asarray(lengths)[..., None]
+
+
+def input_sizes(entry: GraphEntry, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The size of each named dim in ``feed`` (first input that carries it)."""
+    sizes: dict[str, int] = {}
+    for spec in entry.inputs:
+        arr = feed.get(spec.name)
+        if arr is None:
+            continue
+        for d, s in enumerate(spec.shape):
+            if isinstance(s, str) and d < arr.ndim:
+                sizes.setdefault(s, int(arr.shape[d]))
+    return sizes

@@ -1,0 +1,163 @@
+"""The writers of one graph's model files: ONNX (from the ``torch.export`` program) and OpenVINO IR (from the
+ONNX file, or from the torch module for big graphs), each with the manifest's dim names written in.
+
+:func:`write_onnx` runs ``torch.onnx.export`` on the exported program (dynamo exporter; the TorchScript exporter as
+a per-graph fallback, noted in ``tools``), names the dims in memory, keeps the weights of graphs above
+:data:`ONNX_EXTERNAL_DATA_ABOVE_BYTES` in external data and checks the file with ``onnx.checker`` (path based, so
+beyond 2 GB works). :func:`write_openvino` converts and saves the IR (``compress_to_fp16`` off unless asked).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from . import dims as dims_mod
+from .errors import ExportError
+from .flat import ExportPlan
+
+__all__ = ["write_onnx", "write_openvino", "versions", "require", "ONNX_EXTERNAL_DATA_ABOVE_BYTES",
+           "OPENVINO_FROM_TORCH_ABOVE_BYTES"]
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the tools an export depends on (None when not installed)."""
+    out: dict[str, str | None] = {}
+    for pkg in ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "diffusers", "transformers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def require(module: str, extra: str) -> Any:
+    """Import ``module``, or raise ImportError naming the shapetrace extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{module} is not installed: pip install 'shapetrace[{extra}]'") from None
+
+
+def _rename_onnx_dims(path: Path, symbols: Mapping[str, str], input_shapes: Mapping[str, list],
+                      output_shapes: Mapping[str, list]) -> int:
+    """Write our dim names into the ONNX graph's inputs / outputs; returns the opset."""
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {**input_shapes, **output_shapes}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        want = shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        for i, d in enumerate(dims):
+            if want is not None and i < len(want) and isinstance(want[i], str):
+                d.dim_param = want[i]
+            elif d.dim_param:
+                d.dim_param = dims_mod.symbol_map_rename(d.dim_param, symbols)
+    for vi in model.graph.value_info:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = dims_mod.symbol_map_rename(d.dim_param, symbols)
+    onnx.save(model, str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return int(opset) if opset is not None else -1
+
+
+def _rename_ir_dims(model: Any, symbols: Mapping[str, str], input_shapes: Mapping[str, list],
+                    output_shapes: Mapping[str, list]) -> None:
+    """Write our dim names into an in-memory ``onnx_ir`` model (no load / save round trip of the weights)."""
+    ir = require("onnx_ir", "onnx")
+
+    shapes = {**input_shapes, **output_shapes}
+
+    def renamed(value: Any, want: list | None) -> None:
+        shape = value.shape
+        if shape is None:
+            return
+        dims = []
+        for i, d in enumerate(shape):
+            if want is not None and i < len(want) and isinstance(want[i], str):
+                dims.append(want[i])
+            elif isinstance(d, ir.SymbolicDim) and d.value is not None:
+                dims.append(dims_mod.symbol_map_rename(str(d.value), symbols))
+            else:
+                dims.append(d)
+        value.shape = ir.Shape(dims)
+
+    for v in list(model.graph.inputs) + list(model.graph.outputs):
+        renamed(v, shapes.get(v.name))
+    for node in model.graph:
+        for v in node.outputs:
+            if v not in model.graph.outputs:
+                renamed(v, None)
+
+
+#: Graphs with more weights than this keep them in ``<graph>.onnx.data`` (beyond 2 GB ONNX requires it anyway).
+ONNX_EXTERNAL_DATA_ABOVE_BYTES = 256 << 20
+
+
+def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, opset: int | None) -> dict:
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")
+    tools: dict[str, Any] = {}
+    try:
+        prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
+                                 output_names=list(plan.output_names), opset_version=opset, optimize=True,
+                                 verbose=False)
+        tools["onnx_exporter"] = "torch.onnx.export(dynamo=True)"
+    except Exception as e:  # documented fallback: the TorchScript exporter for this graph
+        prog = None
+        tools["onnx_exporter"] = "torch.onnx.export(dynamo=False)"
+        tools["onnx_dynamo_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+        dynamic_axes = {n: {d: s for d, s in enumerate(shape) if isinstance(s, str)}
+                        for n, shape in {**info.input_shapes, **info.output_shapes}.items()}
+        torch.onnx.export(plan.module, plan.args, str(path), dynamo=False, input_names=list(plan.input_names),
+                          output_names=list(plan.output_names), dynamic_axes=dynamic_axes,
+                          opset_version=opset or 17)
+    if prog is not None:
+        _rename_ir_dims(prog.model, info.symbols, info.input_shapes, info.output_shapes)
+        # weights of large graphs go to external data next to the file (<graph>.onnx.data): a single-file proto is
+        # serialised and later re-read whole (checker, OpenVINO), which costs its size again in memory
+        large = sum(p.numel() * p.element_size() for p in plan.module.parameters()) > ONNX_EXTERNAL_DATA_ABOVE_BYTES
+        prog.save(str(path), external_data=True if large else None)
+        opset_found = prog.model.opset_imports.get("", None)
+        del prog
+        tools["opset"] = int(opset_found) if opset_found is not None else -1
+    else:
+        tools["opset"] = _rename_onnx_dims(path, info.symbols, info.input_shapes, info.output_shapes)
+    gc.collect()
+    onnx.checker.check_model(str(path))
+    return tools
+
+
+#: Graphs with more fp32 weights than this convert to IR from the torch module (weights shared, no copy); smaller
+#: ones from the ONNX file just written (a few times faster). See the README, "Which source for OpenVINO".
+OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
+
+
+def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool,
+                    source: str = "auto", weights_bytes: int = 0) -> dict:
+    ov = require("openvino", "openvino")
+    if source == "auto":
+        source = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
+    if source == "onnx" and onnx_path is None:
+        raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
+    if source == "onnx":
+        # read_model, not convert_model(str): the latter splits a path on commas
+        model = ov.Core().read_model(str(onnx_path))
+        source = "onnx"
+    else:
+        shapes = [(shape, dtype) for _, shape, dtype in plan.openvino_input]
+        model = ov.convert_model(plan.module, example_input=plan.args, input=shapes)
+        source = "torch"
+        for port, name in zip(model.inputs, plan.input_names):
+            port.get_tensor().set_names({name})
+        for port, name in zip(model.outputs, plan.output_names):
+            port.get_tensor().set_names({name})
+    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    del model
+    return {"openvino_from": source, "compress_to_fp16": compress_to_fp16}
