@@ -10,7 +10,6 @@ beyond 2 GB works). :func:`write_openvino` converts and saves the IR (``compress
 from __future__ import annotations
 
 import gc
-import importlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +17,7 @@ from typing import Any, Mapping
 import torch
 
 from . import dims as dims_mod
+from ._optional import require
 from .errors import ExportError
 from .flat import ExportPlan
 
@@ -35,13 +35,6 @@ def versions() -> dict[str, str | None]:
             out[pkg] = None
     return out
 
-
-def require(module: str, extra: str) -> Any:
-    """Import ``module``, or raise ImportError naming the shapetrace extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{module} is not installed: pip install 'shapetrace[{extra}]'") from None
 
 
 def _rename_onnx_dims(path: Path, symbols: Mapping[str, str], input_shapes: Mapping[str, list],

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import RunnerError
+from .._optional import require
 from .base import Runner, by_name_or_position, cast_feed, default_threads, short_error
 
 __all__ = ["OnnxRuntimeRunner", "import_onnxruntime"]
@@ -21,11 +22,8 @@ _PROVIDERS = {"CPU": ["CPUExecutionProvider"], "CUDA": ["CUDAExecutionProvider",
 
 
 def import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ImportError("onnxruntime is not installed: pip install 'shapetrace[onnx]'") from None
-    return onnxruntime
+    """The ``onnxruntime`` package, or ImportError naming ``pip install 'shapetrace[onnx]'``."""
+    return require("onnxruntime", "onnx")
 
 
 class OnnxRuntimeRunner(Runner):

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import RunnerError
+from .._optional import require
 from .base import Runner, by_name_or_position, cast_feed, match_inputs, short_error
 
 __all__ = ["OpenVINORunner", "import_openvino", "PRECISIONS"]
@@ -20,11 +21,8 @@ PRECISIONS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 
 
 def import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError:
-        raise ImportError("openvino is not installed: pip install 'shapetrace[openvino]'") from None
-    return openvino
+    """The ``openvino`` package, or ImportError naming ``pip install 'shapetrace[openvino]'``."""
+    return require("openvino", "openvino")
 
 
 class OpenVINORunner(Runner):

@@ -8,11 +8,12 @@ so importing :mod:`shapetrace.testing` itself never needs more than torch.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Iterator
 from types import ModuleType
 
 import torch
+
+from .._optional import require as _require
 
 #: The extra that installs everything the offline pipelines import.
 EXTRA = "diffusers"
@@ -24,14 +25,7 @@ def require(module: str) -> ModuleType:
     The message keeps the original reason (a missing package, or one that fails to import) in one line; the
     original traceback is dropped (``from None``) because the fix is the same either way.
     """
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        package = module.split(".", 1)[0]
-        raise ImportError(
-            f"shapetrace.testing needs {package!r} for its offline pipelines, and it cannot be imported ({e}); "
-            f"install it with: pip install 'shapetrace[{EXTRA}]'"
-        ) from None
+    return _require(module, EXTRA, needed_by="shapetrace.testing")
 
 
 @contextlib.contextmanager

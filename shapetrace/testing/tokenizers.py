@@ -91,8 +91,8 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 def tiny_clip_tokenizer(directory: str | os.PathLike[str] | None = None) -> CLIPTokenizer:
     """A CLIP BPE tokenizer with a tiny vocabulary (< ``CLIP_VOCAB_SIZE`` ids), built offline.
 
-    ``vocab.json`` and ``merges.txt`` are written to ``directory`` (a fresh
-    ``tempfile.mkdtemp()`` when ``None``).  The vocabulary holds the 256
+    ``vocab.json`` and ``merges.txt`` are written to ``directory`` (a temporary folder,
+    removed once the tokenizer is built, when ``None``).  The vocabulary holds the 256
     byte-level symbols (bare and with ``</w>``) so any text tokenizes without
     unknown tokens, the pieces of BPE merges learned on a small list of
     prompt words, each of which is one token (``"chef in the kitchen"`` is
@@ -100,9 +100,11 @@ def tiny_clip_tokenizer(directory: str | os.PathLike[str] | None = None) -> CLIP
     ``<|endoftext|>`` with the two highest ids (703 ids in all).  ``pad_token`` is
     ``<|endoftext|>`` as in Stable Diffusion 1.x; ``model_max_length`` is 77.
     """
+    if directory is None:  # the tokenizer reads its files when built: a temporary folder is enough
+        with tempfile.TemporaryDirectory(prefix="shapetrace-clip-") as tmp:
+            return tiny_clip_tokenizer(tmp)
     transformers = require("transformers")
-
-    directory = os.fspath(directory) if directory is not None else tempfile.mkdtemp(prefix="shapetrace-clip-")
+    directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     vocab, merges = _clip_vocab_and_merges()
     vocab_file = os.path.join(directory, "vocab.json")
@@ -117,13 +119,15 @@ def tiny_clip_tokenizer(directory: str | os.PathLike[str] | None = None) -> CLIP
 def tiny_bert_tokenizer(directory: str | os.PathLike[str] | None = None) -> BertTokenizer:
     """A lower-casing WordPiece ``BertTokenizer`` built from a tiny ``vocab.txt``.
 
-    The file is written to ``directory`` (a fresh ``tempfile.mkdtemp()`` when
-    ``None``).  It holds the five specials, ``a``-``z`` and ``##a``-``##z``,
+    The file is written to ``directory`` (a temporary folder,
+    removed once the tokenizer is built, when ``None``).  It holds the five specials, ``a``-``z`` and ``##a``-``##z``,
     digits, punctuation and the same whole words as :func:`tiny_clip_tokenizer`.
     """
+    if directory is None:  # the tokenizer reads its file when built: a temporary folder is enough
+        with tempfile.TemporaryDirectory(prefix="shapetrace-bert-") as tmp:
+            return tiny_bert_tokenizer(tmp)
     transformers = require("transformers")
-
-    directory = os.fspath(directory) if directory is not None else tempfile.mkdtemp(prefix="shapetrace-bert-")
+    directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
