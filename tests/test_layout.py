@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shapetrace"
 
 #: Lower layers never import higher ones (modules of one layer may import each other, without a loop).
 LAYERS = [
-    {"errors", "_version", "files"},
+    {"errors", "_version", "_optional", "files"},
     {"walker", "tree", "signature", "standin"},
     {"recording", "proxy"},
     {"dims", "constraints", "manifest"},
