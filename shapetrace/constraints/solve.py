@@ -1,0 +1,98 @@
+"""The one solver: another valid size for every dynamic dim of a graph (verify's resized input set)."""
+
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .expr import Expr, compile_expr, dim_attr
+
+if TYPE_CHECKING:
+    from ..manifest import Dim
+
+
+def _holds(e: Expr, values: Mapping[str, int]) -> bool:
+    try:
+        return bool(e(values))
+    except (ArithmeticError, KeyError, ValueError, TypeError):
+        return False
+
+
+def _candidates(d: Any) -> list[int]:
+    ex, lo, hi = int(dim_attr(d, "example")), max(1, int(dim_attr(d, "min") or 1)), dim_attr(d, "max")
+    near = [ex + 1, ex - 1, ex + 2, ex - 2, ex + 3, ex - 3, ex + 4, ex - 4, ex + 8, ex - 8, ex * 2, ex // 2,
+            ex + 16, ex * 3 // 2, ex * 4, ex // 4, ex * 8, ex // 8]
+    return list(dict.fromkeys(v for v in near if v != ex and v >= lo and (hi is None or v <= int(hi))))
+
+
+def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
+                      budget: int = 200_000) -> dict[str, int] | None:
+    """Another valid size for every dim (ranges and constraints respected), changing every dim the constraints allow.
+
+    Dims tied by an equality (``height == 1 + (-1 + cond_height) // 8``) are derived from the others; the free dims
+    are searched depth first, nearest candidates first, each constraint checked once its dims are known; if no
+    assignment changes every dim, the first that the search finds with examples allowed wins. None when there is no
+    dim or none can change.
+    """
+    dims = dict(dims)
+    if not dims:
+        return None
+    exprs = [e for e in map(compile_expr, constraints or ()) if e is not None and e.names <= dims.keys()]
+    derived: dict[str, Expr] = {}
+    for e in exprs:  # "name == expr": name is a function of other dims
+        node = e.node
+        if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
+            continue
+        for lhs, rhs in ((node.left, node.comparators[0]), (node.comparators[0], node.left)):
+            if isinstance(lhs, ast.Name) and lhs.id not in derived:
+                f = compile_expr(ast.unparse(rhs))
+                if f is not None and lhs.id not in f.names and f.names and not (f.names & derived.keys()) \
+                        and not any(lhs.id in g.names for g in derived.values()):
+                    derived[lhs.id] = f
+                    break
+    free = [n for n in dims if n not in derived]
+    cands = {n: _candidates(dims[n]) for n in free}
+    examples = {n: int(dim_attr(d, "example")) for n, d in dims.items()}
+    steps = [0]
+
+    def complete(values: dict[str, int], allow_same: bool) -> dict[str, int] | None:
+        for name, f in derived.items():
+            if name not in values and f.names <= values.keys():
+                try:
+                    values[name] = int(f(values))
+                except (ArithmeticError, ValueError):
+                    return None
+                lo, hi = max(1, int(dim_attr(dims[name], "min") or 1)), dim_attr(dims[name], "max")
+                if values[name] < lo or (hi is not None and values[name] > int(hi)):
+                    return None
+                if not allow_same and values[name] == examples[name]:
+                    return None
+        return values
+
+    def search(i: int, values: dict[str, int], allow_same: bool) -> dict[str, int] | None:
+        steps[0] += 1
+        if steps[0] > budget:
+            return None
+        if i == len(free):
+            return dict(values)
+        name = free[i]
+        for v in cands[name] + ([examples[name]] if allow_same else []) or [examples[name]]:
+            trial = complete({**values, name: v}, allow_same)
+            if trial is None:
+                continue
+            new = trial.keys() - values.keys()
+            if any(e.names & new and e.names <= trial.keys() and not _holds(e, trial) for e in exprs):
+                continue
+            found = search(i + 1, trial, allow_same)
+            if found is not None:
+                return found
+        return None
+
+    result = search(0, {}, allow_same=False)
+    if result is None:
+        steps[0] = 0
+        result = search(0, {}, allow_same=True)
+    if result is None or all(result[n] == examples[n] for n in dims):
+        return None
+    return {n: result[n] for n in dims}
+
