@@ -22,7 +22,7 @@ from .errors import ModuleNotFoundInObject, RecordingError
 from .recording import GraphRecord, Recording, TensorSpec
 from .signature import bind_call, method_info
 from .standin import StandIn
-from .walker import _select, find_module_paths, format_path, replace
+from .walker import _select, find_module_aliases, find_module_paths, format_path, replace
 
 __all__ = ["RecordingProxy", "record", "recording_for", "Recorder"]
 
@@ -83,13 +83,56 @@ class Recorder:
     def __init__(self) -> None:
         self._graphs: dict[str, _GraphBuilder] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: ids of the modules inside a recorded call
 
     def snapshot(self) -> MappingProxyType:
         with self._lock:
             return MappingProxyType({n: b.freeze() for n, b in self._graphs.items()})
 
+    # ---- the three ways a call reaches the recorder ---------------------------------------------------------
     def call(self, proxy_path: str, module: torch.nn.Module, method: str, fn: Callable, args: tuple,
              kwargs: dict) -> Any:
+        """A call through a proxy (``pipe.unet(...)``, ``pipe.vae.decode(...)``): run it, record it.
+
+        A method other than ``forward`` that calls the same module (or one of its submodules) more than once is a
+        loop (``generate``): its outermost module calls are the graphs, not the method (see :class:`_LoopWatch`).
+        """
+        key = id(module)
+        active = self._active_ids()
+        if key in active:  # the module calling its own method again (decode -> forward): not another graph
+            return fn(*args, **kwargs)
+        active.add(key)
+        try:
+            if method == "forward":
+                output = fn(*args, **kwargs)
+            else:
+                with _LoopWatch(self, module, proxy_path) as watch:
+                    output = fn(*args, **kwargs)
+                if watch.looped:
+                    return output
+        finally:
+            active.discard(key)
+        self.record_call(proxy_path, module, method, args, kwargs, output)
+        return output
+
+    def hook(self, path: str) -> Callable:
+        """A forward hook for the module at ``path``: records the calls that reach it without its proxy (the
+        module calling itself from ``generate``, another path to the same module), once each."""
+        def forward_hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if id(module) not in self._active_ids():
+                self.record_call(path, module, "forward", args, kwargs, output)
+
+        return forward_hook
+
+    def _active_ids(self) -> set[int]:
+        ids = getattr(self._local, "active", None)
+        if ids is None:
+            ids = self._local.active = set()
+        return ids
+
+    def record_call(self, path: str, module: torch.nn.Module, method: str, args: tuple, kwargs: dict,
+                    output: Any) -> None:
+        """Add one finished call of ``module.method`` to the graph ``path`` (``path.method`` for a method)."""
         cls = type(module)
         info = method_info(cls, method)
         bound = bind_call(info.signature, args, kwargs)
@@ -97,14 +140,13 @@ class Recorder:
         params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]} for n, k, v in bound]
         tensors = {n: v for n, v in leaves.items() if isinstance(v, torch.Tensor)}
         if not tensors:  # not a tensor call (e.g. enable_slicing()): not a graph
-            return fn(*args, **kwargs)
-        output = fn(*args, **kwargs)
-        name = proxy_path if method == "forward" else f"{proxy_path}.{method}"
+            return
+        name = path if method == "forward" else f"{path}.{method}"
         out_tree, out_leaves = tree.flatten_output(output, info.output_fields)
         with self._lock:
             b = self._graphs.get(name)
             if b is None:
-                b = self._graphs[name] = _GraphBuilder(name, proxy_path, method, tree.qualname(cls))
+                b = self._graphs[name] = _GraphBuilder(name, path, method, tree.qualname(cls))
             first = b.calls == 0
             b.calls += 1
             if first:
@@ -123,12 +165,71 @@ class Recorder:
                     seen = b.consts.setdefault(const, {})
                     if len(seen) < 16:
                         seen.setdefault(repr(node["value"]), node["value"])
-        return output
 
     def calls_of(self, module_path: str) -> int:
         """Calls recorded so far for every graph of the module at ``module_path``."""
         with self._lock:
             return sum(b.calls for b in self._graphs.values() if b.module_path == module_path)
+
+
+class _LoopWatch:
+    """Watches one method call of a module (``model.generate``) for the module calls it makes.
+
+    Only the outermost calls of the module itself or of its submodules count (a call inside another is part of
+    it). As long as each is called at most once, the method is one graph (``vae.decode`` calls ``decoder`` once):
+    the calls seen are dropped. As soon as one is called a second time the method is a loop: ``looped`` turns
+    True, and every outermost call -- the first ones, kept until then, and all later ones -- is recorded as a
+    ``forward`` graph of its own, named by its path (``model.text_decoder``; ``model`` for the module itself).
+    """
+
+    def __init__(self, recorder: Recorder, module: torch.nn.Module, path: str) -> None:
+        self.recorder = recorder
+        self.names = {id(m): (f"{path}.{n}" if n else path, m) for n, m in module.named_modules()}
+        self.thread = threading.get_ident()
+        self.depth = 0
+        self.counts: dict[str, int] = {}
+        self.pending: list[tuple] = []
+        self.looped = False
+        self._handles: list = []
+
+    def __enter__(self) -> "_LoopWatch":
+        self._handles = [torch.nn.modules.module.register_module_forward_pre_hook(self._enter_call),
+                         torch.nn.modules.module.register_module_forward_hook(self._leave_call, with_kwargs=True,
+                                                                              always_call=True)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _mine(self, module: torch.nn.Module) -> bool:
+        return id(module) in self.names and threading.get_ident() == self.thread
+
+    def _enter_call(self, module: torch.nn.Module, args: tuple) -> None:
+        if self._mine(module):
+            self.depth += 1
+
+    def _leave_call(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self._mine(module):
+            return
+        self.depth -= 1
+        if self.depth:
+            return
+        path = self.names[id(module)][0]
+        self.counts[path] = self.counts.get(path, 0) + 1
+        call = (path, module, args, kwargs, output)
+        if not self.looped and self.counts[path] < 2:
+            self.pending.append(call)
+            return
+        if not self.looped:
+            self.looped = True
+            for earlier in self.pending:
+                self._record(*earlier)
+            self.pending = []
+        self._record(*call)
+
+    def _record(self, path: str, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        self.recorder.record_call(path, module, "forward", args, kwargs, output)
 
 
 class RecordingProxy(StandIn):
@@ -191,7 +292,10 @@ def record(obj: Any, include: Iterable[str] | str | None = None,
     ...     pipe("a chef", image)
     >>> rec.graphs["unet"].inputs["sample"].shape
 
-    Originals are put back on exit, also when the block raises or is interrupted.
+    Every call of a found module is recorded, whichever way it arrives: through the proxy, through another path
+    to the same module (a combined pipeline's ``decoder_pipe.unet``; the proxy is installed at every path and the
+    graph is named by the shortest), or without any path (the module calling itself from ``generate``: a forward
+    hook catches it). Originals are put back on exit, also when the block raises or is interrupted.
     """
     found = find_module_paths(obj)
     for path, module in found:
@@ -214,14 +318,22 @@ def record(obj: Any, include: Iterable[str] | str | None = None,
         _active.add(id(obj))
     recorder = Recorder()
     rec = Recording(object_class=tree.qualname(type(obj)), _source=recorder)
+    aliases = find_module_aliases(obj)
     installed: list = []
+    hooks: list = []
     try:
         for path, module in found:
-            replace(obj, path, RecordingProxy(module, format_path(path), recorder))
-            installed.append((path, module))
+            name = format_path(path)
+            hooks.append(module.register_forward_hook(recorder.hook(name), with_kwargs=True))
+            proxy = RecordingProxy(module, name, recorder)
+            for where in [path, *aliases.get(id(module), ())]:  # one graph, whichever path reaches it
+                replace(obj, where, proxy)
+                installed.append((where, module))
         yield rec
     finally:
         try:
+            for h in hooks:
+                h.remove()
             for path, module in reversed(installed):
                 replace(obj, path, module)
         finally:

@@ -28,6 +28,7 @@ where it ran, how often and how long.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import warnings
@@ -48,13 +49,14 @@ from .metrics import max_abs_diff, psnr
 from .proxy import RecordingProxy
 from .serve import ServedGraph
 from .standin import StandIn
-from .walker import find_module_paths, format_path, parse_path, replace, resolve
+from .walker import find_module_aliases, find_module_paths, format_path, parse_path, replace, resolve
 
 __all__ = ["load", "Runtime", "RuntimeProxy", "GraphStats", "PyTorchFallbackWarning", "psnr", "max_abs_diff",
            "BACKENDS"]
 
 #: ``backend=`` choices and the manifest ``files`` key each runs.
 BACKENDS = {"openvino": "openvino", "onnxruntime": "onnx"}
+_NOTHING = object()
 
 
 class PyTorchFallbackWarning(UserWarning):
@@ -122,6 +124,7 @@ class Runtime:
         self.backend = f"{backend}:{device}"
         self._graphs: dict[str, ServedGraph] = {}
         self._installed: list[tuple[tuple, torch.nn.Module, RuntimeProxy]] = []
+        self._overrides: list[tuple[torch.nn.Module, Any, Callable]] = []
         self._runners: list[Runner] = []
         self._torch: dict[str, list] = {}  # fall-through "path.method" -> [calls, seconds]
         self._warned: set[tuple[str, str]] = set()
@@ -150,8 +153,23 @@ class Runtime:
         swaps += [(steps, module, {}) for steps, module in plan.others]
         for steps, module, methods in swaps:
             proxy = RuntimeProxy(module, format_path(steps), self, methods)
-            replace(self._obj, steps, proxy)
-            self._installed.append((steps, module, proxy))
+            for where in [steps, *plan.aliases.get(id(module), ())]:  # served at every path that reaches it
+                replace(self._obj, where, proxy)
+                self._installed.append((where, module, proxy))
+            if "forward" in methods:  # calls that reach the module itself (self(...) inside generate) too
+                self._override_forward(module, methods["forward"])
+
+    def _override_forward(self, module: torch.nn.Module, served: ServedGraph) -> None:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return served(module, args, kwargs)
+
+        try:  # callers that read forward's signature (generate does) see the real one
+            forward.__signature__ = inspect.signature(module.forward)  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            pass
+        own = module.__dict__
+        self._overrides.append((module, own.get("forward", _NOTHING), forward))
+        own["forward"] = forward  # found before the class's forward: Module.__call__ runs it
 
     # ---- what ran where --------------------------------------------------------------------------------
     @property
@@ -210,8 +228,16 @@ class Runtime:
                     continue
                 if current is proxy:  # the user may have put something else there meanwhile: keep theirs
                     replace(self._obj, path, module)
+            for module, before, ours in reversed(self._overrides):
+                own = module.__dict__
+                if own.get("forward") is ours:
+                    if before is _NOTHING:
+                        del own["forward"]
+                    else:
+                        own["forward"] = before
         finally:
             self._installed = []
+            self._overrides = []
             for r in reversed(self._runners):
                 try:
                     r.__exit__(None, None, None)
@@ -252,6 +278,7 @@ class _LoadPlan:
     entries: tuple[GraphEntry, ...]
     modules: Mapping[str, tuple[tuple, torch.nn.Module]]
     others: tuple[tuple[tuple, torch.nn.Module], ...]
+    aliases: Mapping[int, list[tuple]]  # id(module) -> the other paths that reach it
 
 
 def _check_not_wrapped(path: str, module: Any) -> None:
@@ -324,7 +351,8 @@ def _plan(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str, gr
     if problems:
         raise RuntimeMismatchError(f"{where} does not fit this {type(obj).__name__}:\n  - " + "\n  - ".join(problems)
                                    + "\nload it into the object it was exported from, or record and export this one")
-    return _LoadPlan(tuple(entries), MappingProxyType(modules), tuple(others))
+    return _LoadPlan(tuple(entries), MappingProxyType(modules), tuple(others),
+                     MappingProxyType(find_module_aliases(obj)))
 
 
 def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",

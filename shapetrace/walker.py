@@ -21,8 +21,8 @@ import torch
 
 from .errors import ModuleNotFoundInObject, RecordingError
 
-__all__ = ["Attr", "Index", "Key", "Path", "find_modules", "find_module_paths", "format_path", "parse_path",
-           "resolve", "replace"]
+__all__ = ["Attr", "Index", "Key", "Path", "find_modules", "find_module_paths", "find_module_aliases", "format_path",
+           "parse_path", "resolve", "replace"]
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,16 @@ def _children(value: Any) -> Iterator[tuple[Step, Any]]:
 
 def find_module_paths(obj: Any) -> list[tuple[tuple, torch.nn.Module]]:
     """Every module reachable from ``obj`` as ``(path, module)``, shortest path first, each module once."""
+    return _walk(obj)[0]
+
+
+def find_module_aliases(obj: Any) -> dict[int, list[tuple]]:
+    """For each module reachable by more than one path (a combined pipeline's ``unet`` that is also its
+    ``decoder_pipe.unet``): ``{id(module): [the other paths]}``. :func:`find_module_paths` gives its shortest."""
+    return _walk(obj)[1]
+
+
+def _walk(obj: Any) -> tuple[list[tuple[tuple, torch.nn.Module]], dict[int, list[tuple]]]:
     if isinstance(obj, torch.nn.Module):
         raise ModuleNotFoundInObject(
             f"{type(obj).__name__} is itself a torch.nn.Module; pass the object that holds it "
@@ -168,6 +178,8 @@ def find_module_paths(obj: Any) -> list[tuple[tuple, torch.nn.Module]]:
     leaf_bases = _leaf_bases()
     seen: set[int] = {id(obj)}
     found: list[tuple[tuple, torch.nn.Module]] = []
+    modules: set[int] = set()
+    aliases: dict[int, list[tuple]] = {}
     queue: deque = deque([((), obj)])
     visited = 0
     while queue:
@@ -182,17 +194,29 @@ def find_module_paths(obj: Any) -> list[tuple[tuple, torch.nn.Module]]:
             continue
         for step, child in children:
             if id(child) in seen:
+                if isinstance(child, torch.nn.Module) and id(child) in modules and len(aliases) < _MAX_NODES:
+                    aliases.setdefault(id(child), []).append(path + (step,))
                 continue
             child_path = path + (step,)
             if isinstance(child, torch.nn.Module):
                 seen.add(id(child))
+                modules.add(id(child))
                 found.append((child_path, child))
             elif not _is_leaf(child, leaf_bases):
                 seen.add(id(child))
                 level.append((child_path, child))
         queue.extend(level)
+    # the walk is breadth first, so the first path met is a shortest one; ties are broken alphabetically
+    everything = {id(m): [p] + aliases.get(id(m), []) for p, m in found}
+    by_id = {id(m): m for _, m in found}
+    found, aliases = [], {}
+    for key, paths in everything.items():
+        paths.sort(key=lambda p: (len(p), format_path(p)))
+        found.append((paths[0], by_id[key]))
+        if len(paths) > 1:
+            aliases[key] = paths[1:]
     found.sort(key=lambda pm: (len(pm[0]), format_path(pm[0])))
-    return found
+    return found, aliases
 
 
 def _select(found: list, include: Iterable[str] | None, exclude: Iterable[str] | None) -> list:
@@ -241,10 +265,22 @@ def _get(parent: Any, step: Step) -> Any:
         own = getattr(parent, "__dict__", None)
         if isinstance(own, dict) and step.name in own:
             return own[step.name]
+        children = _submodules(parent)
+        if children is not None and step.name in children:  # a module's child (model.text_decoder)
+            return children[step.name]
         return object.__getattribute__(parent, step.name)
     if isinstance(step, Index):
         return parent[step.index]
     return parent[step.key]
+
+
+def _submodules(parent: Any) -> dict | None:
+    """A module's ``_modules`` (where its children live, out of ``__dict__``), or None for other objects."""
+    if isinstance(parent, torch.nn.Module):
+        own = getattr(parent, "__dict__", {})
+        children = own.get("_modules")
+        return children if isinstance(children, dict) else None
+    return None
 
 
 def replace(obj: Any, path: Sequence[Step], new: Any) -> Any:
@@ -256,8 +292,11 @@ def replace(obj: Any, path: Sequence[Step], new: Any) -> Any:
     parent, last, old = resolve(obj, path)
     if isinstance(last, Attr):
         own = getattr(parent, "__dict__", None)
+        children = _submodules(parent)
         if isinstance(own, dict) and last.name in own:
             own[last.name] = new
+        elif children is not None and last.name in children:
+            children[last.name] = new
         else:
             object.__setattr__(parent, last.name, new)
     elif isinstance(parent, tuple):
