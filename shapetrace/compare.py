@@ -4,7 +4,8 @@
 Comparison rules (:func:`compare_arrays`), per output:
 
 - an element passes when ``|out - ref| <= atol + rtol * |ref|`` (numpy ``isclose``); the output passes when all do.
-- fp16 / bf16 / f32 are cast up to float64 before subtracting.
+- fp16 / bf16 / f32 are cast up to float64 before subtracting, one chunk of :data:`CHUNK` elements at a time: the
+  extra memory of a comparison is a few MiB whatever the outputs' size.
 - bool and integer outputs are compared exactly (``atol = rtol = 0``).
 - NaN never passes, not even against NaN. Metrics are computed over the other elements.
 - ``inf`` equals ``inf`` of the same sign (difference 0); any other pairing with an inf fails (difference inf).
@@ -34,7 +35,7 @@ import numpy as np
 from .errors import VerifyError
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "compare_arrays", "resolve_tolerance",
-           "check_tolerance_keys"]
+           "check_tolerance_keys", "CHUNK"]
 
 
 # =============================================================================================== tolerances
@@ -147,11 +148,19 @@ def _from_json_float(v: Any) -> float:
     return float(v)  # float("inf") / float("nan") read the strings back
 
 
+#: Elements compared per step. The float64 temporaries of one step take about 1 MiB each, so comparing two outputs
+#: costs a few MiB whatever their size (never a float64 copy of a whole output).
+CHUNK = 1 << 17
+
+
 def compare_arrays(out: Any, ref: Any, *, atol: float = 1e-4, rtol: float = 1e-3,
-                   exact: bool | None = None) -> OutputComparison:
+                   exact: bool | None = None, chunk: int | None = None) -> OutputComparison:
     """Compare ``out`` with the reference ``ref`` by the rules in the module docstring.
 
-    ``exact`` defaults to whether ``ref`` is bool / integer; exact comparisons ignore ``atol`` / ``rtol``.
+    ``exact`` defaults to whether ``ref`` is bool / integer; exact comparisons ignore ``atol`` / ``rtol``. The
+    arrays are read ``chunk`` elements at a time (default :data:`CHUNK`), cast up to float64 one chunk at a time:
+    the result is the one-shot result (maxima, needed tolerances, worst index and counts exactly; the mean and the
+    cosine up to float64 rounding), the extra memory is bounded by the chunk, not by the arrays.
     """
     out = np.asarray(out)
     ref = np.asarray(ref)
@@ -166,47 +175,30 @@ def compare_arrays(out: Any, ref: Any, *, atol: float = 1e-4, rtol: float = 1e-3
                                 f"shape {_shape(out.shape)} != reference shape {_shape(ref.shape)}")
     if out.size == 0:
         return OutputComparison(True, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, None, atol, rtol, exact, out.shape, ref.shape)
-    a = out.astype(np.float64)
-    b = ref.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        nan_mask = np.isnan(a) | np.isnan(b)
-        same = (a == b) if not exact else (out == ref)  # equal infs of the same sign land here too
-        diff = np.where(same, 0.0, np.abs(a - b))  # an inf against anything else stays inf
-        diff[nan_mask] = 0.0  # NaN elements are reported by count, the metrics cover the rest
-        absref = np.abs(b)
-        safe_ref = np.where((absref > 0) & np.isfinite(absref), absref, 1.0)
-        inf_diff = np.isinf(diff)
-        rel = np.where(diff == 0, 0.0, np.where((absref > 0) & ~inf_diff, diff / safe_ref, np.inf))
-        rel[nan_mask] = 0.0
-        valid = ~nan_mask
-        n_valid = int(valid.sum())
-        excess_atol = np.where(same, 0.0, diff - rtol * np.where(np.isinf(absref), 0.0, absref))
-        excess_atol[nan_mask] = 0.0
-        over_rtol = np.where(diff <= atol, 0.0, np.where((absref > 0) & ~inf_diff, (diff - atol) / safe_ref, np.inf))
-        over_rtol[nan_mask | same] = 0.0
-    nan_count = int(nan_mask.sum())
-    max_abs = float(diff.max()) if n_valid else nan
-    max_rel = float(rel.max()) if n_valid else nan
-    mean_abs = float(diff[valid].mean()) if n_valid else nan
-    needed_atol = max(0.0, float(excess_atol.max()))
-    needed_rtol = float(over_rtol.max())
-    cosine = _cosine(a[valid], b[valid]) if n_valid else nan
+    t = _Totals(exact)
+    step = max(1, int(chunk or CHUNK))
+    for start in range(0, out.size, step):
+        t.add(start, _flat_slice(out, start, step), _flat_slice(ref, start, step), atol, rtol)
+    n_valid = t.n_valid
+    max_abs = t.max_abs if n_valid else nan
+    max_rel = t.max_rel if n_valid else nan
+    mean_abs = t.sum_abs / n_valid if n_valid else nan
+    needed_atol = max(0.0, t.max_excess)
+    needed_rtol = t.max_over_rtol
+    cosine = t.cosine() if n_valid else nan
+    nan_count = t.nan_count
     if exact:
-        passed = nan_count == 0 and bool(same[valid].all())
+        passed = nan_count == 0 and t.differ_valid == 0
     else:
         passed = nan_count == 0 and needed_atol <= atol
-    if nan_count:
-        worst = tuple(int(i) for i in np.argwhere(nan_mask)[0])
-    else:
-        score = excess_atol if not exact else diff
-        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(score)), score.shape))
+    flat = t.first_nan if nan_count else t.worst_flat
+    worst = tuple(int(i) for i in np.unravel_index(flat, out.shape))
     message = ""
     if not passed:
         if nan_count:
-            message = (f"{nan_count} NaN ({int(np.isnan(a).sum())} in output, {int(np.isnan(b).sum())} in "
-                       f"reference), first at {list(worst)}")
+            message = (f"{nan_count} NaN ({t.nan_out} in output, {t.nan_ref} in reference), first at {list(worst)}")
         elif exact:
-            message = (f"{int((~same).sum())} of {out.size} elements differ (exact comparison); first at "
+            message = (f"{t.differ} of {out.size} elements differ (exact comparison); first at "
                        f"{list(worst)}: {_item(out[worst])} vs {_item(ref[worst])}")
         else:
             message = (f"max abs error {max_abs:.3g} at {list(worst)} ({_item(out[worst])} vs "
@@ -216,24 +208,97 @@ def compare_arrays(out: Any, ref: Any, *, atol: float = 1e-4, rtol: float = 1e-3
                             exact, out.shape, ref.shape, nan_count, message)
 
 
+def _flat_slice(x: np.ndarray, start: int, step: int) -> np.ndarray:
+    """Elements ``start:start+step`` of ``x`` in C order: a view when ``x`` is C-contiguous, else a chunk copy."""
+    if x.flags.c_contiguous:
+        return x.reshape(-1)[start:start + step]
+    return np.asarray(x.flat[start:start + step])
+
+
+class _Totals:
+    """What :func:`compare_arrays` keeps across chunks: counts, maxima, the worst element, the cosine's sums."""
+
+    def __init__(self, exact: bool) -> None:
+        self.exact = exact
+        self.nan_count = self.nan_out = self.nan_ref = self.n_valid = self.differ = self.differ_valid = 0
+        self.first_nan = 0
+        self.max_abs = self.max_rel = self.sum_abs = self.max_over_rtol = 0.0
+        self.max_excess = -math.inf
+        self.worst_flat, self.worst_score = 0, -math.inf
+        # cosine: sums of the finite elements divided by the running scale (the largest |value| so far)
+        self.all_equal = True
+        self.scale = self.saa = self.sbb = self.sab = 0.0
+
+    def add(self, start: int, o: np.ndarray, r: np.ndarray, atol: float, rtol: float) -> None:
+        a = o.astype(np.float64)
+        b = r.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            nan_a, nan_b = np.isnan(a), np.isnan(b)
+            nan_mask = nan_a | nan_b
+            same = (a == b) if not self.exact else (o == r)  # equal infs of the same sign land here too
+            diff = np.where(same, 0.0, np.abs(a - b))  # an inf against anything else stays inf
+            diff[nan_mask] = 0.0  # NaN elements are reported by count, the metrics cover the rest
+            absref = np.abs(b)
+            nonzero = absref > 0
+            safe_ref = np.where(nonzero & np.isfinite(absref), absref, 1.0)
+            finite_diff = ~np.isinf(diff)
+            rel = np.where(diff == 0, 0.0, np.where(nonzero & finite_diff, diff / safe_ref, np.inf))
+            rel[nan_mask] = 0.0
+            excess = np.where(same, 0.0, diff - rtol * np.where(np.isinf(absref), 0.0, absref))
+            excess[nan_mask] = 0.0
+            over_rtol = np.where(diff <= atol, 0.0, np.where(nonzero & finite_diff, (diff - atol) / safe_ref, np.inf))
+            over_rtol[nan_mask | same] = 0.0
+        n_nan = int(nan_mask.sum())
+        if n_nan and not self.nan_count:
+            self.first_nan = start + int(np.argmax(nan_mask))
+        self.nan_count += n_nan
+        self.nan_out += int(nan_a.sum())
+        self.nan_ref += int(nan_b.sum())
+        self.n_valid += a.size - n_nan
+        not_same = ~same
+        self.differ += int(not_same.sum())
+        self.differ_valid += int((not_same & ~nan_mask).sum()) if n_nan else int(not_same.sum())
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.max_rel = max(self.max_rel, float(rel.max()))
+        self.sum_abs += float((diff[~nan_mask] if n_nan else diff).sum())
+        self.max_excess = max(self.max_excess, float(excess.max()))
+        self.max_over_rtol = max(self.max_over_rtol, float(over_rtol.max()))
+        score = excess if not self.exact else diff
+        i = int(np.argmax(score))
+        if float(score[i]) > self.worst_score:  # strictly: the first element of the largest score wins
+            self.worst_flat, self.worst_score = start + i, float(score[i])
+        del diff, rel, excess, over_rtol, safe_ref, absref, score
+        finite = np.isfinite(a) & np.isfinite(b)
+        self._add_cosine(a[finite], b[finite])
+
+    def _add_cosine(self, a: np.ndarray, b: np.ndarray) -> None:
+        if self.all_equal and not np.array_equal(a, b):
+            self.all_equal = False
+        m = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)))
+        if m > self.scale:
+            if self.scale > 0:
+                f = (self.scale / m) ** 2
+                self.saa, self.sbb, self.sab = self.saa * f, self.sbb * f, self.sab * f
+            self.scale = m
+        if self.scale == 0.0:
+            return
+        a, b = a / self.scale, b / self.scale
+        self.saa += float(a.dot(a))
+        self.sbb += float(b.dot(b))
+        self.sab += float(a.dot(b))
+
+    def cosine(self) -> float:
+        if self.all_equal or self.scale == 0.0:
+            return 1.0  # identical, or both all zero: the same direction by convention
+        na, nb = math.sqrt(self.saa), math.sqrt(self.sbb)
+        if na == 0.0 or nb == 0.0:
+            return 0.0
+        return float(np.clip(self.sab / (na * nb), -1.0, 1.0))
+
+
 def _item(x: Any) -> str:
     v = np.asarray(x).item()
     return format(v, ".6g") if isinstance(v, float) else repr(v)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    finite = np.isfinite(a) & np.isfinite(b)
-    a, b = a[finite], b[finite]
-    if np.array_equal(a, b):
-        return 1.0 if a.size and np.any(a) else 1.0
-    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)))
-    if scale == 0.0:
-        return 1.0  # both all zero: the same direction by convention
-    a, b = a / scale, b / scale
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
 def _shape(shape: Sequence[int]) -> str:
