@@ -35,8 +35,12 @@ def role_name(rank: int, dim: int) -> str:
     return roles[dim] if roles and dim < len(roles) else f"dim{dim}"
 
 
-def candidate_dims(inputs: Mapping[str, Any], dynamic: Any = "auto") -> dict[str, dict[int, str | None]]:
+def candidate_dims(inputs: Mapping[str, Any], dynamic: Any = "auto",
+                   cache_inputs: frozenset[str] | set[str] = frozenset()) -> dict[str, dict[int, str | None]]:
     """Which dims of each input (name -> TensorSpec) to ask torch.export to keep dynamic.
+
+    ``cache_inputs`` are the tensors of a KV cache (``[batch, heads, past_sequence, head_dim]``): their batch, and
+    the dims that grew across the recorded calls (else the second to last), named ``past_sequence``.
 
     Returns ``{input: {dim: requested name or None}}``.
     """
@@ -62,6 +66,10 @@ def candidate_dims(inputs: Mapping[str, Any], dynamic: Any = "auto") -> dict[str
     for name, spec in inputs.items():
         rank = len(spec.shape)
         dims: dict[int, str | None] = {}
+        if name in cache_inputs and rank >= 2:
+            grown = tuple(getattr(spec, "varying_dims", ())) or (rank - 2,)
+            out[name] = {0: None, **{d: "past_sequence" for d in grown if d}}
+            continue
         if rank >= 1:
             dims[0] = None
         floating = spec.dtype.is_floating_point

@@ -163,7 +163,7 @@ class _Draft:
                           self.outputs, MappingProxyType(self.constants), self.input_tree, dict(g.output_tree),
                           MappingProxyType(self.dims), self.constraints, self.guards, self.specialized,
                           self.promoted, MappingProxyType(self.tools), MappingProxyType(self.timings), seconds, peak,
-                          self.weights_bytes, MappingProxyType(self.sizes), self.error)
+                          self.weights_bytes, MappingProxyType(self.sizes), self.error, g.variant_of)
 
 
 _NO_FILES = {"onnx": None, "openvino": None, "inputs": None, "outputs": None}

@@ -122,7 +122,7 @@ _NO_FILES: Mapping[str, Any] = MappingProxyType({"onnx": None, "openvino": None,
 # JSON keys written by GraphEntry.to_json, in order (the attribute is named where the key is a Python keyword)
 _ENTRY_KEYS = ("name", "module", "method", "class", "files", "inputs", "outputs", "constants", "input_tree",
                "output_tree", "dims", "constraints", "guards", "specialized", "promoted", "tools", "timings",
-               "seconds", "peak_rss_bytes", "weights_bytes", "sizes", "error")
+               "seconds", "peak_rss_bytes", "weights_bytes", "sizes", "error", "variant_of")
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,7 @@ class GraphEntry:
     weights_bytes: int | None = None
     sizes: Mapping[str, int] = field(default_factory=lambda: _FROZEN)
     error: GraphError | None = None
+    variant_of: str | None = None  # the method's first graph, when its calls came in several structures
     extra: Mapping[str, Any] = field(default_factory=lambda: _FROZEN, repr=False)  # JSON keys this version does not know
 
     @property
@@ -231,7 +232,7 @@ class GraphEntry:
             timings=MappingProxyType(dict(d.get("timings") or {})), seconds=d.get("seconds"),
             peak_rss_bytes=d.get("peak_rss_bytes"), weights_bytes=d.get("weights_bytes"),
             sizes=MappingProxyType(dict(d.get("sizes") or {})),
-            error=None if err is None else GraphError.from_json(err),
+            error=None if err is None else GraphError.from_json(err), variant_of=d.get("variant_of"),
             extra=MappingProxyType({k: v for k, v in d.items() if k not in _ENTRY_KEYS}))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator
 
@@ -44,7 +45,7 @@ class _GraphBuilder:
     """Mutable per-graph accumulator; turned into a frozen :class:`GraphRecord` by ``freeze``."""
 
     __slots__ = ("name", "module_path", "method", "module_class", "calls", "input_tree", "output_tree",
-                 "input_specs", "output_specs", "input_shapes", "output_shapes", "consts", "examples")
+                 "input_specs", "output_specs", "input_shapes", "output_shapes", "consts", "examples", "base")
 
     def __init__(self, name: str, module_path: str, method: str, module_class: str) -> None:
         self.name, self.module_path, self.method, self.module_class = name, module_path, method, module_class
@@ -57,8 +58,9 @@ class _GraphBuilder:
         self.output_shapes: dict[str, dict] = {}
         self.consts: dict[str, dict] = {}  # flat name -> {repr: value} of distinct values seen
         self.examples: dict[str, Any] = {}
+        self.base = name
 
-    def freeze(self) -> GraphRecord:
+    def freeze(self, variant_of: str | None = None) -> GraphRecord:
         def specs(first: dict[str, TensorSpec], seen: dict[str, dict]) -> MappingProxyType:
             out = {}
             for n, s in first.items():
@@ -74,7 +76,7 @@ class _GraphBuilder:
                            self.input_tree or {"t": "args", "params": []}, self.output_tree or {"t": "const",
                                                                                                   "type": "NoneType",
                                                                                                   "value": None},
-                           MappingProxyType(varying_consts), MappingProxyType(dict(self.examples)))
+                           MappingProxyType(varying_consts), MappingProxyType(dict(self.examples)), variant_of)
 
 
 class Recorder:
@@ -83,11 +85,14 @@ class Recorder:
     def __init__(self) -> None:
         self._graphs: dict[str, _GraphBuilder] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()  # per thread: ids of the modules inside a recorded call
+        self._local = threading.local()  # per thread: ids of the modules inside a recorded call, hook stacks
+        self._variants: dict[str, list[str]] = {}  # graph base name -> call structures seen, in order
 
     def snapshot(self) -> MappingProxyType:
         with self._lock:
-            return MappingProxyType({n: b.freeze() for n, b in self._graphs.items()})
+            multi = {base for base, v in self._variants.items() if len(v) > 1}
+            return MappingProxyType({n: b.freeze(b.base if b.base in multi else None)
+                                     for n, b in self._graphs.items()})
 
     # ---- the three ways a call reaches the recorder ---------------------------------------------------------
     def call(self, proxy_path: str, module: torch.nn.Module, method: str, fn: Callable, args: tuple,
@@ -101,9 +106,10 @@ class Recorder:
         active = self._active_ids()
         if key in active:  # the module calling its own method again (decode -> forward): not another graph
             return fn(*args, **kwargs)
+        pending = self.begin(proxy_path, module, method, args, kwargs)
         active.add(key)
         try:
-            if method == "forward":
+            if method == "forward" or pending is None:
                 output = fn(*args, **kwargs)
             else:
                 with _LoopWatch(self, module, proxy_path) as watch:
@@ -112,17 +118,25 @@ class Recorder:
                     return output
         finally:
             active.discard(key)
-        self.record_call(proxy_path, module, method, args, kwargs, output)
+        if pending is not None:
+            self.finish(pending, output)
         return output
 
-    def hook(self, path: str) -> Callable:
-        """A forward hook for the module at ``path``: records the calls that reach it without its proxy (the
+    def hooks(self, path: str, module: torch.nn.Module) -> list:
+        """Forward hooks on the module at ``path``: they record the calls that reach it without its proxy (the
         module calling itself from ``generate``, another path to the same module), once each."""
-        def forward_hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if id(module) not in self._active_ids():
-                self.record_call(path, module, "forward", args, kwargs, output)
+        def before(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            pending = None if id(mod) in self._active_ids() else self.begin(path, mod, "forward", args, kwargs)
+            self._stack(mod).append(pending)
 
-        return forward_hook
+        def after(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            stack = self._stack(mod)
+            pending = stack.pop() if stack else None
+            if pending is not None and output is not None:
+                self.finish(pending, output)
+
+        return [module.register_forward_pre_hook(before, with_kwargs=True),
+                module.register_forward_hook(after, with_kwargs=True, always_call=True)]
 
     def _active_ids(self) -> set[int]:
         ids = getattr(self._local, "active", None)
@@ -130,37 +144,57 @@ class Recorder:
             ids = self._local.active = set()
         return ids
 
-    def record_call(self, path: str, module: torch.nn.Module, method: str, args: tuple, kwargs: dict,
-                    output: Any) -> None:
-        """Add one finished call of ``module.method`` to the graph ``path`` (``path.method`` for a method)."""
-        cls = type(module)
-        info = method_info(cls, method)
-        bound = bind_call(info.signature, args, kwargs)
+    def _stack(self, module: torch.nn.Module) -> list:
+        stacks = getattr(self._local, "stacks", None)
+        if stacks is None:
+            stacks = self._local.stacks = {}
+        return stacks.setdefault(id(module), [])
+
+    def begin(self, path: str, module: torch.nn.Module, method: str, args: tuple,
+              kwargs: dict) -> "_Pending | None":
+        """Flatten a call's inputs before it runs (a cache the call updates in place is seen as it was passed);
+        None when it passes no tensor (``enable_slicing()``): not a graph."""
+        info = method_info(type(module), method)
         leaves: dict[str, Any] = {}
-        params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]} for n, k, v in bound]
+        params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]}
+                  for n, k, v in bind_call(info.signature, args, kwargs)]
         tensors = {n: v for n, v in leaves.items() if isinstance(v, torch.Tensor)}
-        if not tensors:  # not a tensor call (e.g. enable_slicing()): not a graph
-            return
-        name = path if method == "forward" else f"{path}.{method}"
-        out_tree, out_leaves = tree.flatten_output(output, info.output_fields)
+        if not tensors:
+            return None
+        base = path if method == "forward" else f"{path}.{method}"
+        skeleton = tree.skeleton({"t": "args", "params": params})
         with self._lock:
+            first = skeleton not in self._variants.get(base, ())
+        examples = {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in leaves.items()} if first else None
+        return _Pending(base, path, method, module, info.output_fields, params, leaves, tensors, skeleton, examples)
+
+    def finish(self, p: "_Pending", output: Any) -> None:
+        """Add one finished call to its graph: the variant of ``p.base`` that has the call's structure."""
+        out_tree, out_leaves = tree.flatten_output(output, p.output_fields)
+        with self._lock:
+            variants = self._variants.setdefault(p.base, [])
+            if p.skeleton not in variants:
+                variants.append(p.skeleton)
+            k = variants.index(p.skeleton)
+            name = p.base if k == 0 else f"{p.base}@{k + 1}"
             b = self._graphs.get(name)
             if b is None:
-                b = self._graphs[name] = _GraphBuilder(name, path, method, tree.qualname(cls))
-            first = b.calls == 0
-            b.calls += 1
-            if first:
-                b.input_tree = {"t": "args", "params": params}
+                b = self._graphs[name] = _GraphBuilder(name, p.path, p.method, tree.qualname(type(p.module)))
+                b.base = p.base
+            if b.calls == 0:
+                b.input_tree = {"t": "args", "params": p.params}
                 b.output_tree = out_tree
-                b.input_specs = {n: _spec_of(t) for n, t in tensors.items()}
+                b.input_specs = {n: _spec_of(t) for n, t in p.tensors.items()}
                 b.output_specs = {n: _spec_of(t) for n, t in out_leaves.items() if isinstance(t, torch.Tensor)}
-                b.examples = {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in leaves.items()}
-            for n, t in tensors.items():
+                b.examples = p.examples if p.examples is not None else \
+                    {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in p.leaves.items()}
+            b.calls += 1
+            for n, t in p.tensors.items():
                 b.input_shapes.setdefault(n, {})[tuple(t.shape)] = None
             for n, t in out_leaves.items():
                 if isinstance(t, torch.Tensor):
                     b.output_shapes.setdefault(n, {})[tuple(t.shape)] = None
-            for const, node in tree.spec_leaves({"t": "args", "params": params}):
+            for const, node in tree.spec_leaves({"t": "args", "params": p.params}):
                 if node["t"] == "const":
                     seen = b.consts.setdefault(const, {})
                     if len(seen) < 16:
@@ -170,6 +204,22 @@ class Recorder:
         """Calls recorded so far for every graph of the module at ``module_path``."""
         with self._lock:
             return sum(b.calls for b in self._graphs.values() if b.module_path == module_path)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A call whose inputs were flattened, waiting for its output."""
+
+    base: str
+    path: str
+    method: str
+    module: torch.nn.Module
+    output_fields: list[str] | None
+    params: list
+    leaves: dict
+    tensors: dict
+    skeleton: str
+    examples: dict | None
 
 
 class _LoopWatch:
@@ -184,52 +234,54 @@ class _LoopWatch:
 
     def __init__(self, recorder: Recorder, module: torch.nn.Module, path: str) -> None:
         self.recorder = recorder
-        self.names = {id(m): (f"{path}.{n}" if n else path, m) for n, m in module.named_modules()}
+        self.modules = [(f"{path}.{n}" if n else path, m) for n, m in module.named_modules()]
         self.thread = threading.get_ident()
         self.depth = 0
         self.counts: dict[str, int] = {}
-        self.pending: list[tuple] = []
+        self.started: list = []  # the outermost call being run: its inputs, flattened before it ran
+        self.pending: list[tuple] = []  # first calls, kept until the method turns out to be a loop
         self.looped = False
         self._handles: list = []
 
     def __enter__(self) -> "_LoopWatch":
-        self._handles = [torch.nn.modules.module.register_module_forward_pre_hook(self._enter_call),
-                         torch.nn.modules.module.register_module_forward_hook(self._leave_call, with_kwargs=True,
-                                                                              always_call=True)]
+        for path, m in self.modules:
+            self._handles.append(m.register_forward_pre_hook(
+                lambda mod, args, kwargs, path=path: self._enter_call(path, mod, args, kwargs), with_kwargs=True))
+            self._handles.append(m.register_forward_hook(
+                lambda mod, args, kwargs, out, path=path: self._leave_call(path, out), with_kwargs=True,
+                always_call=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
             h.remove()
 
-    def _mine(self, module: torch.nn.Module) -> bool:
-        return id(module) in self.names and threading.get_ident() == self.thread
+    def _enter_call(self, path: str, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self.depth += 1
+        if self.depth == 1:
+            self.started.append(self.recorder.begin(path, module, "forward", args, kwargs))
 
-    def _enter_call(self, module: torch.nn.Module, args: tuple) -> None:
-        if self._mine(module):
-            self.depth += 1
-
-    def _leave_call(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not self._mine(module):
+    def _leave_call(self, path: str, output: Any) -> None:
+        if threading.get_ident() != self.thread:
             return
         self.depth -= 1
         if self.depth:
             return
-        path = self.names[id(module)][0]
+        pending = self.started.pop() if self.started else None
+        if pending is None or output is None:
+            return
         self.counts[path] = self.counts.get(path, 0) + 1
-        call = (path, module, args, kwargs, output)
         if not self.looped and self.counts[path] < 2:
-            self.pending.append(call)
+            self.pending.append((pending, output))
             return
         if not self.looped:
             self.looped = True
             for earlier in self.pending:
-                self._record(*earlier)
+                self.recorder.finish(*earlier)
             self.pending = []
-        self._record(*call)
-
-    def _record(self, path: str, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        self.recorder.record_call(path, module, "forward", args, kwargs, output)
+        self.recorder.finish(pending, output)
 
 
 class RecordingProxy(StandIn):
@@ -324,7 +376,7 @@ def record(obj: Any, include: Iterable[str] | str | None = None,
     try:
         for path, module in found:
             name = format_path(path)
-            hooks.append(module.register_forward_hook(recorder.hook(name), with_kwargs=True))
+            hooks.extend(recorder.hooks(name, module))
             proxy = RecordingProxy(module, name, recorder)
             for where in [path, *aliases.get(id(module), ())]:  # one graph, whichever path reaches it
                 replace(obj, where, proxy)

@@ -109,6 +109,7 @@ class GraphRecord:
     output_tree: Mapping[str, Any]
     varying_constants: Mapping[str, tuple] = field(default_factory=dict)
     examples: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    variant_of: str | None = None  # set when calls of one method came in several structures (see record())
 
     @property
     def constants(self) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class GraphRecord:
                 "input_tree": self.input_tree, "output_tree": self.output_tree,
                 "constants": self.constants,
                 "varying_constants": {k: list(v) for k, v in self.varying_constants.items()},
-                "examples": f"{file_stem(self.name)}.inputs.npz"}
+                "examples": f"{file_stem(self.name)}.inputs.npz", "variant_of": self.variant_of}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], examples: Mapping[str, Any] | None = None) -> "GraphRecord":
@@ -146,7 +147,7 @@ class GraphRecord:
                    input_tree=d["input_tree"], output_tree=d["output_tree"],
                    varying_constants=MappingProxyType({k: tuple(v) for k, v in
                                                        d.get("varying_constants", {}).items()}),
-                   examples=MappingProxyType(dict(examples or {})))
+                   examples=MappingProxyType(dict(examples or {})), variant_of=d.get("variant_of"))
 
 
 def _fmt_specs(specs: Mapping[str, TensorSpec]) -> list[str]:

@@ -47,7 +47,7 @@ from .errors import RunnerError, RuntimeMismatchError, SignatureFileError
 from .manifest import GraphEntry
 from .metrics import max_abs_diff, psnr
 from .proxy import RecordingProxy
-from .serve import ServedGraph
+from .serve import ServedGraph, ServedMethod
 from .standin import StandIn
 from .walker import find_module_aliases, find_module_paths, format_path, parse_path, replace, resolve
 
@@ -84,7 +84,7 @@ class RuntimeProxy(StandIn):
     _st_kind = "runtime"
 
     def __init__(self, wrapped: torch.nn.Module, path: str, runtime: "Runtime",
-                 served: Mapping[str, ServedGraph]) -> None:
+                 served: Mapping[str, ServedMethod]) -> None:
         super().__init__(wrapped, path)
         object.__setattr__(self, "_st_runtime", runtime)
         object.__setattr__(self, "_st_served", dict(served))
@@ -138,7 +138,7 @@ class Runtime:
 
     def _start(self, plan: "_LoadPlan", make_runner: Callable[[GraphEntry], Runner], static_shapes: bool) -> None:
         """Compile every graph, then swap every module of the object for a stand-in."""
-        by_path: dict[str, dict[str, ServedGraph]] = {}
+        by_path: dict[str, dict[str, list[ServedGraph]]] = {}
         for e in plan.entries:
             runner = make_runner(e)
             try:
@@ -148,8 +148,9 @@ class Runtime:
             self._runners.append(runner)
             served = ServedGraph(e, plan.modules[e.module][1], runner, self.backend, static_shapes)
             self._graphs[e.name] = served
-            by_path.setdefault(e.module, {})[e.method] = served
-        swaps = [(plan.modules[path][0], plan.modules[path][1], methods) for path, methods in by_path.items()]
+            by_path.setdefault(e.module, {}).setdefault(e.method, []).append(served)
+        swaps = [(plan.modules[path][0], plan.modules[path][1], {m: ServedMethod(v) for m, v in methods.items()})
+                 for path, methods in by_path.items()]
         swaps += [(steps, module, {}) for steps, module in plan.others]
         for steps, module, methods in swaps:
             proxy = RuntimeProxy(module, format_path(steps), self, methods)
@@ -159,7 +160,7 @@ class Runtime:
             if "forward" in methods:  # calls that reach the module itself (self(...) inside generate) too
                 self._override_forward(module, methods["forward"])
 
-    def _override_forward(self, module: torch.nn.Module, served: ServedGraph) -> None:
+    def _override_forward(self, module: torch.nn.Module, served: ServedMethod) -> None:
         def forward(*args: Any, **kwargs: Any) -> Any:
             return served(module, args, kwargs)
 

@@ -31,7 +31,7 @@ from .matching import match_call, signature_defaults
 from .recording import dtype_from_name, to_numpy
 from .signature import bind_call, method_info
 
-__all__ = ["ServedGraph"]
+__all__ = ["ServedGraph", "ServedMethod"]
 
 _MISSING = object()
 
@@ -206,8 +206,11 @@ class ServedGraph:
 
     # ------------------------------------------------------------------------------------------ call
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        return self.answer(module, *self.bind(args, kwargs))
+
+    def answer(self, module: torch.nn.Module, nodes: Mapping[str, dict], leaves: Mapping[str, Any]) -> Any:
+        """Answer a bound call (see :meth:`bind`)."""
         t0 = time.perf_counter()
-        nodes, leaves = self.bind(args, kwargs)
         feed, device = self.match(nodes, leaves)
         try:
             with self.lock:
@@ -227,3 +230,33 @@ class ServedGraph:
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return value
+
+
+class ServedMethod:
+    """One method of a module served by one or more graph variants (a decoder's first step without a cache and its
+    later steps with one): each call goes to the variant recorded with the same structure (:func:`tree.skeleton`;
+    a single variant takes every call and says what differs, as before)."""
+
+    def __init__(self, variants: Sequence[ServedGraph]) -> None:
+        self.variants = list(variants)
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        first = self.variants[0]
+        nodes, leaves = first.bind(args, kwargs)
+        if len(self.variants) == 1:
+            return first.answer(module, nodes, leaves)
+        shape = _structure(nodes, frozenset())
+        for v in self.variants:
+            recorded = {p["name"]: p["node"] for p in v.entry.input_tree["params"]}
+            if _structure(recorded, frozenset(v.entry.promoted)) == shape:
+                return v.answer(module, nodes, leaves)
+        names = ", ".join(v.name for v in self.variants)
+        raise RuntimeMismatchError(
+            f"{first._where()}: this call's structure (which arguments are tensors, None, caches of which "
+            f"length) matches none of the recorded variants ({names}); record a run that calls it this way")
+
+
+def _structure(nodes: Mapping[str, Mapping[str, Any]], promoted: frozenset[str]) -> list:
+    """A call's structure by parameter name (None and "not passed" alike; promoted scalars as constants)."""
+    return sorted((name, tree.skeleton(node, promoted, name)) for name, node in nodes.items()
+                  if not (node["t"] == "const" and node["value"] is None))

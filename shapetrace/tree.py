@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -31,10 +32,11 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 import torch.utils._pytree as pytree
 
+from . import caches
 from .errors import FlattenError
 
 __all__ = ["register_flattener", "flatten", "flatten_output", "unflatten", "constants_of", "qualname", "import_qualname",
-           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "const_value"]
+           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "const_value", "skeleton"]
 
 
 @dataclass(frozen=True)
@@ -169,20 +171,41 @@ def _flatten(value: Any, prefix: str, leaves: dict[str, Any], fields: list[str] 
     if cls in (dict, collections.OrderedDict) and all(isinstance(k, (str, int)) for k in value):
         keys = list(value.keys())
         return {"t": "dict", "keys": keys, "items": [_flatten(value[k], _join(prefix, k), leaves) for k in keys]}
-    if cls is not list and cls is not tuple and cls in pytree.SUPPORTED_NODES:
-        handler = pytree.SUPPORTED_NODES[cls]
-        if handler.flatten_with_keys_fn is not None:
-            try:
-                keyed, _context = handler.flatten_with_keys_fn(value)
-            except Exception:  # a pytree handler that rejects this instance: record opaquely
-                keyed = None
-            if keyed is not None:
-                keys = [_pytree_key(k) for k, _ in keyed]
-                return {"t": "object", "cls": key, "how": "pytree", "keys": keys,
-                        "items": [_flatten(v, _join(prefix, k), leaves) for k, (_, v) in zip(keys, keyed)]}
+    if cls is not list and cls is not tuple and (cls in pytree.SUPPORTED_NODES or caches.knows(cls)):
+        node = _pytree_node(value, cls, key, prefix, leaves)
+        if node is not None:
+            return node
     leaves[prefix] = value
     return {"t": "opaque", "type": f"{cls.__module__}.{cls.__qualname__}", "name": prefix,
             "tensors": _shallow_has_tensor(value)}
+
+
+def _pytree_node(value: Any, cls: type, key: str, prefix: str, leaves: dict[str, Any]) -> dict | None:
+    """A type torch's pytree knows (with keys), or a cache class transformers registers with it: its leaves by
+    name, and its context when JSON can hold it (then ``unflatten`` rebuilds it with the pytree's own function)."""
+    handler = pytree.SUPPORTED_NODES[cls]
+    if handler.flatten_with_keys_fn is None:
+        return None
+    try:
+        keyed, context = handler.flatten_with_keys_fn(value)
+    except Exception:  # a pytree handler that rejects this instance: record opaquely
+        return None
+    try:
+        json.dumps(context)
+    except (TypeError, ValueError):
+        context = _NO_CONTEXT
+    keys = caches.leaf_names(context, len(keyed)) if context is not _NO_CONTEXT else None
+    keys = keys or [_pytree_key(k) for k, _ in keyed]
+    node = {"t": "object", "cls": key, "how": "pytree", "keys": keys,
+            "items": [_flatten(v, _join(prefix, k), leaves) for k, (_, v) in zip(keys, keyed)]}
+    if context is not _NO_CONTEXT:
+        node["context"] = context
+    if caches.is_cache_node(cls):
+        node["cache"] = True
+    return node
+
+
+_NO_CONTEXT = object()
 
 
 def _pytree_key(k: Any) -> str:
@@ -227,6 +250,28 @@ def constants_of(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Non-tensor leaves of ``spec`` as ``{flat name: value}`` (opaque ones as ``'<type>'``)."""
     return {name: node["value"] if node["t"] == "const" else f"<{node['type']}>"
             for name, node in spec_leaves(spec) if node["t"] != "tensor"}
+
+
+def skeleton(spec: Mapping[str, Any], as_const: frozenset[str] | set[str] = frozenset(), name: str = "") -> str:
+    """The structure of a value or call, without its values: what tells one call variant of a graph from another
+    (a decoder's first step with an empty cache, the later ones with a full one). Tensors are ``T`` (``as_const``
+    names count as constants: promoted scalars), None is ``N``, other constants ``C``, opaque values their type."""
+    def walk(node: Mapping[str, Any], name: str) -> Any:
+        t = node["t"]
+        if t == "tensor":
+            return "C" if name in as_const else "T"
+        if t == "const":
+            return "N" if node["value"] is None else "C"
+        if t == "opaque":
+            return node["type"]
+        if t == "args":
+            return [[p["name"], p["kind"], walk(p["node"], p["name"])] for p in node["params"]]
+        if t in ("tuple", "list"):
+            names = node.get("fields") or range(len(node["items"]))
+            return [t, [walk(c, _join(name, n)) for n, c in zip(names, node["items"])]]
+        return [node.get("cls", t), [[k, walk(c, _join(name, k))] for k, c in zip(node["keys"], node["items"])]]
+
+    return json.dumps(walk(spec, name), separators=(",", ":"))
 
 
 def split_call(input_tree: Mapping[str, Any], leaves: Mapping[str, Any]) -> tuple[list, dict[str, Any]]:
@@ -291,6 +336,10 @@ def unflatten(spec: dict, leaves: Mapping[str, Any], *, as_tuple: bool = False) 
             if flattener is None:
                 raise FlattenError(f"no flattener registered for {spec['cls']}; call shapetrace.register_flattener")
             obj = flattener.unflatten(cls, fields, spec.get("context"))
+        elif spec["how"] == "pytree" and "context" in spec:
+            if cls not in pytree.SUPPORTED_NODES:
+                caches.knows(cls)
+            obj = pytree.SUPPORTED_NODES[cls].unflatten_fn(items, spec["context"])
         elif spec["how"] == "pytree":
             obj = pytree.tree_unflatten(items, pytree.tree_structure(_pytree_probe(cls, fields)))
         else:
