@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow bench bench-quick clean
+.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,17 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Debian's chromium for the report's browser test (tests marked `browser`; skipped where chromium is absent)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test-browser: setup browser
+	$(PY) -m pytest -q -m browser
+
+# the README's screenshot of the HTML report, taken by the browser test
+report-screenshot: setup browser
+	SHAPETRACE_SCREENSHOT=docs/report.png $(PY) -m pytest -q -m browser
 
 bench: setup
 	$(PY) bench/run.py

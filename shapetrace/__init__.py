@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .errors import (ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RunnerError,
-                     RuntimeMismatchError, ShapetraceError, SignatureFileError, VerifyError)
+                     RuntimeMismatchError, ShapetraceError, SignatureFileError, SourceError, VerifyError)
 from .export import ExportResult, export_all
 from .flat import ExportPlan, prepare
 from .proxy import RecordingProxy, record, recording_for
@@ -41,5 +41,6 @@ __all__ = [
     "VerifyError",
     "RuntimeMismatchError",
     "RunnerError",
+    "SourceError",
 ]
 

@@ -1,37 +1,42 @@
-"""The command line: ``python -m shapetrace {inspect,verify} ...`` (also installed as ``shapetrace``).
+"""The command line: ``python -m shapetrace {inspect,verify,export,demo} ...`` (also installed as ``shapetrace``).
 
-``inspect PATH``
+``inspect PATH [--json]``
     a recording folder (``signatures.json``): the recorded graphs table; an export folder (``manifest.json``):
     every graph's files, inputs and outputs with dim names, dims with their ranges, constraints, constants, errors
-    and the stored parity verdict.
-``verify OUT``
-    runs :func:`shapetrace.verify` on an export folder and prints the :class:`~shapetrace.ParityReport` table.
+    and the stored parity verdict. ``--json``: the same parts as JSON, for scripts (:func:`manifest_parts`).
+``verify OUT [--report FILE]``
+    runs :func:`shapetrace.verify` on an export folder and prints the :class:`~shapetrace.ParityReport` table;
+    ``--report`` also writes the HTML report (:mod:`shapetrace.html_report`).
+``export SOURCE OUT``
+    records one run of SOURCE (a save_pretrained folder, ``module:function``, ``file.py:function``), exports and
+    verifies it (:mod:`shapetrace.cli_export`).
 
 Exit status: 0 when everything passed, 1 when a parity check failed (the last line names the worst graph and
 output), 2 when the input is unusable (missing / corrupt / newer manifest, missing model files, a runtime not
-installed): one line ``shapetrace: error: ...`` on stderr, no traceback.
+installed, an unknown option): one line ``shapetrace: error: ...`` on stderr, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import demo
+from . import cli_export, demo
 from . import manifest as manifest_mod
 from .errors import ShapetraceError, SignatureFileError
+from .evidence import EvidenceLog
+from .exitcodes import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE
+from .html_report import write_report
 from .manifest import MANIFEST, Manifest
 from .recording import Recording
 from .verify import verify
 
-__all__ = ["main", "build_parser", "render_manifest", "EXTRA_COMMANDS", "EXIT_OK", "EXIT_FAILED", "EXIT_UNUSABLE"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_UNUSABLE = 2
+__all__ = ["main", "build_parser", "render_manifest", "manifest_parts", "EXTRA_COMMANDS", "EXIT_OK", "EXIT_FAILED",
+           "EXIT_UNUSABLE"]
 
 # ---------------------------------------------------------------------------------------------- extra commands
 #: More subcommands (``export``, ``demo``): each is ``register(subparsers)``, which adds its parser and sets
@@ -60,10 +65,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if path.is_file() and path.name in ("manifest.json", "signatures.json"):
         path = path.parent
     if (path / MANIFEST).exists():
-        print(render_manifest(manifest_mod.read(path)))
+        manifest = manifest_mod.read(path)
+        print(json.dumps(manifest_parts(manifest, guards=args.guards), indent=2) if args.json
+              else render_manifest(manifest))
         return EXIT_OK
     if (path / "signatures.json").exists():
-        print(str(Recording.load(path)))
+        recording = Recording.load(path)
+        print(json.dumps(json.loads((path / "signatures.json").read_text()), indent=2) if args.json
+              else str(recording))
         return EXIT_OK
     if not path.exists():
         raise SignatureFileError(f"{path} does not exist")
@@ -125,24 +134,63 @@ def render_manifest(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
+_PART_KEYS = ("name", "module", "method", "class", "files", "inputs", "outputs", "dims", "constraints", "constants",
+              "promoted", "specialized", "error")
+
+
+def manifest_parts(manifest: Manifest, guards: bool = False) -> dict:
+    """What ``inspect OUT --json`` prints: the export's header, the parity verdict (without the per-check rows) and
+    per graph its files, inputs / outputs with dim names, dims, the pruned ``constraints``, constants and error --
+    the manifest's own JSON keys and values (``guards=True`` adds every raw guard)."""
+    data = manifest.to_json()
+    parity = data.get("parity")
+    graphs = []
+    for g in data.get("graphs", []):
+        part = {k: g.get(k) for k in _PART_KEYS if k in g}
+        part["ok"] = g.get("error") is None
+        if guards:
+            part["guards"] = g.get("guards", [])
+        graphs.append(part)
+    return {"format_version": data.get("format_version"), "shapetrace_version": data.get("shapetrace_version"),
+            "object_class": data.get("object_class"), "created": data.get("created"), "tools": data.get("tools"),
+            "parity": None if parity is None else {k: parity.get(k) for k in
+                                                   ("passed", "summary", "num_checks", "num_failures", "backends")},
+            "graphs": graphs}
+
+
 # ---------------------------------------------------------------------------------------------- verify
 def _cmd_verify(args: argparse.Namespace) -> int:
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] if args.graphs else None
+    log = EvidenceLog() if args.report else None
     report = verify(args.out, backends=backends, atol=args.atol, rtol=args.rtol, graphs=graphs,
-                    threads=args.threads, write=not args.no_write)
+                    threads=args.threads, write=not args.no_write, on_check=log)
     print(str(report))
+    if args.report:
+        path = write_report(args.report, manifest_mod.read(args.out), report, out_dir=str(args.out),
+                            evidence=log.items if log else ())
+        print(f"report: {path}")
     return EXIT_OK if report else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------- parser
+class _UsageError(Exception):
+    """An argument argparse refuses (unknown option, bad value): main prints it on one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shapetrace", description="Record, export and verify the torch modules "
-                                     "inside a pipeline.")
+    parser = _Parser(prog="shapetrace", description="Record, export and verify the torch modules inside a pipeline.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="print a recording (signatures.json) or an export (manifest.json)")
     p.add_argument("path", metavar="PATH", help="a recording folder or an export folder")
+    p.add_argument("--json", action="store_true", help="print the manifest's parts (or signatures.json) as JSON")
+    p.add_argument("--guards", action="store_true", help="with --json: also every raw guard torch.export reported")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("verify", help="run an export on ONNX Runtime / OpenVINO and compare with the recorded outputs")
@@ -155,16 +203,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs", default=None, help="comma separated graph names (default: all)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per runtime")
     p.add_argument("--no-write", action="store_true", help="do not store the result in manifest.json")
+    p.add_argument("--report", metavar="FILE", default=None, help="also write the HTML parity report to FILE")
     p.set_defaults(func=_cmd_verify)
 
+    cli_export.add_export_command(sub)
     _register_extra_commands(sub)
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 parity failed, 2 unusable input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        message = " ".join(str(e).split())
+        words = list(sys.argv[1:] if argv is None else argv)
+        command = next((w for w in words if not w.startswith("-")), None)
+        if command in _commands(parser):
+            message = message.replace(f"(see {parser.prog} --help)", f"(see {parser.prog} {command} --help)")
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return EXIT_UNUSABLE
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -10,6 +10,8 @@
     ├── ExportError              export_all() could not start, or a graph failed to export
     ├── VerifyError              verify() could not run (missing files, nothing to compare)
     ├── RuntimeMismatchError     load() on another object, or a call the exported graph cannot answer
+    ├── SourceError              the command line's SOURCE cannot be loaded or run (no such folder, no model in it,
+    │                            a user function that raises, a call the pipeline refuses)
     └── RunnerError              a runtime could not open or run a model file (verify and load re-raise it
                                  as their own error, naming the graph)
 
@@ -28,6 +30,7 @@ __all__ = [
     "VerifyError",
     "RuntimeMismatchError",
     "RunnerError",
+    "SourceError",
 ]
 
 
@@ -65,3 +68,7 @@ class RuntimeMismatchError(ShapetraceError):
 
 class RunnerError(ShapetraceError):
     """A backend runner could not load, compile or run its model file, or was fed wrongly."""
+
+
+class SourceError(ShapetraceError):
+    """``shapetrace export SOURCE``: the source cannot be loaded, built or run (the message names it and the fix)."""

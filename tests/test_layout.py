@@ -12,14 +12,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shapetrace"
 
 #: Lower layers never import higher ones (modules of one layer may import each other, without a loop).
 LAYERS = [
-    {"errors", "_version", "_optional", "files"},
+    {"errors", "_version", "_optional", "files", "exitcodes"},
     {"walker", "tree", "signature", "standin"},
     {"recording", "proxy"},
     {"dims", "constraints", "manifest"},
-    {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends"},
+    {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence"},
     {"verify", "serve"},
     {"export", "runtime"},
-    {"__init__", "demo", "cli", "__main__", "testing"},
+    {"__init__", "demo", "cli", "__main__", "testing", "cli_export", "sources", "hf_sources", "e2e", "report_plots",
+     "html_report"},
 ]
 #: Modules imported lazily on purpose: the demo's heavy optional dependencies (diffusers, controlnet_aux).
 LAZY_OK = {("demo", "testing")}

@@ -5,7 +5,7 @@ EXPECTED = {
     "__version__", "find_modules", "record", "recording_for", "register_flattener", "Recording", "GraphRecord",
     "TensorSpec", "RecordingProxy", "ShapetraceError", "ModuleNotFoundInObject", "RecordingError", "FlattenError",
     "SignatureFileError", "ExportError", "VerifyError", "RuntimeMismatchError", "export_all", "prepare",
-    "ExportPlan", "ExportResult", "verify", "ParityReport", "load", "RunnerError",
+    "ExportPlan", "ExportResult", "verify", "ParityReport", "load", "RunnerError", "SourceError",
 }
 
 
@@ -20,5 +20,5 @@ def test_every_name_resolves():
 
 def test_error_tree_is_rooted():
     for name in ("ModuleNotFoundInObject", "RecordingError", "FlattenError", "SignatureFileError", "ExportError",
-                 "VerifyError", "RuntimeMismatchError", "RunnerError"):
+                 "VerifyError", "RuntimeMismatchError", "RunnerError", "SourceError"):
         assert issubclass(getattr(shapetrace, name), shapetrace.ShapetraceError)
