@@ -87,6 +87,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._local = threading.local()  # per thread: ids of the modules inside a recorded call, hook stacks
         self._variants: dict[str, list[str]] = {}  # graph base name -> call structures seen, in order
+        self._descendants: dict[int, dict[int, str]] = {}
 
     def snapshot(self) -> MappingProxyType:
         with self._lock:
@@ -121,6 +122,25 @@ class Recorder:
         if pending is not None:
             self.finish(pending, output)
         return output
+
+    def run_forwarded(self, path: str, module: torch.nn.Module, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """A framework method called through a proxy (``model.generate``): not a graph, but the outermost calls of
+        the module's submodules inside it are (an encoder-decoder's encoder, run once by ``generate``); the module's
+        own calls are recorded by its hooks."""
+        if id(module) in self._active_ids():
+            return fn(*args, **kwargs)
+        with _SubmoduleWatch(self, module, path):
+            return fn(*args, **kwargs)
+
+    def descendants(self, module: torch.nn.Module, path: str) -> dict[int, str]:
+        """``{id(submodule): path}`` for every submodule of ``module`` (not itself), computed once per module."""
+        with self._lock:
+            found = self._descendants.get(id(module))
+        if found is None:
+            found = {id(m): f"{path}.{n}" for n, m in module.named_modules() if n}
+            with self._lock:
+                self._descendants[id(module)] = found
+        return found
 
     def hooks(self, path: str, module: torch.nn.Module) -> list:
         """Forward hooks on the module at ``path``: they record the calls that reach it without its proxy (the
@@ -284,6 +304,51 @@ class _LoopWatch:
         self.recorder.finish(pending, output)
 
 
+class _SubmoduleWatch:
+    """Records the outermost submodule calls made inside a forwarded method (``generate`` running the encoder of an
+    encoder-decoder once), each as a ``forward`` graph named by its path (``model.model.encoder``).
+
+    Global module hooks (one pair, whatever the module's size) see every module call of this thread; calls of the
+    module itself count for the depth only (its own hooks record them). Inputs are read after the call: the
+    encoder-like calls met here take their inputs unchanged (a cache updated in place goes through ``self(...)``,
+    which the module's own pre-call hook records).
+    """
+
+    def __init__(self, recorder: Recorder, module: torch.nn.Module, path: str) -> None:
+        self.recorder = recorder
+        self.own = id(module)
+        self.names = recorder.descendants(module, path)
+        self.thread = threading.get_ident()
+        self.depth = 0
+        self._handles: list = []
+
+    def __enter__(self) -> "_SubmoduleWatch":
+        mod = torch.nn.modules.module
+        self._handles = [mod.register_module_forward_pre_hook(self._enter_call),
+                         mod.register_module_forward_hook(self._leave_call, with_kwargs=True, always_call=True)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _mine(self, module: torch.nn.Module) -> bool:
+        return (id(module) == self.own or id(module) in self.names) and threading.get_ident() == self.thread
+
+    def _enter_call(self, module: torch.nn.Module, args: tuple) -> None:
+        if self._mine(module):
+            self.depth += 1
+
+    def _leave_call(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self._mine(module):
+            return
+        self.depth -= 1
+        if self.depth == 0 and id(module) != self.own and output is not None:
+            pending = self.recorder.begin(self.names[id(module)], module, "forward", args, kwargs)
+            if pending is not None:
+                self.recorder.finish(pending, output)
+
+
 class RecordingProxy(StandIn):
     """Stands in for a module (:class:`~shapetrace.standin.StandIn`): forwards everything, records tensor calls."""
 
@@ -298,6 +363,10 @@ class RecordingProxy(StandIn):
         return object.__getattribute__(self, "_st_recorder").call(
             object.__getattribute__(self, "_st_path"), object.__getattribute__(self, "_st_wrapped"), method, fn,
             args, kwargs)
+
+    def _st_run_forwarded(self, method: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        return object.__getattribute__(self, "_st_recorder").run_forwarded(
+            object.__getattribute__(self, "_st_path"), object.__getattribute__(self, "_st_wrapped"), fn, args, kwargs)
 
     def _st_describe(self) -> str:
         path = object.__getattribute__(self, "_st_path")

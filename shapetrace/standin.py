@@ -8,7 +8,8 @@ Everything it owns lives under the ``_st_`` prefix. Copy, deepcopy and pickle ar
 
 There is one dispatch hook: calls of ``forward`` (through ``__call__``) and of the module's own public methods
 (:func:`shapetrace.signature.is_recordable`: ``vae.decode``, not ``.to()``) go to :meth:`StandIn._st_call`, which
-a subclass implements (record the call; run it on a runtime). Every other method runs on the module untouched.
+a subclass implements (record the call; run it on a runtime). Every other method runs on the module, through
+:meth:`StandIn._st_run_forwarded` (the recorder watches what ``generate`` calls inside it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class StandIn:
     def _st_call(self, method: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
         """Run ``fn(*args, **kwargs)``, the module's ``method``, the subclass's way."""
         raise NotImplementedError
+
+    def _st_run_forwarded(self, method: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """Run a forwarded method (``generate``, ``to``); a subclass may watch what it does."""
+        return fn(*args, **kwargs)
 
     def _st_describe(self) -> str:
         """The end of ``repr()``: ``3 calls``, ``forward on openvino:CPU``."""
@@ -98,8 +103,10 @@ class StandIn:
             dispatched.__wrapped__ = value  # type: ignore[attr-defined]
             return dispatched
 
+        run_forwarded = _get(self, "_st_run_forwarded")
+
         def forwarded(*args: Any, **kwargs: Any) -> Any:  # .to() / .eval() return the stand-in, not the module
-            result = value(*args, **kwargs)
+            result = run_forwarded(name, value, args, kwargs)
             return self if result is wrapped else result
 
         forwarded.__name__ = name

@@ -87,3 +87,80 @@ def test_greedy_generation_is_token_identical_at_another_prompt_and_length(gener
             calls = {s.graph: s.calls for s in rt.stats()}
     assert got == want
     assert calls == {"model": 1, "model@2": 11}
+
+
+class _Holder:
+    """A plain application object holding a model, as a model card's snippet does."""
+
+
+def _bart():
+    config = transformers.BartConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, max_position_embeddings=128, init_std=0.5, pad_token_id=1,
+                                     bos_token_id=0, eos_token_id=None, decoder_start_token_id=2,
+                                     forced_eos_token_id=None)
+    return transformers.BartForConditionalGeneration(config).eval()
+
+
+def _blip():
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    text = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=64, encoder_hidden_size=32, bos_token_id=30, pad_token_id=0,
+                sep_token_id=127, eos_token_id=127)
+    return transformers.BlipForConditionalGeneration(transformers.BlipConfig(vision_config=vision,
+                                                                             text_config=text)).eval()
+
+
+# name: (builder, recorded call, new call, graphs expected)
+SEQ2SEQ = {
+    # the encoder runs once inside generate (a framework method): its call is a graph of its own
+    "bart": (_bart, lambda m: m.generate(torch.randint(3, 128, (1, 7)), do_sample=False, max_new_tokens=5),
+             lambda m, x: m.generate(x, do_sample=False, max_new_tokens=8), lambda: torch.randint(3, 128, (1, 11)),
+             ["model.model.encoder", "model", "model@2"]),
+    # BLIP's own generate loops over its text decoder: not a graph; the vision model and the decoder step are
+    "blip": (_blip, lambda m: m.generate(pixel_values=torch.randn(1, 3, 32, 32), do_sample=False, max_new_tokens=5),
+             lambda m, x: m.generate(pixel_values=x, do_sample=False, max_new_tokens=8),
+             lambda: torch.randn(2, 3, 32, 32), ["model.vision_model", "model.text_decoder", "model.text_decoder@2"]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SEQ2SEQ))
+def seq2seq(request, tmp_path_factory):
+    build, run, _, _, graphs = SEQ2SEQ[request.param]
+    torch.manual_seed(0)
+    h = _Holder()
+    h.model = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.record(h) as rec:
+            run(h.model)
+        out = tmp_path_factory.mktemp(request.param) / "export"
+        result = shapetrace.export_all(h, out, progress=False)
+    return request.param, h, rec, out, result
+
+
+def test_encoder_decoder_graphs_are_the_module_calls_inside_generate(seq2seq):
+    name, h, rec, out, result = seq2seq
+    assert result.ok and result.parity, str(result)
+    assert list(rec.graphs) == SEQ2SEQ[name][4]
+    assert rec[SEQ2SEQ[name][4][0]].num_calls == 1  # the encoder / vision model: once per generate
+    step = read(out).graph(SEQ2SEQ[name][4][2])
+    assert any(n.startswith("cache.self_attention_cache.layers.0.") for n in step.input_names)
+    assert any(n.startswith("cache.cross_attention_cache.layers.0.") for n in step.input_names)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_encoder_decoder_generation_is_token_identical(seq2seq, backend):
+    name, h, rec, out, _ = seq2seq
+    _, _, again, new_input, graphs = SEQ2SEQ[name]
+    torch.manual_seed(1)
+    x = new_input()  # another input length (BART) / batch (BLIP) than recorded, more new tokens
+    want = again(h.model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.load(h, out, backend=backend) as rt:
+            got = again(h.model, x)
+            calls = {s.graph: s.calls for s in rt.stats()}
+    assert torch.equal(got, want), (got, want)
+    assert calls[graphs[0]] == 1 and calls[graphs[1]] == 1 and calls[graphs[2]] == 7
