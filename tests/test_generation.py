@@ -112,7 +112,17 @@ def _blip():
                                                                              text_config=text)).eval()
 
 
-# name: (builder, recorded call, new call, graphs expected)
+def _whisper():
+    config = transformers.WhisperConfig(vocab_size=128, num_mel_bins=16, d_model=32, encoder_layers=2,
+                                        decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                        encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=50,
+                                        max_target_positions=64, init_std=0.5, pad_token_id=0, bos_token_id=1,
+                                        eos_token_id=2, decoder_start_token_id=3, suppress_tokens=[],
+                                        begin_suppress_tokens=[])
+    return transformers.WhisperForConditionalGeneration(config).eval()
+
+
+# name: (builder, recorded call, new call, new input, graphs expected)
 SEQ2SEQ = {
     # the encoder runs once inside generate (a framework method): its call is a graph of its own
     "bart": (_bart, lambda m: m.generate(torch.randint(3, 128, (1, 7)), do_sample=False, max_new_tokens=5),
@@ -122,6 +132,10 @@ SEQ2SEQ = {
     "blip": (_blip, lambda m: m.generate(pixel_values=torch.randn(1, 3, 32, 32), do_sample=False, max_new_tokens=5),
              lambda m, x: m.generate(pixel_values=x, do_sample=False, max_new_tokens=8),
              lambda: torch.randn(2, 3, 32, 32), ["model.vision_model", "model.text_decoder", "model.text_decoder@2"]),
+    # Whisper's own generate: a loop over the encoder (once) and the decoder step
+    "whisper": (_whisper, lambda m: m.generate(torch.randn(1, 16, 100), do_sample=False, max_new_tokens=5),
+                lambda m, x: m.generate(x, do_sample=False, max_new_tokens=8), lambda: torch.randn(2, 16, 100),
+                ["model.model.encoder", "model", "model@2"]),
 }
 
 
