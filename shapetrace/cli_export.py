@@ -168,7 +168,7 @@ def run_export(args: argparse.Namespace) -> int:
         images, note = _end_to_end(source, out, result, options.seed, export_kwargs)
         path = write_report(args.report, result.manifest, result.parity, out_dir=str(out),
                             evidence=log.items if log else (), images=images, images_note=note, recording=rec,
-                            title=f"shapetrace export of {source.label}")
+                            title=f"shapetrace export of {source.label.replace(source.spec, Path(source.spec).name)}")
         print(f"\nreport: {path}")
     failed = [g for g in result.graphs.values() if not g]
     seconds = time.perf_counter() - t0

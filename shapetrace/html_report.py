@@ -40,7 +40,7 @@ color:#1d1f23;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:15px;margin:18px 0 6px} h4{font-size:14px;margin:14px 0 4px;font-family:monospace}
 table{border-collapse:collapse;margin:6px 0 12px;font-size:12.5px} th,td{border:1px solid #e1e1e1;
-padding:3px 7px;text-align:left;vertical-align:top} th{background:#f5f6f8} td.num{text-align:right;
+padding:3px 7px;text-align:left;vertical-align:top} th{background:#f5f6f8} td.num{text-align:right;white-space:nowrap;
 font-family:monospace} code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
 .pass{color:#17752f;font-weight:600} .FAIL,.ERROR{color:#b3261e;font-weight:700}
 tr.row-FAIL td,tr.row-ERROR td{background:#fdecea} .badge{display:inline-block;padding:3px 10px;border-radius:12px;
@@ -92,7 +92,7 @@ def _shape(shape: Sequence[Any]) -> str:
 def _summary(manifest: Manifest, report: ParityReport | None) -> str:
     rows, classes = [], []
     for g in manifest.graphs:
-        checks = [c for c in (report.checks if report else ()) if c.graph == g.name]
+        checks = [c for c in (report.checks if report is not None else ()) if c.graph == g.name]
         failed = [c for c in checks if not c]
         needed = [c.result.needed_atol for c in checks if c.result is not None and not c.result.exact]
         if g.error is not None:
@@ -200,7 +200,7 @@ def _graph(g: GraphEntry, report: ParityReport | None, evidence: Mapping[tuple, 
         parts.append(f'<p class="ERROR">not exported: {_e(g.error)}</p></section>')
         return "".join(parts)
     parts.append("<h3>signature</h3>" + _signature(g))
-    checks = [c for c in (report.checks if report else ()) if c.graph == g.name]
+    checks = [c for c in (report.checks if report is not None else ()) if c.graph == g.name]
     parts.append("<h3>parity</h3>")
     if not checks:
         parts.append('<p class="note">not verified</p>')
