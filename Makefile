@@ -43,3 +43,15 @@ bench-quick: setup
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# optimum-cli in its own venv (optimum-intel 2.2.0 pins huggingface-hub<1.22, diffusers 0.42.1 needs >=1.32)
+OPTIMUM_VENV ?= bench/.venv-optimum
+$(OPTIMUM_VENV)/.installed:
+	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/pip install -q --upgrade pip
+	$(OPTIMUM_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(OPTIMUM_VENV)/bin/pip install -q "optimum-intel[openvino,diffusers]==2.2.0" diffusers==0.39.0 transformers==5.5.4
+	touch $@
+
+bench-optimum: setup $(OPTIMUM_VENV)/.installed
+	$(PY) bench/optimum_compare.py --venv-optimum $(OPTIMUM_VENV)

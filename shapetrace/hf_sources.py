@@ -52,7 +52,7 @@ TASK_BY_ARCHITECTURE = {
 DIFFUSERS_TASKS = {"text-to-image": "AutoPipelineForText2Image", "image-to-image": "AutoPipelineForImage2Image",
                    "inpainting": "AutoPipelineForInpainting"}
 _IMAGE_TASKS = {"image-classification", "object-detection", "depth-estimation", "image-segmentation",
-                "image-feature-extraction"}
+                "image-feature-extraction", "image-to-text"}
 _GENERATION_TASKS = {"text-generation", "text2text-generation", "summarization", "translation"}
 
 
@@ -269,7 +269,7 @@ def _open_transformers(folder: Path, options: CallOptions) -> tuple[Any, Callabl
 def _transformers_call(pipe: Any, task: str, options: CallOptions) -> tuple[list[Any], dict[str, Any]]:
     prompt = options.prompt if options.prompt is not None else DEFAULT_PROMPT
     kwargs: dict[str, Any] = {}
-    if task in _IMAGE_TASKS or options.image:
+    if task in _IMAGE_TASKS:
         args: list[Any] = [_picture(options, options.width or 224, options.height or 224)]
     elif task == "fill-mask":
         mask = getattr(getattr(pipe, "tokenizer", None), "mask_token", None) or "[MASK]"
