@@ -178,3 +178,15 @@ def test_encoder_decoder_generation_is_token_identical(seq2seq, backend):
             calls = {s.graph: s.calls for s in rt.stats()}
     assert torch.equal(got, want), (got, want)
     assert calls[graphs[0]] == 1 and calls[graphs[1]] == 1 and calls[graphs[2]] == 7
+
+
+def test_a_call_structure_that_was_not_recorded_is_refused(generation):
+    gen, rec, out, _ = generation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.load(gen, out, backend="onnxruntime"):
+            with pytest.raises(shapetrace.RuntimeMismatchError, match=r"matches none of the recorded variants "
+                                                                      r"\(model, model@2\); record a run"):
+                gen("a b c d", max_new_tokens=3, do_sample=False, use_cache=False)  # no cache: never recorded
+            ok = gen("a b c d", max_new_tokens=3, do_sample=False)  # the runtime still answers recorded forms
+    assert ok == gen("a b c d", max_new_tokens=3, do_sample=False)
