@@ -208,10 +208,10 @@ def _diffusers_call(pipe: Any, options: CallOptions) -> tuple[dict[str, Any], di
     if "output_type" in params:
         kwargs["output_type"] = "np"
     kwargs.update(options.call_json)
-    unknown = [k for k in options.call_json if k not in params] if not any(
-        p.kind == p.VAR_KEYWORD for p in params.values()) else []
+    unknown = [k for k in options.call_json if k not in params]  # its **kwargs would swallow them silently
     if unknown:
-        raise SourceError(f"--call-json: {type(pipe).__name__}.__call__ takes no {', '.join(map(repr, unknown))}")
+        raise SourceError(f"--call-json: {type(pipe).__name__}.__call__ takes no {', '.join(map(repr, unknown))}; "
+                          f"its arguments: {', '.join(n for n, p in params.items() if p.kind != p.VAR_KEYWORD)}")
     shown = {k: _show(v) for k, v in kwargs.items()}
     if "generator" in params and "generator" not in kwargs:
         shown["generator"] = f"seed {options.seed}"

@@ -231,3 +231,11 @@ def test_a_call_the_pipeline_refuses_exits_2(tc_folder, tmp_path, capsys):
     assert cli.main(["export", str(tc_folder), str(out), "--call-json", '{"function_to_apply": "cube"}']) == 2
     one_error_line(capsys.readouterr().err, "running TextClassificationPipeline (text-classification)", "raised")
     assert not out.exists()
+
+
+def test_call_json_keywords_the_pipeline_does_not_take_are_refused(sd_folder, tmp_path, capsys):
+    # StableDiffusionPipeline.__call__ has **kwargs, which would swallow a misspelt keyword silently
+    assert cli.main(["export", str(sd_folder), str(tmp_path / "out"), "--call-json", '{"guidance": 5}']) == 2
+    one_error_line(capsys.readouterr().err, "--call-json: StableDiffusionPipeline.__call__ takes no 'guidance'",
+                   "guidance_scale")
+    assert not (tmp_path / "out").exists()
