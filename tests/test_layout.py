@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shapetrace"
 #: Lower layers never import higher ones (modules of one layer may import each other, without a loop).
 LAYERS = [
     {"errors", "_version", "_optional", "files", "exitcodes"},
-    {"walker", "tree", "signature", "standin"},
-    {"recording", "proxy"},
+    {"walker", "caches", "tree", "signature", "standin"},
+    {"recording", "recorder", "proxy"},
     {"dims", "constraints", "manifest"},
     {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence"},
     {"verify", "serve"},
