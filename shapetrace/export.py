@@ -232,15 +232,16 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                       for n, k, r in zip(plan.output_names, plan.output_keys, ref))
     del ref
     onnx_path = None
-    if "onnx" in formats:
+    if "onnx" in formats:  # a graph ONNX cannot hold (complex tensors) degrades to IR from the torch module
         t = time.perf_counter()
-        onnx_path = stage / f"{stem}.onnx"
-        d.tools.update(writers.write_onnx(plan, ep, onnx_path, info, opset))
+        onnx_path = writers.write_onnx_or_skip(plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
+                                               can_skip="openvino" in formats and openvino_from != "onnx")
+        d.timings["onnx"] = round(time.perf_counter() - t, 3)
+    if onnx_path is not None:
         d.files["onnx"] = onnx_path.name
         data = sorted(p.name for p in stage.iterdir() if p.name.startswith(f"{stem}.onnx") and p != onnx_path)
         if data:
             d.files["onnx_data"] = data
-        d.timings["onnx"] = round(time.perf_counter() - t, 3)
         d.sizes["onnx"] = sum((stage / f).stat().st_size for f in [onnx_path.name, *data])
     del ep
     gc.collect()

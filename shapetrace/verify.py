@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,6 +48,10 @@ from .walker import parse_path, resolve
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ParityCheck", "ParityReport", "compare_arrays",
            "resolve_tolerance", "resized_inputs", "verify", "render_report"]
+
+
+#: ``on_check(check, got, ref)``: sees every compared output's arrays (verify keeps none of them)
+OnCheck = Callable[[ParityCheck, np.ndarray, np.ndarray], None]
 
 
 def _live_module(obj: Any, entry: GraphEntry) -> Any:
@@ -73,7 +77,8 @@ def _module_device(module: Any) -> str:
 def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[str] = ("onnxruntime", "openvino"),
            atol: float | None = None, rtol: float | None = None,
            tolerances: Mapping[str, Mapping[str, float]] | None = None, graphs: Iterable[str] | None = None,
-           device: str = "CPU", threads: int | None = None, seed: int = 0, write: bool = True) -> ParityReport:
+           device: str = "CPU", threads: int | None = None, seed: int = 0, write: bool = True,
+           on_check: OnCheck | None = None) -> ParityReport:
     """Run every exported graph in ``out_dir`` on ``backends`` and compare with a reference (module docstring).
 
     Args:
@@ -91,10 +96,15 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
         device, threads: passed to the runners (``"CPU"``; threads default to the usable cores, at most 8).
         seed: seeds the ``resized`` input set.
         write: store the report as the manifest's ``"parity"`` (atomic rewrite).
+        on_check: called as ``on_check(check, got, ref)`` with the arrays of every compared output, as each check
+            is made (the HTML report's histograms and worst elements: :class:`shapetrace.evidence.EvidenceLog`).
 
-    Returns the :class:`ParityReport` (truthy when every check passed). Raises :class:`SignatureFileError` for a
-    missing / corrupt / newer manifest, :class:`VerifyError` for missing or corrupt model and data files or bad
-    arguments, ``ImportError`` naming the extra to install when a backend's runtime is missing.
+    Returns the :class:`ParityReport` (truthy when every check passed). A problem of one graph -- a runtime that
+    cannot load or compile its file, an unreadable data file, running out of memory -- is that graph's failed check
+    (verdict ERROR, the reason in ``error``) and the other graphs go on. Raises only for the whole folder or the
+    arguments: :class:`SignatureFileError` for a missing / corrupt / newer manifest, :class:`VerifyError` for files
+    the manifest names that are not in the folder (checked before any work), bad tolerances / graphs / backends or
+    an ``obj`` that lacks a graph's module, ``ImportError`` naming the extra to install when a runtime is missing.
     """
     out = Path(out_dir)
     manifest = manifest_mod.read(out)
@@ -119,10 +129,12 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
         (be.onnxruntime_backend.import_onnxruntime if b == "onnxruntime" else be.openvino_backend.import_openvino)()
     if not usable and any(e.ok for e in entries):
         raise VerifyError(f"nothing to compare in {out}: no graph has a file for {', '.join(backends)}")
+    _check_files_present(out, entries, usable)
 
     checks: list[ParityCheck] = []
     for entry in entries:
-        checks.extend(_verify_graph(out, entry, obj, usable, atol, rtol, tolerances, device, threads, seed, notes))
+        checks.extend(_verify_graph(out, entry, obj, usable, atol, rtol, tolerances, device, threads, seed, notes,
+                                    on_check))
     report = ParityReport(tuple(checks), str(out), tuple(usable), tuple(notes))
     if write:
         manifest_mod.store_parity(out, report.to_json())
@@ -131,23 +143,58 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
 
 def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str], atol: float | None,
                   rtol: float | None, tolerances: Mapping[str, Any] | None, device: str, threads: int | None,
-                  seed: int, notes: list[str]) -> list[ParityCheck]:
+                  seed: int, notes: list[str], on_check: OnCheck | None = None) -> list[ParityCheck]:
+    """The checks of one graph. Whatever goes wrong inside one graph (a runtime that cannot load or compile its
+    file, an unreadable data file, running out of memory) is a failed check naming the reason, never an exception:
+    the other graphs go on. Only a wrong ``obj`` (no such module in it) raises, before any work."""
     name = entry.name
     if entry.error is not None:
         return [ParityCheck(name, "-", "-", "-", "-", None, f"not exported: {entry.error}")]
+    module = _live_module(obj, entry) if obj is not None else None
+    checks: list[ParityCheck] = []
+    try:
+        _check_graph(out, entry, module, backends, atol, rtol, tolerances, device, threads, seed, notes, on_check,
+                     checks)
+    except MemoryError as e:
+        checks.append(ParityCheck(name, "-", "-", "-", "*", None, f"MemoryError: ran out of memory checking this "
+                                  f"graph{f' ({e})' if str(e) else ''}; its other checks were not run"))
+    except (RunnerError, VerifyError) as e:
+        checks.append(ParityCheck(name, "-", "-", "-", "*", None, str(e)))
+    except Exception as e:  # one graph never stops the others: its failure is its check
+        checks.append(ParityCheck(name, "-", "-", "-", "*", None, f"{short_error(e)} (while checking this graph)"))
+    return checks
+
+
+def _open(stack: contextlib.ExitStack, runner: Any, name: str, checks: list[ParityCheck]) -> bool:
+    """Enter ``runner``; a runtime that cannot load or compile the file is that backend's failed check."""
+    try:
+        stack.enter_context(runner)
+        return True
+    except Exception as e:  # RunnerError from the runtimes; MemoryError or anything else loading the model too
+        reason = str(e) if isinstance(e, RunnerError) else short_error(e)
+        checks.append(ParityCheck(name, runner.name, "-", "-", "*", None, reason))
+        return False
+
+
+def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[str], atol: float | None,
+                 rtol: float | None, tolerances: Mapping[str, Any] | None, device: str, threads: int | None,
+                 seed: int, notes: list[str], on_check: OnCheck | None, checks: list[ParityCheck]) -> None:
+    name = entry.name
     sets = _input_sets(out, entry, seed, notes)
     recorded = _load(out, entry, "outputs")
     torch_runner = None
-    if obj is not None:
-        module = _live_module(obj, entry)
+    if module is not None:
         torch_runner = be.open_runner("torch", out, entry, device=_module_device(module), module=module)
-    try:
-        runners = [be.open_runner(b, out, entry, device=device, threads=threads)
-                   for b in backends if entry.file(be.FILE_KIND[b])]
-    except RunnerError as e:
-        raise VerifyError(str(e)) from e
-    checks = [ParityCheck(name, b, "-", "-", "*", None, f"no {be.FILE_KIND[b]} file for this graph in the manifest")
-              for b in backends if b not in {r.name for r in runners}]
+    runners = []
+    for b in backends:
+        kind = be.FILE_KIND[b]
+        if entry.file(kind):
+            runners.append(be.open_runner(b, out, entry, device=device, threads=threads))
+        elif kind == "onnx" and entry.tools.get("no_onnx"):  # degraded on purpose at export: said, not a failure
+            notes.append(f"{name}: no ONNX file ({entry.tools['no_onnx']}); checked on "
+                         f"{', '.join(x for x in backends if x != b) or 'no other backend'} only")
+        else:
+            checks.append(ParityCheck(name, b, "-", "-", "*", None, f"no {kind} file for this graph in the manifest"))
 
     def compare(backend: str, reference: str, set_name: str, got: Mapping[str, np.ndarray],
                 ref: Mapping[str, np.ndarray], set_sizes: Mapping[str, int]) -> None:
@@ -157,15 +204,20 @@ def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str
                 checks.append(ParityCheck(name, backend, reference, set_name, o.name, None,
                                           f"the reference has no output {o.name!r}", set_sizes))
                 continue
-            result = compare_arrays(got[o.name], ref[o.name], atol=tol.atol, rtol=tol.rtol, exact=tol.exact)
+            try:
+                result = compare_arrays(got[o.name], ref[o.name], atol=tol.atol, rtol=tol.rtol, exact=tol.exact)
+            except MemoryError as e:
+                checks.append(ParityCheck(name, backend, reference, set_name, o.name, None,
+                                          f"MemoryError: ran out of memory comparing this output ({e})", set_sizes))
+                continue
             checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes))
+            if on_check is not None:
+                on_check(checks[-1], got[o.name], ref[o.name])
 
     with contextlib.ExitStack() as stack:
-        try:
-            for r in ([torch_runner] if torch_runner is not None else []) + runners:
-                stack.enter_context(r)  # a missing / corrupt file: the folder is unusable
-        except RunnerError as e:
-            raise VerifyError(str(e)) from e
+        if torch_runner is not None and not _open(stack, torch_runner, name, checks):
+            torch_runner = None
+        runners = [r for r in runners if _open(stack, r, name, checks)]
         for set_name, feed in sets:
             set_sizes = input_sizes(entry, feed)
             reference_name, reference = None, None
@@ -194,7 +246,27 @@ def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str
                 results = results[1:]
             for backend, got in results:
                 compare(backend, reference_name or "-", set_name, got, reference, set_sizes)
-    return checks
+            del results, reference
+
+
+def _check_files_present(out: Path, entries: Sequence[GraphEntry], backends: Sequence[str]) -> None:
+    """Every file the manifest names for the checks to run must be in the folder: a missing one means the folder is
+    incomplete (copied in part, a file deleted), which no check can report on -- raise before any work."""
+    missing = []
+    for e in entries:
+        if not e.ok:
+            continue
+        for kind in ("inputs", "outputs", *(be.FILE_KIND[b] for b in backends)):
+            rel = e.file(kind)
+            extra = {"openvino": [rel[:-4] + ".bin"] if rel and rel.endswith(".xml") else [],
+                     "onnx": list(e.files.get("onnx_data") or [])}.get(kind, [])
+            for f in [rel, *extra] if rel else []:
+                if not (out / f).is_file():
+                    missing.append((e.name, f"{out / f} not found (the {kind} file of graph {e.name!r})"))
+    if missing:
+        graphs = sorted({g for g, _ in missing})
+        raise VerifyError(f"{'; '.join(m for _, m in missing)}; the export folder is incomplete: re-run export_all "
+                          f"(or verify the other graphs: graphs=[...] without {', '.join(map(repr, graphs))})")
 
 
 def _load(out: Path, entry: GraphEntry, kind: str) -> dict[str, np.ndarray]:

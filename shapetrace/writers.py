@@ -5,11 +5,17 @@ ONNX file, or from the torch module for big graphs), each with the manifest's di
 a per-graph fallback, noted in ``tools``), names the dims in memory, keeps the weights of graphs above
 :data:`ONNX_EXTERNAL_DATA_ABOVE_BYTES` in external data and checks the file with ``onnx.checker`` (path based, so
 beyond 2 GB works). :func:`write_openvino` converts and saves the IR (``compress_to_fp16`` off unless asked).
+
+When neither ONNX exporter can translate a graph (complex-valued intermediates such as rotary embeddings computed
+with ``torch.view_as_complex`` / ``torch.polar``: ONNX has no complex tensors), :func:`write_onnx_or_skip` leaves no
+ONNX file, says why in the manifest's ``tools["no_onnx"]``, and the IR is converted from the torch module instead:
+the graph degrades to OpenVINO only rather than failing.
 """
 
 from __future__ import annotations
 
 import gc
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,8 +27,8 @@ from ._optional import require
 from .errors import ExportError
 from .flat import ExportPlan
 
-__all__ = ["write_onnx", "write_openvino", "versions", "require", "ONNX_EXTERNAL_DATA_ABOVE_BYTES",
-           "OPENVINO_FROM_TORCH_ABOVE_BYTES"]
+__all__ = ["write_onnx", "write_onnx_or_skip", "write_openvino", "versions", "require", "complex_ops",
+           "ONNX_EXTERNAL_DATA_ABOVE_BYTES", "OPENVINO_FROM_TORCH_ABOVE_BYTES"]
 
 
 def versions() -> dict[str, str | None]:
@@ -102,15 +108,22 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
                                  output_names=list(plan.output_names), opset_version=opset, optimize=True,
                                  verbose=False)
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=True)"
+    except MemoryError:
+        raise
     except Exception as e:  # documented fallback: the TorchScript exporter for this graph
         prog = None
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=False)"
         tools["onnx_dynamo_error"] = f"{type(e).__name__}: {str(e)[:500]}"
         dynamic_axes = {n: {d: s for d, s in enumerate(shape) if isinstance(s, str)}
                         for n, shape in {**info.input_shapes, **info.output_shapes}.items()}
-        torch.onnx.export(plan.module, plan.args, str(path), dynamo=False, input_names=list(plan.input_names),
-                          output_names=list(plan.output_names), dynamic_axes=dynamic_axes,
-                          opset_version=opset or 17)
+        try:
+            torch.onnx.export(plan.module, plan.args, str(path), dynamo=False, input_names=list(plan.input_names),
+                              output_names=list(plan.output_names), dynamic_axes=dynamic_axes,
+                              opset_version=opset or 17)
+        except MemoryError:
+            raise
+        except Exception as ts:
+            raise ExportError(_no_exporter(ep, tools["onnx_dynamo_error"], ts)) from ts
     if prog is not None:
         _rename_ir_dims(prog.model, info.symbols, info.input_shapes, info.output_shapes)
         # weights of large graphs go to external data next to the file (<graph>.onnx.data): a single-file proto is
@@ -125,6 +138,60 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
     gc.collect()
     onnx.checker.check_model(str(path))
     return tools
+
+
+def complex_ops(ep: Any) -> list[str]:
+    """The distinct ops of a ``torch.export`` program that produce complex-valued tensors (empty if none), and its
+    complex buffers / constants as ``"buffer <name>"``."""
+    found: dict[str, None] = {}
+    for node in ep.graph.nodes:
+        vals = node.meta.get("val")
+        if not any(isinstance(v, torch.Tensor) and v.is_complex()
+                   for v in (vals if isinstance(vals, (list, tuple)) else [vals])):
+            continue
+        if node.op == "call_function":
+            packet = getattr(node.target, "overloadpacket", None)
+            found.setdefault(getattr(packet, "__name__", None) or str(node.target))
+        elif node.op == "placeholder":
+            found.setdefault(f"buffer {node.name.removeprefix('b_').removeprefix('c_')}")
+    return sorted(found, key=lambda k: k.startswith("buffer "))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = _ANSI.sub("", str(text)).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _no_exporter(ep: Any, dynamo_error: str, ts: BaseException) -> str:
+    ops = complex_ops(ep)
+    why = (f"the graph computes complex-valued tensors ({', '.join(ops[:8])}{', ...' if len(ops) > 8 else ''}), "
+           f"which ONNX cannot represent" if ops else "neither ONNX exporter could translate the graph")
+    return (f"{why}; dynamo exporter: {_one_line(dynamo_error)}; TorchScript exporter: "
+            f"{type(ts).__name__}: {_one_line(str(ts))}")
+
+
+def write_onnx_or_skip(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, opset: int | None,
+                       tools: dict[str, Any], can_skip: bool) -> Path | None:
+    """:func:`write_onnx` into ``tools``; returns ``path``, or None when the ONNX step failed and ``can_skip``
+    (the caller then converts the IR from the torch module): no ONNX file is left and ``tools["no_onnx"]`` says
+    why. A missing package, running out of memory or a file-system error still raise."""
+    try:
+        tools.update(write_onnx(plan, ep, path, info, opset))
+        return path
+    except (MemoryError, ImportError):
+        raise
+    except Exception as e:
+        if not can_skip or isinstance(e, OSError):
+            raise
+        for f in path.parent.glob(f"{path.name}*"):  # a half-written file, its external data
+            f.unlink()
+        reason = str(e) if isinstance(e, ExportError) else f"{type(e).__name__}: {str(e).strip()[:500]}"
+        tools["no_onnx"] = f"ONNX export failed: {reason}"[:1500]
+        tools["onnx_exporter"] = None
+        return None
 
 
 #: Graphs with more fp32 weights than this convert to IR from the torch module (weights shared, no copy); smaller

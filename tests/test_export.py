@@ -174,14 +174,20 @@ def test_refuses_to_clobber_an_earlier_export(exports, tmp_path):
 
 def test_one_failing_graph_does_not_stop_the_others(exports, tmp_path, monkeypatch):
     obj, rec, _, _ = exports.get("sd")
-    real = writers.write_onnx
+    real_onnx, real_openvino = writers.write_onnx, writers.write_openvino
 
-    def broken(plan, *a, **k):
+    def broken(plan, *a, **k):  # both writers: a graph whose ONNX step alone fails still gets its IR from torch
         if plan.graph == "unet":
             raise RuntimeError("exporter exploded")
-        return real(plan, *a, **k)
+        return real_onnx(plan, *a, **k)
+
+    def broken_ir(onnx_path, plan, *a, **k):
+        if plan.graph == "unet":
+            raise RuntimeError("exporter exploded")
+        return real_openvino(onnx_path, plan, *a, **k)
 
     monkeypatch.setattr(writers, "write_onnx", broken)
+    monkeypatch.setattr(writers, "write_openvino", broken_ir)
     result = shapetrace.export_all(obj, tmp_path / "o", recording=rec, progress=False, verify=False)
     assert not result.ok
     assert "exporter exploded" in result.graphs["unet"].error

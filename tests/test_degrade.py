@@ -1,0 +1,268 @@
+"""One graph's trouble stays that graph's: a runtime that cannot load its file or memory running out is a failed
+check and the other graphs go on; a graph ONNX cannot hold (complex-valued rotary embeddings) is exported to
+OpenVINO IR from the torch module, checked and served on OpenVINO, with the manifest saying why it has no ONNX file."""
+
+import importlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import shapetrace
+from shapetrace import RuntimeMismatchError, VerifyError
+from shapetrace.backends.onnxruntime_backend import OnnxRuntimeRunner
+
+from test_backends import make_tiny_export
+
+# ============================================================================ a folder with two graphs
+
+
+def _two_graphs(out):
+    """make_tiny_export's graph 'tiny' and a copy of it, 'tiny2', with files of its own."""
+    make_tiny_export(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = json.loads(json.dumps(manifest["graphs"][0]))
+    entry["name"] = "tiny2"
+    for kind, f in list(entry["files"].items()):
+        entry["files"][kind] = f.replace("tiny.", "tiny2.")
+        shutil.copy(out / f, out / entry["files"][kind])
+    shutil.copy(out / "tiny.bin", out / "tiny2.bin")
+    manifest["graphs"].append(entry)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_dir(tmp_path_factory):
+    return _two_graphs(tmp_path_factory.mktemp("two") / "export")
+
+
+@pytest.fixture
+def two(two_dir, tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(two_dir, out)
+    return out
+
+
+def _onnx_onnxruntime_cannot_load(path):
+    """A valid ONNX file (onnx.checker accepts it) with an op no ONNX Runtime kernel implements."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8]),
+              helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info(n, t, ["batch", "seq", 4][: 1 if n == "total" else 3])
+               for n, t in (("h", TensorProto.FLOAT), ("positive", TensorProto.BOOL), ("total", TensorProto.INT64))]
+    node = helper.make_node("NoSuchKernel", ["x", "ids"], ["h", "positive", "total"], domain="shapetrace.test")
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("shapetrace.test", 1)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _by(report, graph, backend=None):
+    return [c for c in report.checks if c.graph == graph and (backend is None or c.backend == backend)]
+
+
+def test_a_file_onnxruntime_cannot_load_is_that_graphs_failed_check(two):
+    _onnx_onnxruntime_cannot_load(two / "tiny.onnx")
+    report = shapetrace.verify(two)
+    assert not report
+    (fail,) = report.failures
+    assert (fail.graph, fail.backend, fail.verdict) == ("tiny", "onnxruntime", "ERROR")
+    assert "onnxruntime cannot load" in fail.error and "NoSuchKernel" in fail.error
+    assert _by(report, "tiny", "openvino") and all(_by(report, "tiny", "openvino"))  # OpenVINO still checked
+    assert len(_by(report, "tiny2")) == 9 and all(_by(report, "tiny2"))  # the other graph goes on
+    stored = json.loads((two / "manifest.json").read_text())["parity"]
+    assert stored["num_failures"] == 1 and "NoSuchKernel" in stored["summary"]
+
+
+def test_an_ir_openvino_cannot_read_is_that_graphs_failed_check(two):
+    (two / "tiny2.xml").write_text("<net><layers><layer id='0' type='Nonsense'/></layers></net>")
+    report = shapetrace.verify(two, write=False)
+    (fail,) = report.failures
+    assert (fail.graph, fail.backend, fail.verdict) == ("tiny2", "openvino", "ERROR")
+    assert "openvino cannot" in fail.error
+    assert all(_by(report, "tiny")) and all(_by(report, "tiny2", "onnxruntime"))
+
+
+def test_an_unreadable_data_file_fails_its_graph_only(two):
+    (two / "tiny.inputs.npz").write_bytes(b"not an npz")
+    report = shapetrace.verify(two, write=False)
+    (fail,) = report.failures
+    assert fail.graph == "tiny" and fail.verdict == "ERROR" and "is not a readable .npz" in fail.error
+    assert len(_by(report, "tiny2")) == 9 and all(_by(report, "tiny2"))
+
+
+def test_running_out_of_memory_is_a_failed_check(two, monkeypatch):
+    verify_mod = importlib.import_module("shapetrace.verify")  # the module (shapetrace.verify is the function)
+    real_compare, real_resized = verify_mod.compare_arrays, verify_mod.resized_inputs
+
+    def compare(got, ref, **kw):
+        if got.dtype == np.float32 and got.ndim == 3:  # output 'h' of every graph
+            raise MemoryError("Unable to allocate 406. MiB for an array with shape (53215232,) and data type float64")
+        return real_compare(got, ref, **kw)
+
+    def resized(entry, *a, **kw):
+        if entry.name == "tiny2":
+            raise MemoryError()
+        return real_resized(entry, *a, **kw)
+
+    monkeypatch.setattr(verify_mod, "compare_arrays", compare)
+    monkeypatch.setattr(verify_mod, "resized_inputs", resized)
+    report = shapetrace.verify(two, write=False)
+    tiny = _by(report, "tiny")
+    assert {c.output for c in tiny if not c} == {"h"}  # each 'h' comparison failed, the others ran and passed
+    assert all(c.verdict == "ERROR" and "406. MiB" in c.error for c in tiny if c.output == "h")
+    assert sum(bool(c) for c in tiny) == 6
+    (oom,) = _by(report, "tiny2")  # the graph's check that ran out of memory, with the reason
+    assert oom.verdict == "ERROR" and oom.error.startswith("MemoryError: ran out of memory checking this graph")
+
+
+def test_folder_and_argument_problems_still_raise(two):
+    (two / "tiny2.outputs.npz").unlink()  # the folder does not hold what its manifest lists: said before any work
+    with pytest.raises(VerifyError, match=r"tiny2\.outputs\.npz not found \(the outputs file of graph 'tiny2'\).*"
+                                          r"re-run export_all \(or verify the other graphs: graphs=\[\.\.\.\] "
+                                          r"without 'tiny2'\)"):
+        shapetrace.verify(two)
+    assert json.loads((two / "manifest.json").read_text())["parity"] is None  # nothing was written
+    assert shapetrace.verify(two, graphs=["tiny"])  # the rest of the folder is still usable
+    (two / "tiny.bin").unlink()
+    with pytest.raises(VerifyError, match=r"tiny\.bin not found \(the openvino file of graph 'tiny'\)"):
+        shapetrace.verify(two, graphs=["tiny"])
+    assert shapetrace.verify(two, graphs=["tiny"], backends=("onnxruntime",), write=False)  # not needed: fine
+    with pytest.raises(VerifyError, match="tolerances key 'nope' names no graph"):
+        shapetrace.verify(two, tolerances={"nope": {"atol": 1.0}})
+
+
+# ============================================================================ complex-valued rotary embeddings
+
+
+class ComplexRotary(torch.nn.Module):
+    """Rotary position embedding the way many transformers write it: a complex table from ``torch.polar``,
+    queries viewed as complex numbers and rotated by a complex product."""
+
+    def __init__(self, dim=8, heads=2, max_len=64):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.proj = torch.nn.Linear(dim * heads, dim * heads)
+        inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+        freqs = torch.outer(torch.arange(max_len).float(), inv)
+        self.register_buffer("freqs_cis", torch.polar(torch.ones_like(freqs), freqs), persistent=False)
+
+    def forward(self, hidden_states):
+        b, s, _ = hidden_states.shape
+        q = self.proj(hidden_states).view(b, s, self.heads, self.dim)
+        qc = torch.view_as_complex(q.float().reshape(b, s, self.heads, -1, 2))
+        rotated = torch.view_as_real(qc * self.freqs_cis[:s][None, :, None, :]).flatten(3)
+        return rotated.reshape(b, s, -1)
+
+
+class RotaryPipe:
+    """Two graphs: one with complex intermediates, one plain."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.rotary = ComplexRotary().eval()
+        self.head = torch.nn.Linear(16, 4).eval()
+
+    @torch.no_grad()
+    def __call__(self, x):
+        return self.head(self.rotary(x))
+
+
+@pytest.fixture(scope="module")
+def rotary_export(tmp_path_factory):
+    pipe = RotaryPipe()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    with shapetrace.record(pipe):
+        pipe(x)
+    out = tmp_path_factory.mktemp("rotary") / "export"
+    result = shapetrace.export_all(pipe, out, progress=False)  # verify=True: parity stored in the manifest
+    return pipe, out, result
+
+
+def test_a_graph_with_complex_tensors_exports_to_openvino_without_onnx(rotary_export):
+    pipe, out, result = rotary_export
+    assert result.ok, str(result)
+    rot = next(e for e in result.manifest.graphs if e.name == "rotary")
+    assert rot.ok and rot.file("onnx") is None and rot.file("openvino") == "rotary.xml"
+    assert "complex-valued tensors" in rot.tools["no_onnx"] and "view_as_complex" in rot.tools["no_onnx"]
+    assert rot.tools["openvino_from"] == "torch"
+    assert not list(out.glob("rotary.onnx*")) and (out / "rotary.xml").is_file()
+    head = next(e for e in result.manifest.graphs if e.name == "head")
+    assert head.file("onnx") == "head.onnx" and "no_onnx" not in head.tools  # the other graph keeps its ONNX file
+    # checked on OpenVINO only, against PyTorch at the recorded and at another size; said in a note
+    parity = result.parity
+    assert parity, str(parity)
+    rot_checks = [c for c in parity.checks if c.graph == "rotary"]
+    assert {(c.backend, c.reference, c.input_set) for c in rot_checks} == {
+        ("torch", "recorded", "example"), ("openvino", "torch", "example"), ("openvino", "torch", "resized")}
+    assert any(n.startswith("rotary: no ONNX file (ONNX export failed: the graph computes complex-valued")
+               and n.endswith("checked on openvino only") for n in parity.notes)
+    assert any(c.backend == "onnxruntime" for c in parity.checks if c.graph == "head")
+    stored = json.loads((out / "manifest.json").read_text())
+    entry = next(g for g in stored["graphs"] if g["name"] == "rotary")
+    assert entry["files"]["onnx"] is None and entry["tools"]["no_onnx"] == rot.tools["no_onnx"]
+
+
+def test_the_folder_alone_verifies_the_graph_on_openvino(rotary_export, tmp_path):
+    _, out, _ = rotary_export
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    report = shapetrace.verify(copy, write=False)
+    assert report, str(report)
+    assert {(c.backend, c.reference, c.input_set) for c in report.checks if c.graph == "rotary"} == {
+        ("openvino", "recorded", "example"), ("openvino", "self", "resized")}
+
+
+def test_load_serves_it_on_openvino_and_refuses_onnxruntime(rotary_export):
+    pipe, out, _ = rotary_export
+    x = torch.randn(3, 9, 16, generator=torch.Generator().manual_seed(2))  # another batch and sequence length
+    want = pipe(x)
+    with shapetrace.load(pipe, out, backend="openvino") as rt:
+        got = pipe(x)
+        assert {(st.graph, st.ran_on, st.calls) for st in rt.stats()} == {("rotary", "openvino:CPU", 1),
+                                                                           ("head", "openvino:CPU", 1)}
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-3), float((got - want).abs().max())
+    assert type(pipe.rotary) is ComplexRotary  # put back
+    with pytest.raises(RuntimeMismatchError, match=r"graph 'rotary' has no onnx file"):
+        with shapetrace.load(pipe, out, backend="onnxruntime"):
+            pass
+    assert type(pipe.rotary) is ComplexRotary and type(pipe.head) is torch.nn.Linear
+
+
+def test_export_all_reports_a_runtime_that_cannot_load_a_graph(tmp_path, monkeypatch):
+    pipe = RotaryPipe()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    with shapetrace.record(pipe):
+        pipe(x)
+    real = OnnxRuntimeRunner._activate
+
+    def activate(self):
+        if self.label.endswith(":head"):  # what ONNX Runtime says about a file it has no kernel for
+            raise shapetrace.RunnerError(f"onnxruntime cannot load {self.path} (Fail: NOT_IMPLEMENTED : Could not "
+                                         f"find an implementation for SomeOp(1) node); the file is missing or corrupt")
+        return real(self)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_activate", activate)
+    result = shapetrace.export_all(pipe, tmp_path / "out", progress=False, graphs=["head"])  # no VerifyError
+    assert all(result.graphs.values()) and not result.ok
+    (fail,) = result.parity.failures
+    assert (fail.graph, fail.backend, fail.verdict) == ("head", "onnxruntime", "ERROR")
+    assert "NOT_IMPLEMENTED" in fail.error
+    assert all(c for c in result.parity.checks if c.backend != "onnxruntime")  # OpenVINO and torch still checked
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["parity"]["passed"] is False
+
+
+def test_without_openvino_in_formats_the_onnx_failure_is_the_graphs_error(rotary_export, tmp_path):
+    pipe, _, _ = rotary_export
+    result = shapetrace.export_all(pipe, tmp_path / "onnx-only", formats=("onnx",), graphs=["rotary"], verify=False,
+                                   progress=False)
+    assert not result.ok and not list((tmp_path / "onnx-only").glob("rotary.*"))
+    error = result.graphs["rotary"].error
+    assert error.startswith("ExportError: the graph computes complex-valued tensors (view_as_complex, "), error
+    assert "buffer module_freqs_cis" in error or "buffer freqs_cis" in error
+    assert "dynamo exporter: " in error and "TorchScript exporter: " in error
