@@ -46,14 +46,13 @@ def _draw(rng: np.random.Generator, name: str, dtype: str, shape: tuple[int, ...
     if dtype in _FLOAT_NP:
         np_dtype = _FLOAT_NP[dtype]
         if ex is None or ex.size == 0:
-            return rng.standard_normal(shape).astype(np_dtype)
-        exf = ex.astype(np.float64)
-        if np.all(exf == exf.flat[0]):
-            return np.full(shape, exf.flat[0], dtype=np_dtype)
-        if _is_mask(name, exf):
+            return _normal(rng, 0.0, 1.0, shape, np_dtype)
+        if np.all(ex == ex.flat[0]):
+            return np.full(shape, float(ex.flat[0]), dtype=np_dtype)
+        if _is_mask(name, ex):
             return _mask(rng, shape).astype(np_dtype)
-        mean, std = float(np.nanmean(exf)), float(np.nanstd(exf))
-        return rng.normal(mean, std if math.isfinite(std) and std > 0 else 1.0, shape).astype(np_dtype)
+        mean, std = _mean_std(ex)
+        return _normal(rng, mean, std if math.isfinite(std) and std > 0 else 1.0, shape, np_dtype)
     if dtype == "bool":
         if ex is not None and ex.size and np.all(ex == ex.flat[0]):
             return np.full(shape, bool(ex.flat[0]))
@@ -70,6 +69,38 @@ def _draw(rng: np.random.Generator, name: str, dtype: str, shape: tuple[int, ...
     if ex is not None and _is_mask(name, ex.astype(np.float64)):
         return _mask(rng, shape).astype(np_dtype)
     return rng.integers(lo, hi + 1, shape).astype(np_dtype)
+
+
+#: Elements drawn / summed per step: float64 temporaries stay near 1 MiB whatever the input's size.
+_CHUNK = 1 << 17
+
+
+def _normal(rng: np.random.Generator, mean: float, std: float, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """``rng.normal(mean, std, shape).astype(dtype)`` -- the same values (one stream, drawn in order) -- without a
+    float64 array of the whole size."""
+    out = np.empty(shape, dtype=dtype)
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, _CHUNK):
+        n = min(_CHUNK, flat.size - i)
+        flat[i:i + n] = rng.normal(mean, std, n)
+    return out
+
+
+def _mean_std(ex: np.ndarray) -> tuple[float, float]:
+    """NaN-ignoring mean and (population) std in float64, a chunk at a time (no float64 copy of ``ex``)."""
+    flat = ex.reshape(-1)
+    count, total = 0, 0.0
+    for i in range(0, flat.size, _CHUNK):
+        c = flat[i:i + _CHUNK].astype(np.float64)
+        c = c[~np.isnan(c)]
+        count, total = count + c.size, total + float(c.sum())
+    if not count:
+        return math.nan, math.nan
+    mean, squares = total / count, 0.0
+    for i in range(0, flat.size, _CHUNK):
+        c = flat[i:i + _CHUNK].astype(np.float64)
+        squares += float(np.square(c[~np.isnan(c)] - mean).sum())
+    return mean, math.sqrt(squares / count)
 
 
 def _is_mask(name: str, ex: np.ndarray) -> bool:

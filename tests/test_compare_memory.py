@@ -184,3 +184,27 @@ def test_comparing_large_outputs_needs_a_small_fraction_of_one_output():
     one_array = ref.nbytes
     assert peak < one_array / 10, f"peak extra memory {peak / 2**20:.1f} MiB for {one_array / 2**20:.0f} MiB arrays"
     assert peak < 40 * CHUNK * 8  # bounded by the chunk: about 20 float64 temporaries of one chunk at most
+
+
+def test_resized_float_inputs_are_drawn_a_chunk_at_a_time_with_the_same_values():
+    from shapetrace.inputs import _mean_std, _normal
+
+    shape = (3, CHUNK // 2 + 5)  # more than one chunk
+    want = np.random.default_rng(7).normal(1.5, 0.25, shape).astype(np.float16)
+    got = _normal(np.random.default_rng(7), 1.5, 0.25, shape, np.float16)
+    assert got.dtype == np.float16 and np.array_equal(got, want)
+    ex = np.random.default_rng(8).normal(3.0, 2.0, shape).astype(np.float32)
+    ex[1, 7] = np.nan
+    mean, std = _mean_std(ex)
+    assert mean == pytest.approx(float(np.nanmean(ex.astype(np.float64))), rel=1e-12)
+    assert std == pytest.approx(float(np.nanstd(ex.astype(np.float64))), rel=1e-12)
+    tracemalloc.start()
+    try:
+        big = np.zeros(4 * CHUNK * 8, np.float32)  # 16 MiB
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        _mean_std(big)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < big.nbytes / 4  # a float64 copy would be twice its size
