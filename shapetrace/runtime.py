@@ -344,8 +344,9 @@ def _plan(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str, gr
     for e in entries:
         rel = e.file(kind)
         if not rel:
-            problems.append(f"graph {e.name!r} has no {kind} file (exported with formats without {kind!r}?); "
-                            f"use the other backend or export again")
+            why = str(kind == "onnx" and e.tools.get("no_onnx") or "").split("; ")[0]  # degraded at export
+            why = why or f"exported with formats without {kind!r}?"
+            problems.append(f"graph {e.name!r} has no {kind} file ({why}); use the other backend or export again")
         elif not (out / rel).is_file():
             raise SignatureFileError(f"{out / rel} (the {kind} file of graph {e.name!r}) is missing: the export "
                                      f"folder is incomplete; re-run export_all")
