@@ -37,6 +37,7 @@ report-screenshot: setup browser
 
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/generation.py
 
 bench-quick: setup
 	$(PY) bench/run.py --quick

@@ -132,7 +132,24 @@ def main() -> None:
     r["results"] = rows
     r["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(r, indent=2))
-    print(render(r))
+    section = render(r) + CAVEAT_IF_LOADED(r)
+    print(section)
+    results = HERE / "RESULTS.md"  # replace this section (it is the file's last) or append it
+    if results.exists() and Path(args.out).resolve() == (HERE / "generation.json").resolve():
+        text = results.read_text()
+        text = text[:text.index("## Generation")] if "## Generation" in text else text
+        results.write_text(text.rstrip() + "\n\n" + section)
+
+
+def CAVEAT_IF_LOADED(r: dict) -> str:  # noqa: N802 - a text template, named like one
+    """A warning under the table when the machine was loaded (load average above its CPUs) during the run."""
+    load, cpus = r["machine"]["loadavg_start"][0], r["machine"]["cpus"]
+    if load <= cpus:
+        return ""
+    return (f"\nCaveat, read before the ratios: this run shared its {cpus} CPUs with other jobs (load average "
+            f"{load:.1f} at start). PyTorch's OpenMP threads suffer most from oversubscription, so the speedups are "
+            f"upper bounds until a quiet run of the same command confirms them; token identity does not depend on "
+            f"load.\n")
 
 
 def render(r: dict) -> str:

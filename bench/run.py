@@ -188,7 +188,7 @@ class Bench:
             self.r["sections_done"].append(section)
         self.r["elapsed_s"] = round(time.time() - self.started, 1)
         self.json_path.write_text(json.dumps(self.r, indent=1, default=_jsonable))
-        self.md_path.write_text(render_md(self.r))
+        self.md_path.write_text(render_md(self.r) + _other_sections(self.md_path.parent, self.suite))
         self.log(f"wrote {self.md_path.name} / {self.json_path.name} ({section or 'partial'})")
 
     def build(self) -> None:
@@ -739,6 +739,18 @@ def _jsonable(v: Any) -> Any:
 
 
 # ============================================================================================== RESULTS.md
+def _other_sections(folder: Path, suite: str) -> str:
+    """Sections other bench scripts keep in RESULTS.md (bench/generation.py: ``generation.json``), re-appended so
+    that re-rendering this file keeps them."""
+    gen = folder / "generation.json"
+    if suite != "full" or not gen.exists():
+        return ""
+    import generation
+
+    return "\n" + generation.render(json.loads(gen.read_text())) + generation.CAVEAT_IF_LOADED(
+        json.loads(gen.read_text()))
+
+
 def render_md(r: dict) -> str:
     L: list[str] = []
     m, v, s = r["machine"], r["versions"], r["settings"]
@@ -1020,7 +1032,8 @@ def main() -> None:
     if a.render:
         suffix = ".quick" if a.quick else ""
         out = Path(a.output or HERE)
-        (out / f"RESULTS{suffix}.md").write_text(render_md(json.loads((out / f"results{suffix}.json").read_text())))
+        (out / f"RESULTS{suffix}.md").write_text(render_md(json.loads((out / f"results{suffix}.json").read_text()))
+                                                  + _other_sections(out, "quick" if a.quick else "full"))
         return
     b = Bench(a)
     b.build()
