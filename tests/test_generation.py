@@ -190,3 +190,25 @@ def test_a_call_structure_that_was_not_recorded_is_refused(generation):
                 gen("a b c d", max_new_tokens=3, do_sample=False, use_cache=False)  # no cache: never recorded
             ok = gen("a b c d", max_new_tokens=3, do_sample=False)  # the runtime still answers recorded forms
     assert ok == gen("a b c d", max_new_tokens=3, do_sample=False)
+
+
+def test_speech_recognition_pipeline_is_text_identical(tmp_path):
+    np = pytest.importorskip("numpy")
+    from shapetrace.testing import speech_recognition_pipeline
+
+    asr = speech_recognition_pipeline()
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.record(asr) as rec:
+            asr(audio, generate_kwargs=dict(max_new_tokens=5))
+        assert list(rec.graphs) == ["model.model.encoder", "model", "model@2"]  # Whisper's own generate loops
+        assert shapetrace.export_all(asr, tmp_path / "o", progress=False).parity
+        other = np.random.default_rng(1).standard_normal(12000).astype(np.float32) * 0.1  # other audio, more tokens
+        want = asr(other, generate_kwargs=dict(max_new_tokens=9))
+        for backend in ("openvino", "onnxruntime"):
+            with shapetrace.load(asr, tmp_path / "o", backend=backend) as rt:
+                got = asr(other, generate_kwargs=dict(max_new_tokens=9))
+                calls = {s.graph: s.calls for s in rt.stats()}
+            assert got == want and len(want["text"]) > 3, (backend, got, want)
+            assert calls["model.model.encoder"] == 1 and calls["model"] == 1 and calls["model@2"] == 8

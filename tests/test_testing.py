@@ -10,7 +10,7 @@ import shapetrace.testing as zoo
 PUBLIC = ["CLIP_VOCAB_SIZE", "DEFAULT_PROMPT", "EXAMPLES", "OPENPOSE_DETECT_RESOLUTION", "OPENPOSE_IMAGE_RESOLUTION",
           "OPENPOSE_INPUT_SHAPE", "Example", "controlnet_pipeline", "img2img_pipeline", "openpose_detector",
           "pose_image", "run_openpose", "sd_pipeline", "sdxl_pipeline", "text_classification_pipeline",
-          "tiny_bert_tokenizer", "tiny_clip_tokenizer"]
+          "tiny_bert_tokenizer", "tiny_clip_tokenizer", "speech_recognition_pipeline", "tiny_whisper_tokenizer"]
 
 
 def test_public_names_are_pinned_and_importable():

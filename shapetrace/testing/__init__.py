@@ -65,8 +65,8 @@ from .openpose import (
     pose_image,
     run_openpose,
 )
-from .text import text_classification_pipeline
-from .tokenizers import CLIP_VOCAB_SIZE, tiny_bert_tokenizer, tiny_clip_tokenizer
+from .text import speech_recognition_pipeline, text_classification_pipeline
+from .tokenizers import CLIP_VOCAB_SIZE, tiny_bert_tokenizer, tiny_clip_tokenizer, tiny_whisper_tokenizer
 
 __all__ = [
     "CLIP_VOCAB_SIZE",
@@ -83,7 +83,9 @@ __all__ = [
     "run_openpose",
     "sd_pipeline",
     "sdxl_pipeline",
+    "speech_recognition_pipeline",
     "text_classification_pipeline",
     "tiny_bert_tokenizer",
     "tiny_clip_tokenizer",
+    "tiny_whisper_tokenizer",
 ]

@@ -12,14 +12,15 @@ import itertools
 import json
 import os
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._support import require
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import BertTokenizer, CLIPTokenizer
 
-__all__ = ["CLIP_VOCAB_SIZE", "tiny_bert_tokenizer", "tiny_clip_tokenizer"]
+__all__ = ["CLIP_VOCAB_SIZE", "WHISPER_SPECIAL_TOKENS", "tiny_bert_tokenizer", "tiny_clip_tokenizer",
+           "tiny_whisper_tokenizer"]
 
 #: ``vocab_size`` of every tiny CLIP text encoder; every tokenizer id is below it.
 CLIP_VOCAB_SIZE = 1000
@@ -137,3 +138,29 @@ def tiny_bert_tokenizer(directory: str | os.PathLike[str] | None = None) -> Bert
     with open(vocab_file, "w", encoding="utf-8") as f:
         f.write("\n".join(tokens) + "\n")
     return transformers.BertTokenizer(vocab_file, model_max_length=64)
+
+
+#: Whisper's control tokens, added after the byte-level pieces (in this order: ids ``len(vocab)`` ...).
+WHISPER_SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                          "<|notimestamps|>", "<|nocaptions|>", "<|startofprev|>", "<|startoflm|>")
+
+
+def tiny_whisper_tokenizer(directory: str | os.PathLike[str] | None = None) -> Any:
+    """A byte-level BPE ``WhisperTokenizer`` with the pieces of :func:`tiny_clip_tokenizer`'s vocabulary (no merges:
+    text tokenizes to bytes) and Whisper's control tokens (:data:`WHISPER_SPECIAL_TOKENS`) added after them."""
+    if directory is None:  # the tokenizer reads its files when built: a temporary folder is enough
+        with tempfile.TemporaryDirectory(prefix="shapetrace-whisper-") as tmp:
+            return tiny_whisper_tokenizer(tmp)
+    transformers = require("transformers")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for piece in _clip_vocab_and_merges()[0]:
+        vocab.setdefault(piece.replace("</w>", ""), len(vocab))
+    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    tok = transformers.WhisperTokenizer(os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"))
+    tok.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIAL_TOKENS)})
+    return tok
