@@ -43,7 +43,7 @@ from . import writers
 from ._version import __version__
 from .errors import ExportError, ShapetraceError
 from .files import json_value, save_npz
-from .flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of
+from .flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of, weights_dtype
 from .manifest import MANIFEST, Dim, GraphEntry, GraphError, InputSpec, Manifest, OutputSpec
 from .recording import GraphRecord, Recording, dtype_name, file_stem, to_numpy
 from .verify import ParityReport, verify as run_verify
@@ -155,6 +155,7 @@ class _Draft:
         self.timings: dict[str, float] = {}
         self.sizes: dict[str, int] = {}
         self.weights_bytes: int | None = None
+        self.weights_dtype: str | None = None
         self.error: GraphError | None = None
 
     def entry(self, seconds: float, peak: int) -> GraphEntry:
@@ -163,7 +164,8 @@ class _Draft:
                           self.outputs, MappingProxyType(self.constants), self.input_tree, dict(g.output_tree),
                           MappingProxyType(self.dims), self.constraints, self.guards, self.specialized,
                           self.promoted, MappingProxyType(self.tools), MappingProxyType(self.timings), seconds, peak,
-                          self.weights_bytes, MappingProxyType(self.sizes), self.error, g.variant_of)
+                          self.weights_bytes, MappingProxyType(self.sizes), self.error, g.variant_of,
+                          self.weights_dtype)
 
 
 _NO_FILES = {"onnx": None, "openvino": None, "inputs": None, "outputs": None}
@@ -202,6 +204,7 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}
     d.weights_bytes = int(sum(p.numel() * p.element_size() for p in plan.module.parameters())
                           + sum(b.numel() * b.element_size() for b in plan.module.buffers()))
+    d.weights_dtype = weights_dtype(plan.module.module)
     with torch.no_grad():  # reference outputs on the recorded inputs
         ref = plan.module(*(plan.example_inputs[n] for n in plan.input_names))
     save_npz(stage / f"{stem}.inputs.npz", {n: to_numpy(plan.example_inputs[n]) for n in plan.input_names})

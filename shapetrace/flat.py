@@ -23,11 +23,11 @@ from . import tree
 from .errors import ExportError, FlattenError, RecordingError
 from .manifest import GraphEntry
 from .proxy import recording_for
-from .recording import GraphRecord, Recording, TensorSpec
+from .recording import GraphRecord, Recording, TensorSpec, dtype_name
 from .standin import StandIn
 from .walker import parse_path, resolve
 
-__all__ = ["FlatModule", "ExportPlan", "prepare", "flat_module", "module_for", "recording_of"]
+__all__ = ["FlatModule", "ExportPlan", "prepare", "flat_module", "module_for", "recording_of", "weights_dtype"]
 
 
 class FlatModule(torch.nn.Module):
@@ -212,3 +212,11 @@ def recording_of(obj: Any) -> Recording:
         return recording_for(obj)
     except RecordingError as e:
         raise ExportError(str(e)) from None
+
+
+def weights_dtype(module: torch.nn.Module) -> str | None:
+    """The dtype of a module's first floating-point parameter (``float32``), None when it has none."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return dtype_name(p.dtype)
+    return None

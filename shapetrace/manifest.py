@@ -122,7 +122,7 @@ _NO_FILES: Mapping[str, Any] = MappingProxyType({"onnx": None, "openvino": None,
 # JSON keys written by GraphEntry.to_json, in order (the attribute is named where the key is a Python keyword)
 _ENTRY_KEYS = ("name", "module", "method", "class", "files", "inputs", "outputs", "constants", "input_tree",
                "output_tree", "dims", "constraints", "guards", "specialized", "promoted", "tools", "timings",
-               "seconds", "peak_rss_bytes", "weights_bytes", "sizes", "error", "variant_of")
+               "seconds", "peak_rss_bytes", "weights_bytes", "sizes", "error", "variant_of", "weights_dtype")
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ class GraphEntry:
     sizes: Mapping[str, int] = field(default_factory=lambda: _FROZEN)
     error: GraphError | None = None
     variant_of: str | None = None  # the method's first graph, when its calls came in several structures
+    weights_dtype: str | None = None  # the module's floating-point parameter dtype when it was exported
     extra: Mapping[str, Any] = field(default_factory=lambda: _FROZEN, repr=False)  # JSON keys this version does not know
 
     @property
@@ -233,6 +234,7 @@ class GraphEntry:
             peak_rss_bytes=d.get("peak_rss_bytes"), weights_bytes=d.get("weights_bytes"),
             sizes=MappingProxyType(dict(d.get("sizes") or {})),
             error=None if err is None else GraphError.from_json(err), variant_of=d.get("variant_of"),
+            weights_dtype=d.get("weights_dtype"),
             extra=MappingProxyType({k: v for k, v in d.items() if k not in _ENTRY_KEYS}))
 
 

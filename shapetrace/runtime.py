@@ -44,6 +44,7 @@ from . import manifest as manifest_mod
 from . import tree
 from .backends.base import Runner
 from .errors import RunnerError, RuntimeMismatchError, SignatureFileError
+from .flat import weights_dtype
 from .manifest import GraphEntry
 from .metrics import max_abs_diff, psnr
 from .proxy import RecordingProxy
@@ -331,6 +332,12 @@ def _plan(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str, gr
         if tree.qualname(type(module)) != e.cls:
             problems.append(f"graph {e.name!r}: the module at {e.module!r} is a {tree.qualname(type(module))}, the "
                             f"export was made from a {e.cls}")
+            continue
+        now = weights_dtype(module)
+        if e.weights_dtype and now and now != e.weights_dtype:
+            problems.append(f"graph {e.name!r}: the module at {e.module!r} is {now} now, the graph was exported from "
+                            f"it in {e.weights_dtype}; cast it back (.to({e.weights_dtype})) or record and export it "
+                            f"in {now}")
             continue
         modules[e.module] = (steps, module)
     # the modules with no exported graph get a stand-in too, so that their calls are reported as PyTorch calls

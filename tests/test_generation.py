@@ -212,3 +212,21 @@ def test_speech_recognition_pipeline_is_text_identical(tmp_path):
                 calls = {s.graph: s.calls for s in rt.stats()}
             assert got == want and len(want["text"]) > 3, (backend, got, want)
             assert calls["model.model.encoder"] == 1 and calls["model"] == 1 and calls["model@2"] == 8
+
+
+def test_beam_search_matches_and_a_module_cast_after_export_is_refused(generation):
+    gen, rec, out, _ = generation
+    prompt = "chef in the kitchen"
+    want = gen(prompt, max_new_tokens=8, do_sample=False, num_beams=3)  # greedy was recorded: batch 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.load(gen, out, backend="onnxruntime"):
+            got = gen(prompt, max_new_tokens=8, do_sample=False, num_beams=3)  # 3 beams: batch 3, cache reordered
+        assert got == want
+        gen.model.to(torch.float64)
+        try:
+            with pytest.raises(shapetrace.RuntimeMismatchError, match=r"the module at 'model' is float64 now, the "
+                                                                      r"graph was exported from it in float32"):
+                shapetrace.load(gen, out, backend="onnxruntime")
+        finally:
+            gen.model.to(torch.float32)
