@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from . import constraints
+from . import stateful as stateful_mod
 from . import dims as dims_mod
 from . import manifest as manifest_mod
 from . import writers
@@ -172,13 +173,14 @@ _NO_FILES = {"onnx": None, "openvino": None, "inputs": None, "outputs": None}
 
 
 def _export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dynamic: Any, opset: int | None,
-                  compress_to_fp16: bool, openvino_from: str = "auto") -> GraphEntry:
+                  compress_to_fp16: bool, openvino_from: str = "auto", stateful: bool = False) -> GraphEntry:
     stem = file_stem(g.name)
     d = _Draft(g)
     t0 = time.perf_counter()
     with _PeakRSS() as rss:
         try:
-            _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from)
+            _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from,
+                          stateful)
         except (KeyboardInterrupt, MemoryError, OSError) as e:
             if isinstance(e, OSError) and not _is_disk_error(e):
                 d.error = _graph_error(e)
@@ -197,7 +199,8 @@ def _export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str],
 
 
 def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],
-                  dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str) -> None:
+                  dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
+                  stateful: bool = False) -> None:
     plan = prepare(obj, g, dynamic=dynamic)
     d.input_tree = plan.module.input_tree
     d.promoted = tuple(plan.promoted)
@@ -256,6 +259,12 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
         d.files["openvino"] = xml.name
         d.timings["openvino"] = round(time.perf_counter() - t, 3)
         d.sizes["openvino"] = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        if stateful and stateful_mod.cache_pairs(d.entry(0.0, 0)):  # the decoder step: its cache kept inside
+            t = time.perf_counter()
+            out_xml = stage / f"{stem}.stateful.xml"
+            d.tools.update(stateful_mod.make_stateful(xml, out_xml, d.entry(0.0, 0)))
+            d.files[stateful_mod.STATEFUL_FILE] = out_xml.name
+            d.timings["openvino_stateful"] = round(time.perf_counter() - t, 3)
 
 
 def _example_of(info: Mapping[str, Any], example_shapes: Mapping[str, tuple]) -> int:
@@ -286,13 +295,16 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                formats: Iterable[str] = ("onnx", "openvino"), graphs: Iterable[str] | None = None,
                dynamic: Any = "auto", overwrite: bool = False, opset: int | None = None,
                compress_to_fp16: bool = False, openvino_from: str = "auto", verify: bool = True,
-               progress: bool = True, **verify_kwargs: Any) -> ExportResult:
+               progress: bool = True, stateful: bool = False, **verify_kwargs: Any) -> ExportResult:
     """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and the README).
 
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
     ``openvino_from``: ``"auto"`` (default: from the torch module for graphs above 1 GiB of weights, which shares
     the weights instead of copying them; from the ONNX file otherwise, which is faster), ``"torch"`` or ``"onnx"``.
     ``verify=True`` runs :func:`shapetrace.verify` on the result and writes the parity into the manifest.
+    ``stateful=True`` also writes, for a graph variant that takes a KV cache and returns it updated (a decoder
+    step), OpenVINO's stateful form (``<graph>.stateful.xml``, ``files["openvino_stateful"]``: the cache kept in
+    the compiled model), served by ``load(..., stateful=True)``.
     """
     if openvino_from not in ("auto", "torch", "onnx"):
         raise ExportError(f"openvino_from={openvino_from!r}: choose 'auto', 'torch' or 'onnx'")
@@ -330,7 +342,8 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
             per_graph = dynamic.get(name, "auto") if isinstance(dynamic, Mapping) and name in dynamic else dynamic
             if isinstance(dynamic, Mapping) and name not in dynamic and any(k in rec.graphs for k in dynamic):
                 per_graph = "auto"
-            entry = _export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from)
+            entry = _export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from,
+                                  stateful and "openvino" in formats)
             entries.append(entry)
             if hasattr(bar, "write"):
                 status = f"error: {entry.error.message[:120]}" if entry.error else \

@@ -43,12 +43,14 @@ from . import backends as be
 from . import manifest as manifest_mod
 from . import tree
 from .backends.base import Runner
+from .backends.openvino_backend import PRECISIONS
 from .errors import RunnerError, RuntimeMismatchError, SignatureFileError
 from .flat import weights_dtype
 from .manifest import GraphEntry
 from .metrics import max_abs_diff, psnr
 from .proxy import RecordingProxy
 from .serve import ServedGraph, ServedMethod
+from .stateful import STATEFUL_FILE, StatefulMethod
 from .standin import StandIn
 from .walker import find_module_aliases, find_module_paths, format_path, parse_path, replace, resolve
 
@@ -117,7 +119,8 @@ class Runtime:
     """
 
     def __init__(self, obj: Any, out_dir: Path, backend: str, device: str, plan: "_LoadPlan",
-                 make_runner: Callable[[GraphEntry], Runner], static_shapes: bool = False) -> None:
+                 make_runner: Callable[[GraphEntry], Runner], static_shapes: bool = False,
+                 stateful: Mapping[str, Any] | None = None) -> None:
         self._obj = obj
         self.out_dir = out_dir
         self.backend_name = backend
@@ -131,6 +134,7 @@ class Runtime:
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._stateful = stateful  # the OpenVINO compile properties when serving decoder steps statefully
         try:
             self._start(plan, make_runner, static_shapes)
         except BaseException:
@@ -148,9 +152,10 @@ class Runtime:
                 raise RuntimeMismatchError(f"graph {e.name!r} cannot be served from {self.out_dir}: {err}") from err
             self._runners.append(runner)
             served = ServedGraph(e, plan.modules[e.module][1], runner, self.backend, static_shapes)
+            served.module = plan.modules[e.module][1]
             self._graphs[e.name] = served
             by_path.setdefault(e.module, {}).setdefault(e.method, []).append(served)
-        swaps = [(plan.modules[path][0], plan.modules[path][1], {m: ServedMethod(v) for m, v in methods.items()})
+        swaps = [(plan.modules[path][0], plan.modules[path][1], {m: self._method(v) for m, v in methods.items()})
                  for path, methods in by_path.items()]
         swaps += [(steps, module, {}) for steps, module in plan.others]
         for steps, module, methods in swaps:
@@ -161,7 +166,19 @@ class Runtime:
             if "forward" in methods:  # calls that reach the module itself (self(...) inside generate) too
                 self._override_forward(module, methods["forward"])
 
-    def _override_forward(self, module: torch.nn.Module, served: ServedMethod) -> None:
+    def _method(self, variants: list[ServedGraph]) -> Any:
+        """What answers one method: its variants by call structure, or (``stateful``) the stateful model of its
+        cache-taking variant for every call."""
+        keep = [v for v in variants if v.entry.file(STATEFUL_FILE)] if self._stateful is not None else []
+        if not keep:
+            return ServedMethod(variants)
+        e = keep[0].entry
+        method = StatefulMethod(e, keep[0].module, self.out_dir / (e.file(STATEFUL_FILE) or ""), self.device,
+                                self._stateful, self.backend)
+        self._graphs[f"{e.name} (stateful)"] = method  # type: ignore[assignment]
+        return method
+
+    def _override_forward(self, module: torch.nn.Module, served: Any) -> None:
         def forward(*args: Any, **kwargs: Any) -> Any:
             return served(module, args, kwargs)
 
@@ -367,7 +384,7 @@ def _plan(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str, gr
 def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",
          static_shapes: bool = False, threads: int | None = None, streams: int | str | None = None,
          config: Mapping[str, Any] | None = None, graphs: Iterable[str] | None = None,
-         strict: bool = True) -> Runtime:
+         strict: bool = True, stateful: bool = False) -> Runtime:
     """Serve ``obj``'s exported modules from ``out_dir`` (a folder written by :func:`shapetrace.export_all`).
 
     Args:
@@ -384,6 +401,8 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
         config: extra OpenVINO ``compile_model`` properties, applied last (``{"CPU_DENORMALS_OPTIMIZATION": True}``).
         graphs: serve only these graphs (default: every exported graph); the others run in PyTorch.
         strict: a graph whose export failed raises (default); with ``strict=False`` it runs in PyTorch.
+        stateful: serve a decoder step from its stateful IR (``export_all(..., stateful=True)``): the KV cache stays
+            in the compiled OpenVINO model, every call of the method goes to it (OpenVINO only).
 
     Everything is checked before anything is swapped: a manifest that is missing or corrupt raises
     :class:`~shapetrace.SignatureFileError`; an export made for another object (another class, a missing path, a
@@ -405,4 +424,14 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
         return be.open_runner(backend, out, entry, device=device, precision=precision, threads=threads,
                               static_shapes=static_shapes, config=extra or None)
 
-    return Runtime(obj, out, backend, device, plan, make_runner, static_shapes)
+    if stateful and backend != "openvino":
+        raise ValueError(f"stateful=True is OpenVINO's form (the cache kept in the compiled model); backend={backend!r}")
+    if stateful and not any(e.file(STATEFUL_FILE) for e in plan.entries):
+        raise RuntimeMismatchError(f"the export in {out} has no stateful graph: export it with "
+                                   f"export_all(..., stateful=True) (a decoder step that takes a KV cache)")
+    props = None
+    if stateful:
+        props = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY", **extra}
+        if threads:
+            props["INFERENCE_NUM_THREADS"] = int(threads)
+    return Runtime(obj, out, backend, device, plan, make_runner, static_shapes, props)

@@ -55,7 +55,7 @@ def generation(request, tmp_path_factory):
         with shapetrace.record(gen) as rec:
             gen("a b c", max_new_tokens=6, do_sample=False)
         out = tmp_path_factory.mktemp(request.param) / "export"
-        result = shapetrace.export_all(gen, out, progress=False)
+        result = shapetrace.export_all(gen, out, progress=False, stateful=True)
     return gen, rec, out, result
 
 
@@ -230,3 +230,20 @@ def test_beam_search_matches_and_a_module_cast_after_export_is_refused(generatio
                 shapetrace.load(gen, out, backend="onnxruntime")
         finally:
             gen.model.to(torch.float32)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_openvino_stateful_form_is_token_identical(generation, beams):
+    gen, rec, out, _ = generation
+    step = read(out).graph("model@2")
+    assert step.file("openvino_stateful") == "model_2.stateful.xml" and step.tools["stateful_states"] == 4
+    want = [gen(p, max_new_tokens=10, do_sample=False, num_beams=beams) for p in ("chef in the kitchen", "a b")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.load(gen, out, backend="openvino", stateful=True) as rt:
+            got = [gen(p, max_new_tokens=10, do_sample=False, num_beams=beams) for p in ("chef in the kitchen", "a b")]
+            calls = {s.graph: s.calls for s in rt.stats()}
+    assert got == want  # two generations in a row: the state is reset by the second one's empty cache
+    assert calls == {"model": 0, "model@2": 0, "model@2 (stateful)": 20}  # prompt and steps, on one model
+    with pytest.raises(ValueError, match="stateful=True is OpenVINO's form"):
+        shapetrace.load(gen, out, backend="onnxruntime", stateful=True)

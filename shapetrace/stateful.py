@@ -1,0 +1,138 @@
+"""OpenVINO's stateful form of a decoder step: the KV cache kept inside the compiled model as variables.
+
+:func:`make_stateful` turns the IR of a graph variant that takes a cache and returns it updated (``model@2``:
+``cache.layers.0.keys`` in, ``output.cache.layers.0.keys`` out) into a model whose cache lives in OpenVINO
+variables, with a ``beam_idx`` input that reorders them (beam search). The transformation itself is transformers'
+(``transformers.exporters.exporter_openvino``: state reorder, ``apply_make_stateful_transformation``, zero-length
+state initializers); we give it the pairs and dims from the manifest.
+
+:class:`StatefulMethod` serves every call of the method (the first, with an empty cache, and the later ones) with
+that one model: a call with an empty cache resets the state, and the cache object handed back to ``generate`` holds
+no data, only its length and the beam order (tensors of shape ``[batch, 1, length, 1]`` whose values are the row
+each batch entry came from), so ``generate`` runs unchanged and a reorder by beam search reaches ``beam_idx``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import tree
+from ._optional import require
+from .errors import RuntimeMismatchError
+from .manifest import GraphEntry
+from .serve import ServedGraph
+
+__all__ = ["cache_pairs", "make_stateful", "StatefulMethod", "STATEFUL_FILE"]
+
+#: The ``files`` key of a graph's stateful IR.
+STATEFUL_FILE = "openvino_stateful"
+
+
+def cache_pairs(entry: GraphEntry) -> dict[str, str]:
+    """``{cache input: its updated output}`` of a graph variant (empty when it passes no cache through)."""
+    caches = _cache_names(entry)
+    outputs = {o.key: o.name for o in entry.outputs}
+    return {n: outputs[n] for n in entry.input_names if n in caches and n in outputs}
+
+
+def _cache_names(entry: GraphEntry) -> set[str]:
+    found: set[str] = set()
+
+    def walk(node: Mapping[str, Any], name: str, inside: bool) -> None:
+        inside = inside or bool(node.get("cache"))
+        if node["t"] == "tensor" and inside:
+            found.add(node["name"])
+        keys = node.get("keys") or node.get("fields") or range(len(node.get("items", ())))
+        for k, child in zip(keys, node.get("items", ())):
+            walk(child, f"{name}.{k}" if name else str(k), inside)
+        for p in node.get("params", ()):
+            walk(p["node"], p["name"], inside)
+
+    walk(entry.input_tree, "", False)
+    return found
+
+
+def make_stateful(xml: Path, out_xml: Path, entry: GraphEntry) -> dict[str, Any]:
+    """Write the stateful form of ``entry``'s IR (``xml``) to ``out_xml``; returns what the manifest's tools note."""
+    ov = require("openvino", "openvino")
+    hf = require("transformers.exporters.exporter_openvino", "diffusers")
+    transforms = require("openvino._offline_transformations", "openvino")
+    pairs = cache_pairs(entry)
+    if not pairs:
+        raise ValueError(f"graph {entry.name!r} passes no cache through; nothing to make stateful")
+    model = ov.Core().read_model(str(xml))
+    init_dims = {}
+    for name, out in pairs.items():
+        shape = entry.input(name).shape
+        init_dims[f"{name}{out}"] = ["batch" if axis == 0 else "grow" if isinstance(d, str) else int(d)
+                                     for axis, d in enumerate(shape)]
+    hf._fuse_state_reorder(model, list(pairs))
+    transforms.apply_make_stateful_transformation(model, dict(pairs))
+    hf._build_state_initializers(model, init_dims)
+    hf._pin_state_update_shapes(model)
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+    return {"stateful_states": len(pairs), "stateful_from": entry.name}
+
+
+class StatefulMethod:
+    """Serves every call of one method from the stateful model of its cache-taking variant (see module docs)."""
+
+    def __init__(self, entry: GraphEntry, module: torch.nn.Module, path: Path, device: str, config: Mapping[str, Any],
+                 backend: str) -> None:
+        ov = require("openvino", "openvino")
+        self.entry = entry
+        self.name = entry.name
+        self.served = ServedGraph(entry, module, None, backend, False)  # binds calls, rebuilds outputs
+        self.pairs = cache_pairs(entry)
+        self.compiled = ov.Core().compile_model(str(path), device, dict(config))
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [n for n in entry.input_names if n not in self.pairs]
+        first = entry.input(next(iter(self.pairs)))
+        self.axis = next(a for a, d in enumerate(first.shape) if a and isinstance(d, str))  # the growing dim
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.seconds = 0.0
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        t0 = time.perf_counter()
+        nodes, leaves = self.served.bind(args, kwargs)
+        cache = [leaves[n] for n in self.pairs if isinstance(leaves.get(n), torch.Tensor)]
+        missing = [n for n in self.inputs if not isinstance(leaves.get(n), torch.Tensor)]
+        if missing:
+            raise RuntimeMismatchError(f"graph {self.name!r} (stateful): this call gives no tensor for "
+                                       f"{', '.join(map(repr, missing))}; record a call that passes them")
+        feed = {n: leaves[n].detach().cpu().numpy() for n in self.inputs}
+        batch = next(iter(feed.values())).shape[0]
+        with self.lock:
+            if not cache:  # an empty cache: a new sequence
+                self.request.reset_state()
+                past, order = 0, np.arange(batch)
+            else:
+                marks = cache[0]
+                if marks.shape[-1] != 1 or marks.shape[0] != batch or marks.numel() != batch * marks.shape[self.axis]:
+                    raise RuntimeMismatchError(f"graph {self.name!r} (stateful): the cache passed in was not made by "
+                                               f"this runtime; start generation with an empty cache")
+                past, order = marks.shape[self.axis], marks.reshape(batch, -1)[:, 0].round().long().numpy()
+            feed["beam_idx"] = order.astype(np.int32)
+            result = self.request.infer(feed)
+            states = self.request.query_state()
+            grown = states[0].state.shape[self.axis] if states else past
+        out: dict[str, Any] = {}
+        for o in self.entry.outputs:
+            if o.name in self.pairs.values():
+                rows = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1, 1)
+                shape = [batch] + [1] * (len(o.shape) - 1)
+                shape[self.axis] = int(grown)
+                out[o.key] = rows.reshape([batch] + [1] * (len(o.shape) - 1)).expand(shape).contiguous()
+            else:
+                out[o.key] = torch.from_numpy(np.array(result[self.compiled.output(o.name)]))
+        value = self.served.rebuild(module, nodes, out)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return value
