@@ -1,9 +1,10 @@
 """Generation benchmark: a GPT-2-small-size decoder (124M parameters, random weights, bench/configs/gpt2.json),
-greedy, prompt 32 tokens, 64 new tokens; PyTorch eager vs the exported decoder step on OpenVINO and ONNX Runtime.
+greedy, prompt 32 tokens, 64 new tokens; PyTorch eager vs the exported decoder step on OpenVINO (explicit cache and stateful) and ONNX Runtime.
 
     .venv/bin/python bench/generation.py [--runs 3] [--out bench/generation.json]
 
-Records one short generate, exports it with ``shapetrace.export_all`` (ONNX + IR, verified), then times
+Records one short generate, exports it with ``shapetrace.export_all(..., stateful=True)`` (ONNX + IR + the
+stateful IR, verified), then times
 ``model.generate`` in PyTorch and inside ``shapetrace.load(..., backend=...)``: tokens per second over the 64 new
 tokens (median of ``--runs`` after a warm-up), time to first token (``max_new_tokens=1``), and checks that every
 backend produced the very same tokens. Export wall time and peak RSS (VmHWM, reset before the export) are recorded
@@ -99,7 +100,7 @@ def main() -> None:
         out = Path(tempfile.mkdtemp(prefix="shapetrace-gen-bench-")) / "export"
         _reset_hwm()
         t0 = time.perf_counter()
-        result = shapetrace.export_all(h, out, progress=False)
+        result = shapetrace.export_all(h, out, progress=False, stateful=True)
         r["export"] = {"seconds": round(time.perf_counter() - t0, 1), "vm_hwm_bytes": _hwm(),
                        "weights_bytes": params * 4, "ok": result.ok,
                        "parity": result.parity.summary() if result.parity is not None else None,
@@ -122,9 +123,11 @@ def main() -> None:
             return row
 
         rows = {"torch": measure("torch eager")}
-        for backend, precision in (("openvino", "f32"), ("onnxruntime", "f32")):
-            with shapetrace.load(h, out, backend=backend, precision=precision):
-                rows[f"{backend} {precision}"] = measure(f"{backend} {precision}")
+        for backend, precision, stateful in (("openvino", "f32", False), ("openvino", "f32", True),
+                                             ("onnxruntime", "f32", False)):
+            label = f"{backend} {precision}{' stateful' if stateful else ' explicit cache'}"
+            with shapetrace.load(h, out, backend=backend, precision=precision, stateful=stateful):
+                rows[label] = measure(label)
     base = rows["torch"]
     for label, row in rows.items():
         row["speedup"] = round(row["tokens_per_s"] / base["tokens_per_s"], 2)
@@ -161,8 +164,9 @@ def render(r: dict) -> str:
              f"within this one run).", "",
              f"Workload: `GPT2LMHeadModel` from bench/configs/gpt2.json ({r['model']['parameters'] / 1e6:.1f}M "
              f"parameters), greedy, prompt {r['workload']['prompt_tokens']} tokens, "
-             f"{r['workload']['new_tokens']} new tokens, KV cache as explicit inputs / outputs (graphs "
-             f"{', '.join(e['graphs'])}); median of {r['workload']['runs']} runs after a warm-up.", "",
+             f"{r['workload']['new_tokens']} new tokens; graphs {', '.join(e['graphs'])} with the KV cache as explicit "
+             f"inputs / outputs, or (stateful) kept inside the compiled OpenVINO model; median of "
+             f"{r['workload']['runs']} runs after a warm-up.", "",
              "| runtime | tokens/s | speedup vs PyTorch | time to first token | tokens identical to PyTorch |",
              "|---|---|---|---|---|"]
     for label, row in r["results"].items():
