@@ -202,6 +202,12 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                   dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
                   stateful: bool = False) -> None:
     plan = prepare(obj, g, dynamic=dynamic)
+    ep, info = _trace(plan, d)
+    broadcast = _broadcast_ties(info, plan)
+    if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
+        d.tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
+        plan = prepare(obj, g, dynamic=dynamic, keep_static=broadcast)
+        ep, info = _trace(plan, d)
     d.input_tree = plan.module.input_tree
     d.promoted = tuple(plan.promoted)
     d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}
@@ -213,20 +219,7 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     save_npz(stage / f"{stem}.inputs.npz", {n: to_numpy(plan.example_inputs[n]) for n in plan.input_names})
     save_npz(stage / f"{stem}.outputs.npz", {n: to_numpy(t) for n, t in zip(plan.output_names, ref)})
     d.files.update(inputs=f"{stem}.inputs.npz", outputs=f"{stem}.outputs.npz")
-    # torch.export: dims, names, constraints
-    t = time.perf_counter()
-    with torch.no_grad():
-        try:
-            ep = torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)
-        except Exception as e:
-            if not any(plan.candidates.values()):
-                raise
-            d.tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
-            ep = torch.export.export(plan.module, plan.args)  # every dim static: reported below
-    d.timings["torch_export"] = round(time.perf_counter() - t, 3)
     example_shapes = {n: tuple(plan.example_inputs[n].shape) for n in plan.input_names}
-    arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
-    info = dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
     d.dims = {k: Dim(k, v["min"], v["max"], _example_of(v, example_shapes), tuple(v["sources"]))
               for k, v in info.dims.items()}
     d.guards = tuple(info.constraints)
@@ -265,6 +258,36 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
             d.tools.update(stateful_mod.make_stateful(xml, out_xml, d.entry(0.0, 0)))
             d.files[stateful_mod.STATEFUL_FILE] = out_xml.name
             d.timings["openvino_stateful"] = round(time.perf_counter() - t, 3)
+
+
+def _trace(plan: ExportPlan, d: _Draft) -> tuple[Any, dims_mod.DimInfo]:
+    """torch.export with the plan's dynamic shapes (every dim static if that fails: reported), read off."""
+    t = time.perf_counter()
+    with torch.no_grad():
+        try:
+            ep = torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)
+        except Exception as e:
+            if not any(plan.candidates.values()):
+                raise
+            d.tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            ep = torch.export.export(plan.module, plan.args)  # every dim static: reported below
+    d.timings["torch_export"] = round(time.perf_counter() - t, 3)
+    arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
+    return ep, dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
+
+
+def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
+    """Size-1 dims that share a dim name with a dim of another size in the recorded call: traced at 2 they looked
+    like it, but the recorded call proves they are not the same dim (one broadcasts against the other)."""
+    out: dict[str, set[int]] = {}
+    for dim in info.dims.values():
+        places = [src.rsplit(".", 1) for src in dim["sources"]]
+        sizes = {(inp, int(k)): int(plan.example_inputs[inp].shape[int(k)]) for inp, k in places}
+        if len(set(sizes.values())) > 1:
+            for (inp, k), size in sizes.items():
+                if size == 1:
+                    out.setdefault(inp, set()).add(k)
+    return out
 
 
 def _example_of(info: Mapping[str, Any], example_shapes: Mapping[str, tuple]) -> int:

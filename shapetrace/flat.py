@@ -115,8 +115,11 @@ def module_for(obj: Any, g: GraphRecord) -> torch.nn.Module:
 
 
 def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = None,
-            dynamic: Any = "auto") -> ExportPlan:
-    """The :class:`ExportPlan` of one recorded graph of ``obj`` (the live object the recording was made on)."""
+            dynamic: Any = "auto", keep_static: Mapping[str, Any] | None = None) -> ExportPlan:
+    """The :class:`ExportPlan` of one recorded graph of ``obj`` (the live object the recording was made on).
+
+    ``keep_static``: ``{input: dims}`` left static whatever ``dynamic`` asks (export uses it for a size-1 dim that
+    only broadcasts, which tracing at 2 would tie to a real dim)."""
     if not isinstance(graph, GraphRecord):
         rec = recording if recording is not None else recording_of(obj)
         graph = rec[graph]
@@ -147,6 +150,9 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
     cache_inputs = {n for n, node in tree.spec_leaves(input_tree, "") if node["t"] == "tensor" and
                     any(n.startswith(f"{c}.") for c in _cache_prefixes(input_tree))}
     candidates = dims_mod.candidate_dims({n: specs[n] for n in input_names}, dynamic, cache_inputs)
+    for n, dims in (keep_static or {}).items():
+        for d in dims:
+            candidates.get(n, {}).pop(d, None)
     args = []
     for n in input_names:
         t = examples[n]

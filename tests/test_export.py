@@ -269,3 +269,31 @@ def test_large_graphs_keep_their_weights_in_external_data(exports, tmp_path, mon
     assert entry["files"]["onnx_data"] == ["model.onnx.data"]
     small = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in small.graph.initializer)
+
+
+def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path):
+    class Rotary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, x, table):  # table [1, seq, 8] broadcasts over x's batch
+            return self.proj(x) * table + x
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Rotary()
+    with shapetrace.record(h):
+        h.m(torch.randn(2, 5, 8), torch.randn(1, 5, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest.graph("m")
+    assert entry.input("table").shape[0] == 1 and entry.input("x").shape[0] == "batch"  # not tied to batch
+    assert entry.tools["broadcast_static"] == [{"input": "table", "dims": [0]}]
+    x, table = torch.randn(3, 7, 8), torch.randn(1, 7, 8)  # another batch and sequence
+    want = h.m(x, table)
+    with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
+        torch.testing.assert_close(h.m(x, table), want, atol=1e-5, rtol=1e-5)
