@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/shapetrace-optimum", help="folders and exports (several GB)")
     ap.add_argument("--venv-optimum", default=str(HERE / ".venv-optimum"))
     ap.add_argument("--size", type=int, default=256, help="the size of shapetrace's recorded call (default 256)")
-    ap.add_argument("--only", default=None, help="comma separated run names (default: all)")
+    ap.add_argument("--only", default=None, help="comma separated run names to (re-)run, the other rows of "
+                    "results.optimum.json are kept (default: all, from scratch)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -120,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                                               str(work / "st-full-sd15-controlnet"), "--overwrite", *size]))
     only = set(args.only.split(",")) if args.only else None
     results = []
+    previous = HERE / "results.optimum.json"
+    if only and previous.exists():  # re-run some rows, keep the others
+        results = [r for r in json.loads(previous.read_text())["results"] if r["run"] not in only]
     for label, tool, folder, cmd in runs:
         if only and label not in only:
             continue
-        out = Path(cmd[cmd.index("openvino") + 3] if tool == "optimum" else cmd[5])
+        out = Path(cmd[-1] if tool == "optimum" else cmd[5])
         if tool == "optimum":
             shutil.rmtree(out, ignore_errors=True)
             if not Path(optimum).exists():
@@ -182,14 +186,24 @@ def _write_md(data: dict) -> None:
              f"- shapetrace venv: {data['shapetrace_env']}", f"- optimum venv: {data['optimum_env']}", "",
              "| run | exit | wall s | peak RSS | graphs produced | ControlNet exported | output size | load avg before/after | note |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in data["results"]:
+    rows = sorted(data["results"], key=lambda r: (r.get("folder") != "sd15-controlnet", "defaults" in r["run"],
+                                                  r.get("tool") != "shapetrace"))
+    for r in rows:
         graphs = ", ".join(r.get("graphs", [])) or "-"
         note = r.get("error") or r.get("parity") or ""
         lines.append(f"| {r['run']} | {r.get('returncode', '-')} | {r.get('seconds', '-')} | "
                      f"{r.get('peak_rss_bytes', 0) / gb:.2f} GB | {graphs} | "
                      f"{'yes' if r.get('controlnet_exported') else 'no'} | {r.get('bytes', 0) / gb:.2f} GB | "
                      f"{' / '.join(map(str, r.get('load_before_after', [])))} | {note.replace('|', '/')} |")
-    lines += ["", "Commands:", ""] + [f"- `{r['cmd']}`" for r in data["results"] if "cmd" in r]
+    lines += ["", "Commands:", ""] + [f"- `{r['cmd']}`" for r in rows if "cmd" in r]
+    lines += ["", "Notes:", "",
+              "- optimum-cli exits 0 on the ControlNet folder and exports no ControlNet; its UNet has the inputs "
+              "`sample`, `timestep`, `encoder_hidden_states` only (no ControlNet residuals).",
+              "- optimum's venv (transformers 5.5.4) does not read the CLIP text encoder keys written by "
+              "transformers 5.24 (`encoder.layers.*` vs `text_model.encoder.layers.*`) and re-initialises the text "
+              "encoder before exporting it (its log's LOAD REPORT lists the weights as MISSING).",
+              "- Wall times move with the machine's load (2 shared cores): compare rows whose load averages are "
+              "alike. Exports and logs are under the `--work` folder."]
     (HERE / "RESULTS.optimum.md").write_text("\n".join(lines) + "\n")
 
 
