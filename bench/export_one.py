@@ -271,7 +271,9 @@ def main() -> None:
     import onnx
     import openvino
 
-    phases.wrap(export_mod, "prepare", "prepare")
+    from shapetrace import graph_export
+
+    phases.wrap(graph_export, "prepare", "prepare")
     phases.wrap(torch.export, "export", "torch.export")
     phases.wrap(writers_mod, "write_onnx", "onnx (total)")
     phases.wrap(torch.onnx, "export", "torch.onnx.export")

@@ -21,32 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
-import gc
 import os
 import shutil
 import tempfile
-import threading
-import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
-import torch
-
-from . import constraints
-from . import stateful as stateful_mod
-from . import dims as dims_mod
 from . import manifest as manifest_mod
 from . import writers
-from ._version import __version__
 from .errors import ExportError, ShapetraceError
-from .files import json_value, save_npz
-from .flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of, weights_dtype
-from .manifest import MANIFEST, Dim, GraphEntry, GraphError, InputSpec, Manifest, OutputSpec
-from .recording import GraphRecord, Recording, dtype_name, file_stem, to_numpy
+from .flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of
+from .graph_export import PeakRSS as _PeakRSS  # noqa: F401 - the sampler bench/ov_from_torch_full.py uses
+from .graph_export import export_graph
+from .manifest import MANIFEST, GraphEntry, Manifest
+from .recording import Recording
 from .verify import ParityReport, verify as run_verify
 
 __all__ = ["export_all", "ExportResult", "GraphExport", "FlatModule", "ExportPlan", "prepare", "flat_module",
@@ -101,218 +91,6 @@ class ExportResult:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------ memory
-class _PeakRSS:
-    """Samples this process's resident memory in a thread; ``peak`` is the high-water mark in bytes."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def current() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "_PeakRSS":
-        self.peak = self.current()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-
-
-class _Draft:
-    """The parts of one graph's :class:`GraphEntry`, filled as the export goes (what a failure leaves is kept)."""
-
-    def __init__(self, g: GraphRecord) -> None:
-        self.g = g
-        self.input_tree: Mapping[str, Any] = dict(g.input_tree)
-        self.constants = {k: json_value(v) for k, v in g.constants.items()}
-        self.files: dict[str, Any] = dict(_NO_FILES)
-        self.inputs: tuple[InputSpec, ...] = ()
-        self.outputs: tuple[OutputSpec, ...] = ()
-        self.dims: dict[str, Dim] = {}
-        self.guards: tuple[str, ...] = ()
-        self.constraints: tuple[str, ...] = ()
-        self.specialized: tuple[Mapping[str, Any], ...] = ()
-        self.promoted: tuple[str, ...] = ()
-        self.tools: dict[str, Any] = {}
-        self.timings: dict[str, float] = {}
-        self.sizes: dict[str, int] = {}
-        self.weights_bytes: int | None = None
-        self.weights_dtype: str | None = None
-        self.error: GraphError | None = None
-
-    def entry(self, seconds: float, peak: int) -> GraphEntry:
-        g = self.g
-        return GraphEntry(g.name, g.module_path, g.method, g.module_class, MappingProxyType(self.files), self.inputs,
-                          self.outputs, MappingProxyType(self.constants), self.input_tree, dict(g.output_tree),
-                          MappingProxyType(self.dims), self.constraints, self.guards, self.specialized,
-                          self.promoted, MappingProxyType(self.tools), MappingProxyType(self.timings), seconds, peak,
-                          self.weights_bytes, MappingProxyType(self.sizes), self.error, g.variant_of,
-                          self.weights_dtype)
-
-
-_NO_FILES = {"onnx": None, "openvino": None, "inputs": None, "outputs": None}
-
-
-def _export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dynamic: Any, opset: int | None,
-                  compress_to_fp16: bool, openvino_from: str = "auto", stateful: bool = False) -> GraphEntry:
-    stem = file_stem(g.name)
-    d = _Draft(g)
-    t0 = time.perf_counter()
-    with _PeakRSS() as rss:
-        try:
-            _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from,
-                          stateful)
-        except (KeyboardInterrupt, MemoryError, OSError) as e:
-            if isinstance(e, OSError) and not _is_disk_error(e):
-                d.error = _graph_error(e)
-            else:
-                raise
-        except Exception as e:  # one graph failing never stops the others
-            d.error = _graph_error(e)
-        finally:
-            gc.collect()  # free the graph before the next one
-    if d.error is not None:
-        for f in stage.iterdir():
-            if f.name.startswith(f"{stem}."):
-                f.unlink()
-        d.files = dict(_NO_FILES)
-    return d.entry(round(time.perf_counter() - t0, 3), rss.peak)
-
-
-def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],
-                  dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
-                  stateful: bool = False) -> None:
-    plan = prepare(obj, g, dynamic=dynamic)
-    ep, info = _trace(plan, d)
-    broadcast = _broadcast_ties(info, plan)
-    if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
-        d.tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
-        plan = prepare(obj, g, dynamic=dynamic, keep_static=broadcast)
-        ep, info = _trace(plan, d)
-    d.input_tree = plan.module.input_tree
-    d.promoted = tuple(plan.promoted)
-    d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}
-    d.weights_bytes = int(sum(p.numel() * p.element_size() for p in plan.module.parameters())
-                          + sum(b.numel() * b.element_size() for b in plan.module.buffers()))
-    d.weights_dtype = weights_dtype(plan.module.module)
-    with torch.no_grad():  # reference outputs on the recorded inputs
-        ref = plan.module(*(plan.example_inputs[n] for n in plan.input_names))
-    save_npz(stage / f"{stem}.inputs.npz", {n: to_numpy(plan.example_inputs[n]) for n in plan.input_names})
-    save_npz(stage / f"{stem}.outputs.npz", {n: to_numpy(t) for n, t in zip(plan.output_names, ref)})
-    d.files.update(inputs=f"{stem}.inputs.npz", outputs=f"{stem}.outputs.npz")
-    example_shapes = {n: tuple(plan.example_inputs[n].shape) for n in plan.input_names}
-    d.dims = {k: Dim(k, v["min"], v["max"], _example_of(v, example_shapes), tuple(v["sources"]))
-              for k, v in info.dims.items()}
-    d.guards = tuple(info.constraints)
-    d.constraints = constraints.prune(d.guards, d.dims)
-    d.specialized = tuple(MappingProxyType(s) for s in info.specialized)
-    d.inputs = tuple(InputSpec(n, dtype_name(plan.example_inputs[n].dtype), tuple(info.input_shapes[n]),
-                               example_shapes[n], _value_range(plan.example_inputs[n])) for n in plan.input_names)
-    d.outputs = tuple(OutputSpec(n, k, dtype_name(r.dtype), tuple(info.output_shapes.get(n, [])), tuple(r.shape))
-                      for n, k, r in zip(plan.output_names, plan.output_keys, ref))
-    del ref
-    onnx_path = None
-    if "onnx" in formats:  # a graph ONNX cannot hold (complex tensors) degrades to IR from the torch module
-        t = time.perf_counter()
-        onnx_path = writers.write_onnx_or_skip(plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
-                                               can_skip="openvino" in formats and openvino_from != "onnx")
-        d.timings["onnx"] = round(time.perf_counter() - t, 3)
-    if onnx_path is not None:
-        d.files["onnx"] = onnx_path.name
-        data = sorted(p.name for p in stage.iterdir() if p.name.startswith(f"{stem}.onnx") and p != onnx_path)
-        if data:
-            d.files["onnx_data"] = data
-        d.sizes["onnx"] = sum((stage / f).stat().st_size for f in [onnx_path.name, *data])
-    del ep
-    gc.collect()
-    if "openvino" in formats:
-        t = time.perf_counter()
-        xml = stage / f"{stem}.xml"
-        d.tools.update(writers.write_openvino(onnx_path, plan, xml, compress_to_fp16, openvino_from,
-                                              d.weights_bytes or 0))
-        d.files["openvino"] = xml.name
-        d.timings["openvino"] = round(time.perf_counter() - t, 3)
-        d.sizes["openvino"] = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-        if stateful and stateful_mod.cache_pairs(d.entry(0.0, 0)):  # the decoder step: its cache kept inside
-            t = time.perf_counter()
-            out_xml = stage / f"{stem}.stateful.xml"
-            d.tools.update(stateful_mod.make_stateful(xml, out_xml, d.entry(0.0, 0)))
-            d.files[stateful_mod.STATEFUL_FILE] = out_xml.name
-            d.timings["openvino_stateful"] = round(time.perf_counter() - t, 3)
-
-
-def _trace(plan: ExportPlan, d: _Draft) -> tuple[Any, dims_mod.DimInfo]:
-    """torch.export with the plan's dynamic shapes (every dim static if that fails: reported), read off."""
-    t = time.perf_counter()
-    with torch.no_grad():
-        try:
-            ep = torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)
-        except Exception as e:
-            if not any(plan.candidates.values()):
-                raise
-            d.tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
-            ep = torch.export.export(plan.module, plan.args)  # every dim static: reported below
-    d.timings["torch_export"] = round(time.perf_counter() - t, 3)
-    arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
-    return ep, dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
-
-
-def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
-    """Size-1 dims that share a dim name with a dim of another size in the recorded call: traced at 2 they looked
-    like it, but the recorded call proves they are not the same dim (one broadcasts against the other)."""
-    out: dict[str, set[int]] = {}
-    for dim in info.dims.values():
-        places = [src.rsplit(".", 1) for src in dim["sources"]]
-        sizes = {(inp, int(k)): int(plan.example_inputs[inp].shape[int(k)]) for inp, k in places}
-        if len(set(sizes.values())) > 1:
-            for (inp, k), size in sizes.items():
-                if size == 1:
-                    out.setdefault(inp, set()).add(k)
-    return out
-
-
-def _example_of(info: Mapping[str, Any], example_shapes: Mapping[str, tuple]) -> int:
-    inp, d = info["sources"][0].rsplit(".", 1)
-    return int(example_shapes[inp][int(d)])
-
-
-def _value_range(t: torch.Tensor) -> tuple[int, int] | None:
-    if t.is_floating_point() or t.is_complex() or t.numel() == 0:
-        return None
-    return (int(t.min()), int(t.max()))
-
-
-def _is_disk_error(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
-
-
-def _graph_error(e: BaseException) -> GraphError:
-    hint = ""
-    if not isinstance(e, ShapetraceError) and ("Cannot" in str(e) or "unsupported" in str(e).lower()):
-        hint = " (try dynamic='static' for this graph, or exclude it with graphs=[...])"
-    return GraphError(type(e).__name__, f"{str(e)[:2000]}{hint}",
-                      "".join(traceback.format_exception_only(type(e), e)).strip()[:300])
-
-
 # ------------------------------------------------------------------------------------------------ export_all
 def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | None = None,
                formats: Iterable[str] = ("onnx", "openvino"), graphs: Iterable[str] | None = None,
@@ -365,7 +143,7 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
             per_graph = dynamic.get(name, "auto") if isinstance(dynamic, Mapping) and name in dynamic else dynamic
             if isinstance(dynamic, Mapping) and name not in dynamic and any(k in rec.graphs for k in dynamic):
                 per_graph = "auto"
-            entry = _export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from,
+            entry = export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from,
                                   stateful and "openvino" in formats)
             entries.append(entry)
             if hasattr(bar, "write"):

@@ -18,7 +18,7 @@ LAYERS = [
     {"dims", "constraints", "manifest"},
     {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence"},
     {"verify", "serve", "stateful", "fit"},
-    {"export", "runtime"},
+    {"graph_export", "export", "runtime"},
     {"__init__", "demo", "cli", "__main__", "testing", "cli_export", "sources", "hf_sources", "e2e", "report_plots",
      "html_report"},
 ]
