@@ -20,6 +20,7 @@ failure leaves no half-written file and an earlier export intact. One graph fail
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import os
 import shutil
@@ -163,7 +164,52 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     if not (verify and manifest.exported):
         return ExportResult(out, graphs_out, manifest)
     report = run_verify(out, obj, **verify_kwargs)
+    redo = _dynamic_failures(manifest, report, dynamic)
+    if redo:  # a dynamic dim broke parity: those graphs again, static, spliced in if that passes
+        _degrade(obj, rec, out, redo, report, formats, opset, compress_to_fp16, openvino_from, stateful)
+        report = run_verify(out, obj, **verify_kwargs)
+        graphs_out = MappingProxyType({e.name: GraphExport(e.name, e) for e in manifest_mod.read(out).graphs})
     return ExportResult(out, graphs_out, manifest_mod.read(out), report)
+
+
+def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) -> list[str]:
+    """Graphs with dynamic dims whose outputs did not match (an error is not a value mismatch: no retry), unless
+    the caller chose their dims."""
+    if dynamic != "auto":
+        return []
+    wrong = {c.graph for c in report.checks if c.error is None and c.result is not None and not c.result.passed}
+    return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims]
+
+
+def _degrade(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: ParityReport, formats: Any,
+             opset: int | None, compress_to_fp16: bool, openvino_from: str, stateful: bool) -> None:
+    """Export ``names`` again with every dim static beside ``out``; splice each one whose static export passes into
+    ``out`` (its files replace the dynamic ones, its manifest entry says what was given up and why)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".shapetrace-static-", dir=out))
+    try:
+        export_all(obj, tmp / "x", recording=rec, graphs=list(names), dynamic="static", formats=formats, opset=opset,
+                   compress_to_fp16=compress_to_fp16, openvino_from=openvino_from, verify=False, progress=False,
+                   stateful=stateful)
+        static = run_verify(tmp / "x", obj, write=False)
+        passed = {n for n in names if all(c for c in static.checks if c.graph == n)}
+        current = manifest_mod.read(out)
+        entries = []
+        for e in current.graphs:
+            if e.name not in passed:
+                entries.append(e)
+                continue
+            why = next(c for c in report.checks if c.graph == e.name and c.result is not None and not c.result)
+            new = manifest_mod.read(tmp / "x").graph(e.name)
+            for f in e.file_names():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(out / f)
+            for f in new.file_names():
+                os.replace(tmp / "x" / f, out / f)
+            note = {"given_up": sorted(e.dims), "because": f"{why.where}: {why.message}"[:500]}
+            entries.append(dataclasses.replace(new, tools=MappingProxyType({**new.tools, "static_fallback": note})))
+        manifest_mod.write(out, dataclasses.replace(current, graphs=tuple(entries)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _progress(names: Sequence[str], enabled: bool) -> Any:

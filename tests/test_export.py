@@ -297,3 +297,34 @@ def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path):
     want = h.m(x, table)
     with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
         torch.testing.assert_close(h.m(x, table), want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
+    class Branchy(torch.nn.Module):  # traced at batch 2, the batch-1 branch is never seen: no guard, wrong at 1
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y * 2 if x.shape[0] == 1 else y * 3
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Branchy()
+    with shapetrace.record(h):
+        h.m(torch.randn(1, 4))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)  # the second, static export passes
+    entry = result.manifest.graph("m")
+    assert entry.dims == {} and entry.input("x").shape == (1, 4)
+    assert entry.tools["static_fallback"]["given_up"] == ["batch"]
+    assert "output" in entry.tools["static_fallback"]["because"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")) == []  # nothing left over
+    x = torch.randn(1, 4)
+    want = h.m(x)  # PyTorch: the batch-1 branch
+    with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
+        torch.testing.assert_close(h.m(x), want)
