@@ -99,6 +99,18 @@ class StatefulMethod:
         self.calls = 0
         self.seconds = 0.0
 
+    def _grown(self, feed: Mapping[str, np.ndarray], past: int) -> int:
+        """The cache's length after this call: ``past`` plus the size of the ``sequence`` dim in the feed (the
+        tokens this call adds), else read off the first state (a copy of it)."""
+        grow = self.entry.dims.get("sequence")
+        if grow is not None:
+            for src in grow.sources:
+                name, axis = src.rsplit(".", 1)
+                if name in feed:
+                    return past + int(feed[name].shape[int(axis)])
+        states = self.request.query_state()
+        return int(states[0].state.shape[self.axis]) if states else past
+
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         t0 = time.perf_counter()
         nodes, leaves = self.served.bind(args, kwargs)
@@ -121,8 +133,7 @@ class StatefulMethod:
                 past, order = marks.shape[self.axis], marks.reshape(batch, -1)[:, 0].round().long().numpy()
             feed["beam_idx"] = order.astype(np.int32)
             result = self.request.infer(feed)
-            states = self.request.query_state()
-            grown = states[0].state.shape[self.axis] if states else past
+            grown = self._grown(feed, past)
         out: dict[str, Any] = {}
         for o in self.entry.outputs:
             if o.name in self.pairs.values():
