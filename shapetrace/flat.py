@@ -147,9 +147,8 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
     specs = dict(g.inputs)
     for n in promoted:
         specs[n] = TensorSpec(tuple(examples[n].shape), examples[n].dtype)
-    cache_inputs = {n for n, node in tree.spec_leaves(input_tree, "") if node["t"] == "tensor" and
-                    any(n.startswith(f"{c}.") for c in _cache_prefixes(input_tree))}
-    candidates = dims_mod.candidate_dims({n: specs[n] for n in input_names}, dynamic, cache_inputs)
+    candidates = dims_mod.candidate_dims({n: specs[n] for n in input_names}, dynamic,
+                                         tree.cache_tensor_names(input_tree))
     for n, dims in (keep_static or {}).items():
         for d in dims:
             candidates.get(n, {}).pop(d, None)
@@ -171,24 +170,6 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
     return ExportPlan(g.name, flat, tuple(args), dyn, tuple(input_names), tuple(output_names),
                       MappingProxyType(candidates), MappingProxyType({n: examples[n] for n in input_names}),
                       tuple(promoted), tuple(output_keys))
-
-
-def _cache_prefixes(input_tree: Mapping[str, Any]) -> list[str]:
-    """Flat names of the cache objects in a call (``cache``, ``past_key_values``): their tensors are KV caches."""
-    found: list[str] = []
-
-    def walk(node: Mapping[str, Any], name: str) -> None:
-        if node.get("cache"):
-            found.append(name)
-            return
-        keys = node.get("keys") or node.get("fields") or range(len(node.get("items", ())))
-        for k, child in zip(keys, node.get("items", ())):
-            walk(child, f"{name}.{k}" if name else str(k))
-        for p in node.get("params", ()):
-            walk(p["node"], p["name"])
-
-    walk(input_tree, "")
-    return found
 
 
 def flat_module(module: torch.nn.Module, entry: GraphEntry) -> FlatModule:

@@ -140,20 +140,14 @@ class Runtime:
 
     def _start(self, plan: LoadPlan, make_runner: Callable[[GraphEntry], Runner], static_shapes: bool) -> None:
         """Compile every graph, then swap every module of the object for a stand-in."""
-        by_path: dict[str, dict[str, list[ServedGraph]]] = {}
+        groups: dict[str, dict[str, list[GraphEntry]]] = {}
         for e in plan.entries:
-            runner = make_runner(e)
-            try:
-                runner.__enter__()
-            except RunnerError as err:
-                raise RuntimeMismatchError(f"graph {e.name!r} cannot be served from {self.out_dir}: {err}") from err
-            self._runners.append(runner)
-            served = ServedGraph(e, plan.modules[e.module][1], runner, self.backend, static_shapes)
-            served.module = plan.modules[e.module][1]
-            self._graphs[e.name] = served
-            by_path.setdefault(e.module, {}).setdefault(e.method, []).append(served)
-        swaps = [(plan.modules[path][0], plan.modules[path][1], {m: self._method(v) for m, v in methods.items()})
-                 for path, methods in by_path.items()]
+            groups.setdefault(e.module, {}).setdefault(e.method, []).append(e)
+        swaps = []
+        for path, methods in groups.items():
+            module = plan.modules[path][1]
+            served = {m: self._method(module, entries, make_runner, static_shapes) for m, entries in methods.items()}
+            swaps.append((plan.modules[path][0], module, served))
         swaps += [(steps, module, {}) for steps, module in plan.others]
         for steps, module, methods in swaps:
             proxy = RuntimeProxy(module, format_path(steps), self, methods)
@@ -163,17 +157,28 @@ class Runtime:
             if "forward" in methods:  # calls that reach the module itself (self(...) inside generate) too
                 self._override_forward(module, methods["forward"])
 
-    def _method(self, variants: list[ServedGraph]) -> Any:
-        """What answers one method: its variants by call structure, or (``stateful``) the stateful model of its
-        cache-taking variant for every call."""
-        keep = [v for v in variants if v.entry.file(STATEFUL_FILE)] if self._stateful is not None else []
-        if not keep:
-            return ServedMethod(variants)
-        e = keep[0].entry
-        method = StatefulMethod(e, keep[0].module, self.out_dir / (e.file(STATEFUL_FILE) or ""), self.device,
-                                self._stateful, self.backend)
-        self._graphs[f"{e.name} (stateful)"] = method  # type: ignore[assignment]
-        return method
+    def _method(self, module: torch.nn.Module, entries: list[GraphEntry], make_runner: Callable[[GraphEntry], Runner],
+                static_shapes: bool) -> Any:
+        """What answers one method: its variants by call structure, each on its runner, or (``stateful``) the
+        stateful model of its cache-taking variant for every call (the other variants are then not compiled)."""
+        stateful = [e for e in entries if e.file(STATEFUL_FILE)] if self._stateful is not None else []
+        if stateful:
+            e = stateful[0]
+            method = StatefulMethod(e, module, self.out_dir / (e.file(STATEFUL_FILE) or ""), self.device,
+                                    self._stateful, self.backend)
+            self._graphs[f"{e.name} (stateful)"] = method  # type: ignore[assignment]
+            return method
+        variants = []
+        for e in entries:
+            runner = make_runner(e)
+            try:
+                runner.__enter__()
+            except RunnerError as err:
+                raise RuntimeMismatchError(f"graph {e.name!r} cannot be served from {self.out_dir}: {err}") from err
+            self._runners.append(runner)
+            self._graphs[e.name] = ServedGraph(e, module, runner, self.backend, static_shapes)
+            variants.append(self._graphs[e.name])
+        return ServedMethod(variants)
 
     def _override_forward(self, module: torch.nn.Module, served: Any) -> None:
         def forward(*args: Any, **kwargs: Any) -> Any:

@@ -241,6 +241,8 @@ class ServedMethod:
 
     def __init__(self, variants: Sequence[ServedGraph]) -> None:
         self.variants = list(variants)
+        self.structures = [_structure({p["name"]: p["node"] for p in v.entry.input_tree["params"]},
+                                      frozenset(v.entry.promoted)) for v in self.variants]
 
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         first = self.variants[0]
@@ -248,9 +250,8 @@ class ServedMethod:
         if len(self.variants) == 1:
             return first.answer(module, nodes, leaves)
         shape = _structure(nodes, frozenset())
-        for v in self.variants:
-            recorded = {p["name"]: p["node"] for p in v.entry.input_tree["params"]}
-            if _structure(recorded, frozenset(v.entry.promoted)) == shape:
+        for v, recorded in zip(self.variants, self.structures):
+            if recorded == shape:
                 return v.answer(module, nodes, leaves)
         names = ", ".join(v.name for v in self.variants)
         raise RuntimeMismatchError(

@@ -36,26 +36,9 @@ STATEFUL_FILE = "openvino_stateful"
 
 def cache_pairs(entry: GraphEntry) -> dict[str, str]:
     """``{cache input: its updated output}`` of a graph variant (empty when it passes no cache through)."""
-    caches = _cache_names(entry)
+    caches = tree.cache_tensor_names(entry.input_tree)
     outputs = {o.key: o.name for o in entry.outputs}
     return {n: outputs[n] for n in entry.input_names if n in caches and n in outputs}
-
-
-def _cache_names(entry: GraphEntry) -> set[str]:
-    found: set[str] = set()
-
-    def walk(node: Mapping[str, Any], name: str, inside: bool) -> None:
-        inside = inside or bool(node.get("cache"))
-        if node["t"] == "tensor" and inside:
-            found.add(node["name"])
-        keys = node.get("keys") or node.get("fields") or range(len(node.get("items", ())))
-        for k, child in zip(keys, node.get("items", ())):
-            walk(child, f"{name}.{k}" if name else str(k), inside)
-        for p in node.get("params", ()):
-            walk(p["node"], p["name"], inside)
-
-    walk(entry.input_tree, "", False)
-    return found
 
 
 def make_stateful(xml: Path, out_xml: Path, entry: GraphEntry) -> dict[str, Any]:

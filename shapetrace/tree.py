@@ -36,7 +36,7 @@ from . import caches
 from .errors import FlattenError
 
 __all__ = ["register_flattener", "flatten", "flatten_output", "unflatten", "constants_of", "qualname", "import_qualname",
-           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "const_value", "skeleton"]
+           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "const_value", "skeleton", "cache_tensor_names"]
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,23 @@ def spec_leaves(spec: Mapping[str, Any], name: str = "") -> Iterator[tuple[str, 
     elif t in ("dict", "object"):
         for k, child in zip(spec["keys"], spec["items"]):
             yield from spec_leaves(child, _join(name, k))
+
+
+def cache_tensor_names(spec: Mapping[str, Any]) -> set[str]:
+    """Flat names of the tensors inside a cache object (a pytree node flagged ``cache``: a KV cache)."""
+    found: set[str] = set()
+
+    def walk(node: Mapping[str, Any], inside: bool) -> None:
+        inside = inside or bool(node.get("cache"))
+        if node["t"] == "tensor" and inside:
+            found.add(node["name"])
+        for child in node.get("items", ()):
+            walk(child, inside)
+        for p in node.get("params", ()):
+            walk(p["node"], inside)
+
+    walk(spec, False)
+    return found
 
 
 def tensor_names(spec: Mapping[str, Any]) -> list[str]:

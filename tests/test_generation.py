@@ -244,6 +244,6 @@ def test_openvino_stateful_form_is_token_identical(generation, beams):
             got = [gen(p, max_new_tokens=10, do_sample=False, num_beams=beams) for p in ("chef in the kitchen", "a b")]
             calls = {s.graph: s.calls for s in rt.stats()}
     assert got == want  # two generations in a row: the state is reset by the second one's empty cache
-    assert calls == {"model": 0, "model@2": 0, "model@2 (stateful)": 20}  # prompt and steps, on one model
+    assert calls == {"model@2 (stateful)": 20}  # prompt and steps on one model; the others are not even compiled
     with pytest.raises(ValueError, match="stateful=True is OpenVINO's form"):
         shapetrace.load(gen, out, backend="onnxruntime", stateful=True)
