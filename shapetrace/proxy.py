@@ -20,6 +20,7 @@ from . import tree
 from .errors import ModuleNotFoundInObject, RecordingError
 from .recorder import Recorder
 from .recording import Recording
+from .samples import SampleStore
 from .standin import StandIn
 from .walker import _select, find_module_aliases, find_module_paths, format_path, replace
 
@@ -83,7 +84,7 @@ def recording_for(obj: Any) -> Recording:
 
 @contextlib.contextmanager
 def record(obj: Any, include: Iterable[str] | str | None = None,
-           exclude: Iterable[str] | str | None = None) -> Iterator[Recording]:
+           exclude: Iterable[str] | str | None = None, samples: int | None = None) -> Iterator[Recording]:
     """Swap every module in ``obj`` for a recording proxy for the duration of the block.
 
     >>> with shapetrace.record(pipe) as rec:
@@ -94,7 +95,12 @@ def record(obj: Any, include: Iterable[str] | str | None = None,
     to the same module (a combined pipeline's ``decoder_pipe.unet``; the proxy is installed at every path and the
     graph is named by the shortest), or without any path (the module calling itself from ``generate``: a forward
     hook catches it). Originals are put back on exit, also when the block raises or is interrupted.
+
+    ``samples=N`` also keeps the inputs of up to N calls per graph, spread over the whole block, on disk
+    (calibration samples for ``export_all(quantize=...)``: :mod:`shapetrace.samples` says which calls);
+    ``rec.samples`` is that :class:`~shapetrace.samples.SampleStore`. Default: the first call only, as always.
     """
+    store = SampleStore(samples) if samples is not None else None
     found = find_module_paths(obj)
     for path, module in found:
         kind = getattr(type(module), "_st_kind", None)
@@ -114,8 +120,8 @@ def record(obj: Any, include: Iterable[str] | str | None = None,
             raise RecordingError(f"this {type(obj).__name__} is already being recorded: record() blocks on the "
                                  f"same object cannot be nested")
         _active.add(id(obj))
-    recorder = Recorder()
-    rec = Recording(object_class=tree.qualname(type(obj)), _source=recorder)
+    recorder = Recorder(store)
+    rec = Recording(object_class=tree.qualname(type(obj)), _source=recorder, samples=store)
     aliases = find_module_aliases(obj)
     installed: list = []
     hooks: list = []

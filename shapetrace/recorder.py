@@ -18,6 +18,7 @@ import torch
 
 from . import tree
 from .recording import GraphRecord, TensorSpec
+from .samples import SampleStore
 from .signature import bind_call, method_info
 
 __all__ = ["Recorder"]
@@ -76,9 +77,11 @@ class _GraphBuilder:
 
 
 class Recorder:
-    """Collects the calls of every proxy of one ``record`` block (thread-safe)."""
+    """Collects the calls of every proxy of one ``record`` block (thread-safe); with a :class:`SampleStore`, the
+    inputs of the calls it chooses are written to disk too (calibration samples)."""
 
-    def __init__(self) -> None:
+    def __init__(self, samples: SampleStore | None = None) -> None:
+        self.samples = samples
         self._graphs: dict[str, _GraphBuilder] = {}
         self._lock = threading.Lock()
         self._local = threading.local()  # per thread: ids of the modules inside a recorded call, hook stacks
@@ -182,7 +185,23 @@ class Recorder:
         with self._lock:
             first = skeleton not in self._variants.get(base, ())
         examples = {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in leaves.items()} if first else None
-        return _Pending(base, path, method, module, info.output_fields, params, leaves, tensors, skeleton, examples)
+        sample = None
+        if self.samples is not None:  # copied before the call runs, like the example (a cache updated in place)
+            name, call = self._next_call(base, skeleton)
+            if self.samples.wants(name, call):
+                sample = examples if examples is not None else {
+                    n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in leaves.items()}
+        return _Pending(base, path, method, module, info.output_fields, params, leaves, tensors, skeleton, examples,
+                        sample)
+
+    def _next_call(self, base: str, skeleton: str) -> tuple[str, int]:
+        """The graph (variant) a call of this structure belongs to, and the index it will have there."""
+        with self._lock:
+            variants = self._variants.get(base, [])
+            k = variants.index(skeleton) if skeleton in variants else len(variants)
+            name = base if k == 0 else f"{base}@{k + 1}"
+            b = self._graphs.get(name)
+            return name, (b.calls if b is not None else 0)
 
     def finish(self, p: "_Pending", output: Any) -> None:
         """Add one finished call to its graph: the variant of ``p.base`` that has the call's structure."""
@@ -204,6 +223,7 @@ class Recorder:
                 b.output_specs = {n: _spec_of(t) for n, t in out_leaves.items() if isinstance(t, torch.Tensor)}
                 b.examples = p.examples if p.examples is not None else \
                     {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in p.leaves.items()}
+            call = b.calls
             b.calls += 1
             for n, t in p.tensors.items():
                 b.input_shapes.setdefault(n, {})[tuple(t.shape)] = None
@@ -215,6 +235,8 @@ class Recorder:
                     seen = b.consts.setdefault(const, {})
                     if len(seen) < 16:
                         seen.setdefault(repr(node["value"]), node["value"])
+        if self.samples is not None:  # outside the lock: a disk write
+            self.samples.add(name, call, p.sample if p.sample is not None else p.leaves)
 
     def calls_of(self, module_path: str) -> int:
         """Calls recorded so far for every graph of the module at ``module_path``."""
@@ -236,6 +258,7 @@ class _Pending:
     tensors: dict
     skeleton: str
     examples: dict | None
+    sample: dict | None = None  # CPU copies of the inputs, when this call is to be kept as a calibration sample
 
 
 class _LoopWatch:

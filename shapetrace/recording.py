@@ -31,6 +31,7 @@ from . import tree
 from ._version import __version__
 from .errors import SignatureFileError
 from .files import FORMAT_VERSION, read_json, save_npz, write_json
+from .samples import SampleStore
 
 __all__ = ["TensorSpec", "GraphRecord", "Recording", "FORMAT_VERSION", "file_stem", "dtype_name",
            "dtype_from_name", "to_numpy", "from_numpy", "read_json"]
@@ -157,14 +158,16 @@ def _fmt_specs(specs: Mapping[str, TensorSpec]) -> list[str]:
 class Recording:
     """Everything one ``record`` block saw. ``graphs`` maps graph name -> :class:`GraphRecord`.
 
-    While the block runs, ``graphs`` is a live snapshot; after it ends the recording is fixed.
+    While the block runs, ``graphs`` is a live snapshot; after it ends the recording is fixed. ``samples`` is the
+    :class:`~shapetrace.samples.SampleStore` of ``record(obj, samples=N)`` (None without ``samples=``).
     """
 
     def __init__(self, graphs: Mapping[str, GraphRecord] | None = None, object_class: str = "",
-                 _source: Any = None) -> None:
+                 _source: Any = None, samples: SampleStore | None = None) -> None:
         self._graphs = MappingProxyType(dict(graphs or {}))
         self.object_class = object_class
         self._source = _source  # the live recorder while recording
+        self.samples = samples
 
     @property
     def graphs(self) -> Mapping[str, GraphRecord]:
@@ -201,7 +204,8 @@ class Recording:
                 "object_class": self.object_class, "graphs": [g.to_json() for g in self.graphs.values()]}
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``signatures.json`` and ``<graph>.inputs.npz`` files into ``directory`` (created if needed)."""
+        """Write ``signatures.json`` and ``<graph>.inputs.npz`` files into ``directory`` (created if needed), and the
+        calibration samples (``samples/``) when the recording kept some."""
         out = Path(directory)
         if out.exists() and not out.is_dir():
             raise SignatureFileError(f"{out} exists and is not a directory; pass a directory path")
@@ -209,6 +213,8 @@ class Recording:
         for g in self.graphs.values():
             arrays = {n: to_numpy(t) for n, t in g.examples.items() if isinstance(t, torch.Tensor)}
             save_npz(out / f"{file_stem(g.name)}.inputs.npz", arrays)
+        if self.samples is not None:
+            self.samples.save(out)
         write_json(out / "signatures.json", self.to_json())
         return out
 
@@ -233,7 +239,7 @@ class Recording:
                 raise SignatureFileError(f"{path}: graph entry {d.get('name', '?')!r} is malformed ({e}); "
                                          f"re-create it with Recording.save") from e
             graphs[g.name] = g
-        return cls(graphs, data.get("object_class", ""))
+        return cls(graphs, data.get("object_class", ""), samples=SampleStore.load(src))
 
 
 def render_table(rec: Recording) -> str:
