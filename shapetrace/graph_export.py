@@ -183,10 +183,31 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
         d.sizes["openvino"] = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
         if stateful and stateful_mod.cache_pairs(d.entry(0.0, 0)):  # the decoder step: its cache kept inside
             t = time.perf_counter()
-            out_xml = stage / f"{stem}.stateful.xml"
-            d.tools.update(stateful_mod.make_stateful(xml, out_xml, d.entry(0.0, 0)))
-            d.files[stateful_mod.STATEFUL_FILE] = out_xml.name
+            d.tools.update(_write_stateful(plan, d.entry(0.0, 0), xml, stage / f"{stem}.stateful.xml",
+                                           compress_to_fp16, d.tools.get("openvino_from")))
+            d.files[stateful_mod.STATEFUL_FILE] = f"{stem}.stateful.xml"
             d.timings["openvino_stateful"] = round(time.perf_counter() - t, 3)
+
+
+def _write_stateful(plan: ExportPlan, entry: GraphEntry, xml: Path, out_xml: Path, compress_to_fp16: bool,
+                    ir_from: str | None) -> dict[str, Any]:
+    """The stateful IR of a decoder step, made from an IR converted from the torch module when the graph's own IR
+    came from ONNX: OpenVINO's PyTorch frontend keeps attention as one op, which the CPU plugin then fuses with the
+    cache variables (no copy of the cache per step). If that conversion fails, from the graph's own IR (noted)."""
+    if ir_from == "torch":
+        return {**stateful_mod.make_stateful(xml, out_xml, entry), "stateful_openvino_from": "torch"}
+    tmp = out_xml.with_name(out_xml.name.replace(".stateful.xml", ".stateful-src.xml"))
+    try:
+        writers.write_openvino(None, plan, tmp, compress_to_fp16, "torch")
+        return {**stateful_mod.make_stateful(tmp, out_xml, entry), "stateful_openvino_from": "torch"}
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # the ONNX-derived IR still makes a correct (slower) stateful model
+        note = {"stateful_torch_error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}
+        return {**stateful_mod.make_stateful(xml, out_xml, entry), "stateful_openvino_from": ir_from, **note}
+    finally:
+        for f in (tmp, tmp.with_suffix(".bin")):
+            f.unlink(missing_ok=True)
 
 
 def _trace(plan: ExportPlan, d: _Draft) -> tuple[Any, dims_mod.DimInfo]:

@@ -313,7 +313,9 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
         graphs: serve only these graphs (default: every exported graph); the others run in PyTorch.
         strict: a graph whose export failed raises (default); with ``strict=False`` it runs in PyTorch.
         stateful: serve a decoder step from its stateful IR (``export_all(..., stateful=True)``): the KV cache stays
-            in the compiled OpenVINO model, every call of the method goes to it (OpenVINO only).
+            in the compiled OpenVINO model, every call of the method goes to it (OpenVINO only). At ``precision="f32"``
+            the cache is kept in f32 too (OpenVINO's CPU default is u8, which changes tokens); other precisions keep
+            OpenVINO's default (``config={"KV_CACHE_PRECISION": ...}`` overrides).
 
     Everything is checked before anything is swapped: a manifest that is missing or corrupt raises
     :class:`~shapetrace.SignatureFileError`; an export made for another object (another class, a missing path, a
@@ -342,7 +344,8 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
                                    f"export_all(..., stateful=True) (a decoder step that takes a KV cache)")
     props = None
     if stateful:
-        props = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY", **extra}
+        props = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY",
+                 **({"KV_CACHE_PRECISION": "f32"} if precision == "f32" else {}), **extra}
         if threads:
             props["INFERENCE_NUM_THREADS"] = int(threads)
     return Runtime(obj, out, backend, device, plan, make_runner, static_shapes, props)

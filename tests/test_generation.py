@@ -237,6 +237,14 @@ def test_openvino_stateful_form_is_token_identical(generation, beams):
     gen, rec, out, _ = generation
     step = read(out).graph("model@2")
     assert step.file("openvino_stateful") == "model_2.stateful.xml" and step.tools["stateful_states"] == 4
+    # made from the torch module: attention stays one op, which OpenVINO fuses with the cache variables (the speed)
+    assert step.tools["stateful_openvino_from"] == "torch" and "stateful_torch_error" not in step.tools
+    if beams == 1:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(out / step.file("openvino_stateful")), "CPU")
+        kinds = {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
+        assert "ScaledDotProductAttention" in kinds, " ".join(sorted(kinds))
     want = [gen(p, max_new_tokens=10, do_sample=False, num_beams=beams) for p in ("chef in the kitchen", "a b")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
