@@ -1,5 +1,5 @@
 """One graph's export, start to end: the plan, ``torch.export`` (and a second trace when a size-1 dim only
-broadcasts), the reference outputs, the ONNX / OpenVINO / stateful files, and the manifest :class:`GraphEntry` --
+broadcasts or comes out static), the reference outputs, the ONNX / OpenVINO / stateful files, and the manifest :class:`GraphEntry` --
 with the error, when something failed, and no file left behind. :func:`export_graph` is what ``export_all`` runs
 per graph; it measures the graph's time and peak memory (:class:`PeakRSS`).
 """
@@ -132,10 +132,14 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                   stateful: bool = False) -> None:
     plan = prepare(obj, g, dynamic=dynamic)
     ep, info = _trace(plan, d)
-    broadcast = _broadcast_ties(info, plan)
+    broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
     if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
         d.tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
-        plan = prepare(obj, g, dynamic=dynamic, keep_static=broadcast)
+    if pinned:  # a size-1 dim traced at 2 came out static: at 2 it would refuse the recorded call; keep it at 1
+        d.tools["size1_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in pinned.items()]
+    if broadcast or pinned:
+        keep = {n: broadcast.get(n, set()) | pinned.get(n, set()) for n in {*broadcast, *pinned}}
+        plan = prepare(obj, g, dynamic=dynamic, keep_static=keep)
         ep, info = _trace(plan, d)
     d.input_tree = plan.module.input_tree
     d.promoted = tuple(plan.promoted)
@@ -237,6 +241,16 @@ def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[i
             for (inp, k), size in sizes.items():
                 if size == 1:
                     out.setdefault(inp, set()).add(k)
+    return out
+
+
+def _pinned_at_two(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
+    """Size-1 dims traced at 2 (against torch.export's 0/1 specialisation) that the program made static anyway:
+    exported as is they would be fixed at 2, a size no call has."""
+    out: dict[str, set[int]] = {}
+    for s in info.specialized:
+        if int(plan.example_inputs[s["input"]].shape[s["dim"]]) == 1 and int(s["value"]) != 1:
+            out.setdefault(s["input"], set()).add(int(s["dim"]))
     return out
 
 

@@ -299,6 +299,35 @@ def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path):
         torch.testing.assert_close(h.m(x, table), want, atol=1e-5, rtol=1e-5)
 
 
+def test_a_size_one_dim_the_trace_at_two_makes_static_stays_at_its_recorded_size(tmp_path):
+    class Pinned(torch.nn.Module):  # traced at batch 2 (against 0/1 specialisation) the branch guards batch == 2
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y * 3 if x.shape[0] == 2 else y
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Pinned()
+    with shapetrace.record(h):
+        h.m(torch.randn(1, 5, 4))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest.graph("m")
+    assert entry.input("x").shape[0] == 1 and entry.input("x").shape[1] == "sequence"  # not pinned at 2
+    assert entry.tools["size1_static"] == [{"input": "x", "dims": [0]}]
+    x = torch.randn(1, 9, 4)  # the recorded batch, another sequence
+    want = h.m(x)
+    with shapetrace.load(h, tmp_path / "o", backend="openvino"):
+        torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
+
+
 def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
     class Branchy(torch.nn.Module):  # traced at batch 2, the batch-1 branch is never seen: no guard, wrong at 1
         def __init__(self):
