@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import manifest as manifest_mod
+from . import quantize as quantize_mod
 from . import writers
 from .errors import ExportError, ShapetraceError
 from .flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of
@@ -97,7 +98,8 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                formats: Iterable[str] = ("onnx", "openvino"), graphs: Iterable[str] | None = None,
                dynamic: Any = "auto", overwrite: bool = False, opset: int | None = None,
                compress_to_fp16: bool = False, openvino_from: str = "auto", verify: bool = True,
-               progress: bool = True, stateful: bool = False, **verify_kwargs: Any) -> ExportResult:
+               progress: bool = True, stateful: bool = False, quantize: Any = None,
+               quantize_options: quantize_mod.QuantizeOptions | None = None, **verify_kwargs: Any) -> ExportResult:
     """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and the README).
 
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
@@ -107,6 +109,9 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     ``stateful=True`` also writes, for a graph variant that takes a KV cache and returns it updated (a decoder
     step), OpenVINO's stateful form (``<graph>.stateful.xml``, ``files["openvino_stateful"]``: the cache kept in
     the compiled model), served by ``load(..., stateful=True)``.
+    ``quantize``: ``"int8"``, ``"hybrid"``, ``"int8-weights"``, ``"int4-weights"`` for every graph, or
+    ``{graph: mode or None}``; the IR is quantized with NNCF on the recorded calls (:mod:`shapetrace.quantize`;
+    ``quantize_options``: held-out fraction, SNR bound, keep float below it). The ONNX file stays float.
     """
     if openvino_from not in ("auto", "torch", "onnx"):
         raise ExportError(f"openvino_from={openvino_from!r}: choose 'auto', 'torch' or 'onnx'")
@@ -122,6 +127,9 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
         raise ExportError(f"graphs={unknown!r} not recorded; recorded graphs: {', '.join(rec.graphs)}")
     for n in names:  # fail fast, before writing anything, if the object changed since recording
         module_for(obj, rec.graphs[n])
+    modes = quantize_mod.plan_modes(quantize, names, formats)
+    if stateful and any(modes.values()):
+        raise ExportError("quantize= with stateful=True is not supported: export the stateful form float")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; pass a directory path for the export")
@@ -151,6 +159,9 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                 status = f"error: {entry.error.message[:120]}" if entry.error else \
                     f"{sum(entry.sizes.values()) / 1e6:.1f} MB"
                 bar.write(f"  {name}: {entry.seconds:.1f}s, {status}")
+        if any(modes.values()):
+            entries = quantize_mod.quantize_entries(stage, entries, rec, modes, quantize_options,
+                                                    getattr(bar, "write", None))
         manifest = Manifest(tuple(entries), rec.object_class,
                             _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                             MappingProxyType(writers.versions()))
@@ -177,7 +188,8 @@ def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) ->
     the caller chose their dims."""
     if dynamic != "auto":
         return []
-    wrong = {c.graph for c in report.checks if c.error is None and c.result is not None and not c.result.passed}
+    wrong = {c.graph for c in report.checks if c.error is None and c.result is not None and not c.result.passed
+             and c.bound is None}  # a quantized graph's SNR bound is not a dynamic-dim problem
     return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims]
 
 

@@ -122,7 +122,8 @@ _NO_FILES: Mapping[str, Any] = MappingProxyType({"onnx": None, "openvino": None,
 # JSON keys written by GraphEntry.to_json, in order (the attribute is named where the key is a Python keyword)
 _ENTRY_KEYS = ("name", "module", "method", "class", "files", "inputs", "outputs", "constants", "input_tree",
                "output_tree", "dims", "constraints", "guards", "specialized", "promoted", "tools", "timings",
-               "seconds", "peak_rss_bytes", "weights_bytes", "sizes", "error", "variant_of", "weights_dtype")
+               "seconds", "peak_rss_bytes", "weights_bytes", "sizes", "error", "variant_of", "weights_dtype",
+               "quantization")
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class GraphEntry:
     error: GraphError | None = None
     variant_of: str | None = None  # the method's first graph, when its calls came in several structures
     weights_dtype: str | None = None  # the module's floating-point parameter dtype when it was exported
+    quantization: Mapping[str, Any] | None = None  # export_all(quantize=...): mode, NNCF, calls, quality (quantize.py)
     extra: Mapping[str, Any] = field(default_factory=lambda: _FROZEN, repr=False)  # JSON keys this version does not know
 
     @property
@@ -210,7 +212,8 @@ class GraphEntry:
                   "dims": {n: d.to_json() for n, d in self.dims.items()}, "constraints": list(self.constraints),
                   "guards": list(self.guards), "specialized": [dict(s) for s in self.specialized],
                   "promoted": list(self.promoted), "tools": dict(self.tools), "timings": dict(self.timings),
-                  "sizes": dict(self.sizes), "error": None if self.error is None else self.error.to_json()}
+                  "sizes": dict(self.sizes), "error": None if self.error is None else self.error.to_json(),
+                  "quantization": None if self.quantization is None else dict(self.quantization)}
         out = {k: values[k] if k in values else getattr(self, k) for k in _ENTRY_KEYS}
         out.update(self.extra)
         return out
@@ -234,7 +237,7 @@ class GraphEntry:
             peak_rss_bytes=d.get("peak_rss_bytes"), weights_bytes=d.get("weights_bytes"),
             sizes=MappingProxyType(dict(d.get("sizes") or {})),
             error=None if err is None else GraphError.from_json(err), variant_of=d.get("variant_of"),
-            weights_dtype=d.get("weights_dtype"),
+            weights_dtype=d.get("weights_dtype"), quantization=d.get("quantization"),
             extra=MappingProxyType({k: v for k, v in d.items() if k not in _ENTRY_KEYS}))
 
 

@@ -20,7 +20,9 @@ class ParityCheck:
     """One compared output: ``graph`` run on ``backend`` vs ``reference`` for one ``input_set``.
 
     ``result`` is None when the check could not run (the graph was not exported, the backend raised); ``error``
-    then says why. ``sizes`` are the dim sizes of the input set. Truthy when it passed.
+    then says why. ``sizes`` are the dim sizes of the input set. Truthy when it passed. ``bound`` is set for a
+    quantized graph, which is held to an output SNR instead of the float tolerances: ``{"min_snr_db", "snr_db",
+    "cosine", "why"}`` (``result.passed`` then says whether the SNR reached the bound).
     """
 
     graph: str
@@ -31,6 +33,7 @@ class ParityCheck:
     result: OutputComparison | None = None
     error: str | None = None
     sizes: Mapping[str, int] = field(default_factory=dict)
+    bound: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -61,13 +64,15 @@ class ParityCheck:
         return {"graph": self.graph, "backend": self.backend, "reference": self.reference,
                 "input_set": self.input_set, "output": self.output, "verdict": self.verdict,
                 "sizes": dict(self.sizes), "error": self.error,
-                "metrics": self.result.to_json() if self.result is not None else None}
+                "metrics": self.result.to_json() if self.result is not None else None,
+                "bound": None if self.bound is None else dict(self.bound)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "ParityCheck":
         m = d.get("metrics")
         return cls(d["graph"], d["backend"], d["reference"], d["input_set"], d["output"],
-                   OutputComparison.from_json(m) if m else None, d.get("error"), dict(d.get("sizes") or {}))
+                   OutputComparison.from_json(m) if m else None, d.get("error"), dict(d.get("sizes") or {}),
+                   d.get("bound"))
 
 
 @dataclass(frozen=True)
@@ -138,9 +143,10 @@ class ParityReport:
 
 
 # =============================================================================================== rendering
-def _num(x: float | None, fmt: str = ".2e") -> str:
+def _num(x: float | str | None, fmt: str = ".2e") -> str:
     if x is None:
         return "-"
+    x = float(x)  # a figure read back from JSON may be "inf"
     if math.isnan(x):
         return "nan"
     if math.isinf(x):
@@ -187,6 +193,19 @@ def render_report(report: ParityReport) -> str:
         width = max(len(f"{g} {s}") for g, s in sizes)
         lines.extend(f"  {f'{g} {s}'.ljust(width)}  " + ", ".join(f"{k}={v}" for k, v in dims.items())
                      for (g, s), dims in sizes.items())
+    bounded = [c for c in report.checks if c.bound is not None]
+    if bounded:
+        lines.append("")
+        lines.append("quantized graphs (held to an output SNR, not to float tolerances):")
+        rows2 = [("graph", "backend", "vs", "inputs", "output", "SNR dB", "cos", "bound", "verdict")]
+        rows2 += [(c.graph, c.backend, c.reference, c.input_set, c.output, _num(c.bound.get("snr_db"), ".1f"),
+                   _num(c.bound.get("cosine"), ".6f"),
+                   f">= {c.bound.get('min_snr_db'):g} dB" if c.bound.get("binding", True) else "shown only", c.verdict)
+                  for c in bounded if c.bound is not None]
+        w2 = [max(len(r[i]) for r in rows2) for i in range(len(rows2[0]))]
+        lines.extend("  " + "  ".join(v.ljust(w) for v, w in zip(r, w2)).rstrip() for r in rows2)
+        lines.extend(f"  {why}" for why in dict.fromkeys(str(c.bound.get("why")) for c in bounded
+                                                          if c.bound is not None))
     failures = report.failures
     if failures:
         lines.append("")

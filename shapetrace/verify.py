@@ -42,6 +42,7 @@ from .files import load_npz
 from .flat import flat_module
 from .inputs import input_sizes, resized_inputs
 from .manifest import GraphEntry, Manifest
+from .quality import held_out_checks, judge, quantized_bound
 from .report import ParityCheck, ParityReport, render_report
 from .tree import qualname
 from .walker import parse_path, resolve
@@ -78,7 +79,7 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
            atol: float | None = None, rtol: float | None = None,
            tolerances: Mapping[str, Mapping[str, float]] | None = None, graphs: Iterable[str] | None = None,
            device: str = "CPU", threads: int | None = None, seed: int = 0, write: bool = True,
-           on_check: OnCheck | None = None) -> ParityReport:
+           on_check: OnCheck | None = None, min_snr_db: float | Mapping[str, float] | None = None) -> ParityReport:
     """Run every exported graph in ``out_dir`` on ``backends`` and compare with a reference (module docstring).
 
     Args:
@@ -98,6 +99,10 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
         write: store the report as the manifest's ``"parity"`` (atomic rewrite).
         on_check: called as ``on_check(check, got, ref)`` with the arrays of every compared output, as each check
             is made (the HTML report's histograms and worst elements: :class:`shapetrace.evidence.EvidenceLog`).
+        min_snr_db: the output SNR (dB) a quantized graph's OpenVINO checks must reach instead of the float
+            tolerances (one value, or ``{graph: dB}``); default the bound its export recorded (20 dB unless
+            chosen). Its held-out quality measured at export is judged against the same bound (input set
+            ``held-out``).
 
     Returns the :class:`ParityReport` (truthy when every check passed). A problem of one graph -- a runtime that
     cannot load or compile its file, an unreadable data file, running out of memory -- is that graph's failed check
@@ -133,8 +138,11 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
 
     checks: list[ParityCheck] = []
     for entry in entries:
+        bound = quantized_bound(entry, min_snr_db)
         checks.extend(_verify_graph(out, entry, obj, usable, atol, rtol, tolerances, device, threads, seed, notes,
-                                    on_check))
+                                    on_check, bound))
+        if bound is not None and "openvino" in usable:
+            checks.extend(held_out_checks(entry, bound))
     report = ParityReport(tuple(checks), str(out), tuple(usable), tuple(notes))
     if write:
         manifest_mod.store_parity(out, report.to_json())
@@ -143,7 +151,8 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
 
 def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str], atol: float | None,
                   rtol: float | None, tolerances: Mapping[str, Any] | None, device: str, threads: int | None,
-                  seed: int, notes: list[str], on_check: OnCheck | None = None) -> list[ParityCheck]:
+                  seed: int, notes: list[str], on_check: OnCheck | None = None,
+                  bound: float | None = None) -> list[ParityCheck]:
     """The checks of one graph. Whatever goes wrong inside one graph (a runtime that cannot load or compile its
     file, an unreadable data file, running out of memory) is a failed check naming the reason, never an exception:
     the other graphs go on. Only a wrong ``obj`` (no such module in it) raises, before any work."""
@@ -154,7 +163,7 @@ def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str
     checks: list[ParityCheck] = []
     try:
         _check_graph(out, entry, module, backends, atol, rtol, tolerances, device, threads, seed, notes, on_check,
-                     checks)
+                     checks, bound)
     except MemoryError as e:
         checks.append(ParityCheck(name, "-", "-", "-", "*", None, f"MemoryError: ran out of memory checking this "
                                   f"graph{f' ({e})' if str(e) else ''}; its other checks were not run"))
@@ -178,7 +187,8 @@ def _open(stack: contextlib.ExitStack, runner: Any, name: str, checks: list[Pari
 
 def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[str], atol: float | None,
                  rtol: float | None, tolerances: Mapping[str, Any] | None, device: str, threads: int | None,
-                 seed: int, notes: list[str], on_check: OnCheck | None, checks: list[ParityCheck]) -> None:
+                 seed: int, notes: list[str], on_check: OnCheck | None, checks: list[ParityCheck],
+                 bound: float | None = None) -> None:
     name = entry.name
     sets = _input_sets(out, entry, seed, notes)
     recorded = _load(out, entry, "outputs")
@@ -210,7 +220,11 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 checks.append(ParityCheck(name, backend, reference, set_name, o.name, None,
                                           f"MemoryError: ran out of memory comparing this output ({e})", set_sizes))
                 continue
-            checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes))
+            held_to = None
+            if bound is not None and backend == "openvino" and not result.exact:  # quantized: an SNR, not atol
+                result, held_to = judge(result, got[o.name], ref[o.name], bound, str(entry.quantization["mode"]),
+                                        binding=set_name != "resized")
+            checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes, held_to))
             if on_check is not None:
                 on_check(checks[-1], got[o.name], ref[o.name])
 

@@ -16,9 +16,9 @@ LAYERS = [
     {"walker", "caches", "tree", "signature", "standin", "samples"},
     {"recording", "recorder", "proxy"},
     {"dims", "constraints", "manifest"},
-    {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence"},
+    {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence", "quality"},
     {"verify", "serve", "stateful", "fit"},
-    {"graph_export", "export", "runtime"},
+    {"graph_export", "export", "runtime", "quantize"},
     {"__init__", "demo", "cli", "__main__", "testing", "cli_export", "sources", "hf_sources", "e2e", "report_plots",
      "html_report"},
 ]
