@@ -62,12 +62,14 @@ def stride_for(calls: int, limit: int) -> int:
 
 
 def arrays_of(leaves: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The leaves a sample keeps, as numpy: tensors (bf16 widened to f32) and int / float / bool scalars."""
+    """The leaves a sample keeps, as numpy: tensors (bf16 widened to f32), arrays and int / float / bool scalars."""
     out: dict[str, np.ndarray] = {}
     for name, v in leaves.items():
         if isinstance(v, torch.Tensor):
             t = v.detach().cpu()
             out[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+        elif isinstance(v, np.ndarray):
+            out[name] = v
         elif isinstance(v, (bool, int, float)):
             out[name] = np.asarray(v)
     return out

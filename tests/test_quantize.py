@@ -1,0 +1,184 @@
+"""INT8 from recorded runs: calibration samples kept by record(samples=N), export_all(quantize=...) with NNCF, the
+quality measured on held-out calls, verify's SNR bound, and the quantized graphs running the pipeline.
+
+One tiny SD pipeline, recorded once over two runs; two exports (OpenVINO only, for time): one with int8 / hybrid /
+a graph kept float, one from a single-call recording with int8-weights / int4-weights. Bounds asserted, measured on
+this 2-core CPU (OpenVINO 2026.4, NNCF 3.4): held-out output SNR 22-31 dB (bound: the default 20 dB,
+:data:`shapetrace.quality.DEFAULT_MIN_SNR_DB`), final image PSNR vs the float pipeline 30-40 dB (bound
+:data:`PSNR_BOUND`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import shapetrace
+from shapetrace.quality import DEFAULT_MIN_SNR_DB, QualityMeter, snr_db
+from shapetrace.quantize import QuantizeOptions, split
+from shapetrace.runtime import psnr
+from shapetrace.samples import SampleStore, stride_for
+from shapetrace.testing import EXAMPLES
+
+pytest.importorskip("nncf")
+
+PSNR_BOUND = 20.0  # dB, final image on the quantized graphs vs the float pipeline (measured 30-40 dB)
+SD = EXAMPLES["sd"]
+
+
+# ============================================================================================ the sample rule
+def test_every_kth_call_is_kept_across_the_block(tmp_path):
+    store = SampleStore(4, root=tmp_path)
+    for call in range(100):
+        store.add("g", call, {"x": np.full(2, call, np.float32)})
+    kept = store.samples("g")
+    assert [s.call for s in kept] == [0, 32, 64, 96]  # k = 32: the smallest power of two keeping <= 4 of 100
+    assert [float(s.arrays()["x"][0]) for s in kept] == [0, 32, 64, 96]
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == [s.path.name for s in kept]  # dropped ones deleted
+    assert stride_for(4, 4) == 1 and stride_for(5, 4) == 2 and stride_for(9, 4) == 4
+    with pytest.raises(shapetrace.RecordingError, match="positive number"):
+        SampleStore(0)
+
+
+def test_split_is_disjoint_and_says_when_it_cannot_be():
+    calib, held = split(8, 0.25)
+    assert len(held) == 2 and not set(calib) & set(held) and sorted(calib + held) == list(range(8))
+    assert split(2, 0.25) == ([0], [1])
+    assert split(1, 0.25) == ([0], [0])  # one call: it calibrates and measures (the manifest says so)
+
+
+def test_quality_meter_pools_snr_and_cosine():
+    ref = {"y": np.ones(1000, np.float32)}
+    meter = QualityMeter()
+    meter.add({"y": ref["y"] + 0.1}, ref)  # noise energy 1 % of the signal's: 20 dB
+    meter.add({"y": ref["y"] - 0.1}, ref)
+    q = meter.result()["y"]
+    assert q.snr_db == pytest.approx(20.0, abs=1e-4) and q.calls == 2
+    assert q.cosine == pytest.approx(2000 / np.sqrt(2020 * 2000))  # pooled over both calls, not per call
+    assert snr_db(ref["y"], ref["y"]) == float("inf")
+
+
+# ============================================================================================ recording
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    pipe = SD.build()
+    with shapetrace.record(pipe, samples=2) as rec:
+        SD.run(pipe, seed=0)
+        SD.run(pipe, seed=1, prompt="a red house")
+    return pipe, rec
+
+
+def test_samples_spread_over_runs_save_and_reload(recorded, tmp_path):
+    _, rec = recorded
+    # two runs: 2 kept at most per graph, every k-th call over both runs (k = 2 for 3 or 4 calls)
+    calls = {g: rec.graphs[g].num_calls for g in rec.graphs}
+    assert calls["unet"] > 2 and calls["vae.decode"] == 2
+    assert {g: [s.call for s in rec.samples.samples(g)] for g in rec.graphs} == \
+        {g: list(range(0, n, stride_for(n, 2))) for g, n in calls.items()}
+    assert [s.call for s in rec.samples.samples("unet")] == [0, 2]
+    unet = rec.samples.samples("unet")
+    first, third = unet[0].arrays(), unet[1].arrays()
+    np.testing.assert_array_equal(first["sample"], rec.graphs["unet"].examples["sample"].numpy())
+    assert not np.array_equal(first["sample"], third["sample"])  # another run's latents
+    rec.save(tmp_path / "sig")
+    back = shapetrace.Recording.load(tmp_path / "sig")
+    assert [s.call for s in back.samples.samples("unet")] == [0, 2] and back.samples.limit == 2
+    for a, b in zip(unet, back.samples.samples("unet")):
+        assert a.arrays().keys() == b.arrays().keys()
+        for k in a.arrays():
+            np.testing.assert_array_equal(a.arrays()[k], b.arrays()[k])
+    assert json.loads((tmp_path / "sig" / "samples" / "samples.json").read_text())["graphs"]["unet"]["calls_seen"] == \
+        calls["unet"]
+
+
+def test_default_recording_keeps_no_samples(recorded):
+    pipe, _ = recorded
+    with shapetrace.record(pipe, include=["vae"]) as rec:
+        SD.run(pipe)
+    assert rec.samples is None
+
+
+# ============================================================================================ int8 / hybrid / float
+@pytest.fixture(scope="module")
+def mixed(recorded, tmp_path_factory):
+    pipe, rec = recorded
+    reference = np.asarray(SD.run(pipe, seed=3).images)
+    out = tmp_path_factory.mktemp("quant") / "mixed"
+    result = shapetrace.export_all(pipe, out, recording=rec, formats=("openvino",), verify=False, progress=False,
+                                   quantize={"unet": "int8", "vae.decode": "hybrid", "text_encoder": None})
+    assert result.ok, str(result)
+    return pipe, rec, out, result, reference
+
+
+def test_manifest_records_mode_calls_and_quality(mixed):
+    _, rec, out, result, _ = mixed
+    m = shapetrace.manifest.read(out)
+    assert m.graph("text_encoder").quantization is None  # kept float on purpose
+    for name, mode in (("unet", "int8"), ("vae.decode", "hybrid")):
+        q = m.graph(name).quantization
+        assert q["mode"] == mode and q["nncf"].startswith("3.") and q["parameters"]["function"].startswith("nncf.")
+        recorded_calls = {s.call for s in rec.samples.samples(name)}
+        calib, held = set(q["calibration"]["calls"]), set(q["held_out"]["calls"])
+        assert calib and held and not calib & held and calib | held == recorded_calls  # disjoint, all recorded
+        assert q["calibration"]["samples"] == len(calib) and q["held_out"]["note"] is None
+        for output in m.graph(name).output_names:
+            assert q["quality"][output]["snr_db"] >= DEFAULT_MIN_SNR_DB
+            assert q["quality"][output]["cosine"] > 0.99
+        assert q["passed"] and q["min_snr_db"] == DEFAULT_MIN_SNR_DB and not q["kept_float"]
+        assert q["ir_bytes"] < q["float_ir_bytes"] and m.graph(name).sizes["openvino"] == q["ir_bytes"]
+        assert q["seconds"] > 0 and q["peak_rss_bytes"] > 0
+
+
+def test_verify_holds_quantized_graphs_to_their_snr_bound(mixed):
+    pipe, _, out, _, _ = mixed
+    report = shapetrace.verify(out, pipe, backends=("openvino",), write=False)
+    assert report, str(report)
+    bounded = [c for c in report.checks if c.bound is not None]
+    assert {c.graph for c in bounded} == {"unet", "vae.decode"}  # text_encoder: float tolerances
+    assert {c.input_set for c in bounded} == {"example", "resized", "held-out"}
+    assert all(c.bound["min_snr_db"] == DEFAULT_MIN_SNR_DB for c in bounded)
+    assert all(c.result.atol == 1e-4 for c in report.checks if c.graph == "text_encoder" and c.backend == "openvino")
+    assert "not held to float tolerances" in str(report)
+    strict = shapetrace.verify(out, pipe, backends=("openvino",), write=False, min_snr_db=200.0)
+    assert not strict
+    failed = {(c.graph, c.input_set) for c in strict.failures}
+    assert failed == {(g, s) for g in ("unet", "vae.decode") for s in ("example", "held-out")}
+    assert all("dB < 200 dB" in c.message for c in strict.failures)
+
+
+def test_quantized_graphs_run_the_pipeline(mixed):
+    pipe, _, out, _, reference = mixed
+    with shapetrace.load(pipe, out, backend="openvino") as runtime:
+        images = np.asarray(SD.run(pipe, seed=3).images)
+    assert {s.graph: s.ran_on for s in runtime.stats()}["unet"].startswith("openvino")
+    assert psnr(images, reference) >= PSNR_BOUND
+    assert psnr(images, reference) < 90  # the quantized graphs really ran (float IR gives ~100+ dB)
+
+
+# ============================================================================================ weights only, one call
+def test_weight_compression_from_a_single_call(recorded, tmp_path):
+    pipe, _ = recorded
+    with shapetrace.record(pipe) as plain:
+        SD.run(pipe)
+    out = tmp_path / "weights"
+    result = shapetrace.export_all(pipe, out, recording=plain, formats=("openvino",), verify=False, progress=False,
+                                   graphs=["text_encoder", "unet"],
+                                   quantize={"text_encoder": "int8-weights", "unet": "int4-weights"},
+                                   quantize_options=QuantizeOptions(min_snr_db=10.0))
+    assert result.ok, str(result)
+    m = shapetrace.manifest.read(out)
+    te, unet = m.graph("text_encoder").quantization, m.graph("unet").quantization
+    assert te["parameters"]["data"] == "data-free" and unet["parameters"]["mode"] == "int4_asym"
+    for q in (te, unet):
+        assert q["calibration"]["calls"] == q["held_out"]["calls"] == [0]
+        assert "only one call" in q["held_out"]["note"] and q["min_snr_db"] == 10.0
+        assert q["ir_bytes"] < q["float_ir_bytes"]
+    with shapetrace.load(pipe, out, backend="openvino"):
+        images = np.asarray(SD.run(pipe, seed=3).images)
+    assert np.isfinite(images).all() and images.shape == (1, 64, 64, 3)
+    with pytest.raises(shapetrace.ExportError, match="not known; choose from int8, hybrid"):
+        shapetrace.export_all(pipe, tmp_path / "x", recording=plain, quantize="int3")
+    with pytest.raises(shapetrace.ExportError, match="names graph"):
+        shapetrace.export_all(pipe, tmp_path / "x", recording=plain, quantize={"nope": "int8"})
