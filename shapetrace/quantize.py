@@ -7,7 +7,8 @@ was written:
    first call only), those whose shapes the export cannot take (a static dim) left out. They are split in two
    disjoint sets: **held-out** calls (a ``held_out`` fraction, at least one, spread evenly over the calls) measure
    the quality, the others calibrate. With a single call there is nothing to hold out: it calibrates *and*
-   measures, and the manifest says so (``held_out.note``).
+   measures, and the manifest says so (``held_out.note``). A data-free mode (``int8-weights``) calibrates on
+   nothing: every call measures.
 2. **The mode** (:data:`MODES`), NNCF on the ``ov.Model``:
 
    - ``int8``: ``nncf.quantize`` -- int8 weights and activations, calibrated on the calibration calls
@@ -63,6 +64,8 @@ __all__ = ["MODES", "QuantizeOptions", "RecordedCall", "plan_modes", "quantize_e
            "recorded_calls", "split", "weighted_matmuls"]
 
 MODES = ("int8", "hybrid", "int8-weights", "int4-weights")
+#: Modes that use no calibration data: every recorded call is held out to measure the quality.
+DATA_FREE = ("int8-weights",)
 
 
 @dataclass(frozen=True)
@@ -239,9 +242,12 @@ def quantize_graph(stage: Path, entry: GraphEntry, calls: Sequence[RecordedCall]
     if not usable:
         raise ExportError(f"graph {entry.name!r}: none of its recorded calls {[c.call for c in calls]} fits the "
                           f"export's static dims; record calls of the exported sizes, or export with dynamic dims")
-    calib_pos, held_pos = split(len(usable), options.held_out)
-    calib = [usable[i] for i in calib_pos][:options.max_calibration]
-    held = [usable[i] for i in held_pos]
+    if mode in DATA_FREE:  # nothing calibrates: every call measures
+        calib, held = [], list(usable)
+    else:
+        calib_pos, held_pos = split(len(usable), options.held_out)
+        calib = [usable[i] for i in calib_pos][:options.max_calibration]
+        held = [usable[i] for i in held_pos]
     t0 = time.perf_counter()
     with PeakRSS() as rss:
         model = ov.Core().read_model(str(xml))
@@ -264,7 +270,7 @@ def quantize_graph(stage: Path, entry: GraphEntry, calls: Sequence[RecordedCall]
         os.replace(out_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(out_xml, xml)
     note = None
-    if len(usable) == 1:
+    if len(usable) == 1 and mode not in DATA_FREE:
         note = (f"only one call of {entry.name!r} was recorded: it calibrated and measured the quality (the figures "
                 f"are optimistic); record more calls with record(obj, samples=N)")
     record = {

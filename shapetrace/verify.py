@@ -143,6 +143,9 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
                                     on_check, bound))
         if bound is not None and "openvino" in usable:
             checks.extend(held_out_checks(entry, bound))
+            if 0 in ((entry.quantization or {}).get("calibration") or {}).get("calls", []):
+                notes.append(f"{entry.name}: its example inputs (call 0) also calibrated it; the held-out rows are "
+                             f"measured on calls it never saw")
     report = ParityReport(tuple(checks), str(out), tuple(usable), tuple(notes))
     if write:
         manifest_mod.store_parity(out, report.to_json())
