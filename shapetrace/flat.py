@@ -42,6 +42,7 @@ class FlatModule(torch.nn.Module):
                  frozen: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.module = module
+        self.training = module.training  # exporters restore the wrapper's mode (recursively) after an eval() pass
         self.method = method
         self.input_tree = dict(input_tree)
         self.input_names = list(input_names)

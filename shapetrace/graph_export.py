@@ -24,7 +24,7 @@ from . import stateful as stateful_mod
 from . import writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
-from .flat import ExportPlan, prepare, weights_dtype
+from .flat import ExportPlan, module_for, prepare, weights_dtype
 from .manifest import Dim, GraphEntry, GraphError, InputSpec, OutputSpec
 from .recording import GraphRecord, dtype_name, file_stem, to_numpy
 
@@ -106,6 +106,7 @@ def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], 
     stem = file_stem(g.name)
     d = _Draft(g)
     t0 = time.perf_counter()
+    modes = _training_modes(obj, g)
     with PeakRSS() as rss:
         try:
             _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from,
@@ -118,6 +119,8 @@ def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], 
         except Exception as e:  # one graph failing never stops the others
             d.error = _graph_error(e)
         finally:
+            for m, training in modes:  # exporters switch modes (eval() and back): leave every module as it was
+                m.training = training
             gc.collect()  # free the graph before the next one
     if d.error is not None:
         for f in stage.iterdir():
@@ -242,6 +245,13 @@ def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[i
                 if size == 1:
                     out.setdefault(inp, set()).add(k)
     return out
+
+
+def _training_modes(obj: Any, g: GraphRecord) -> list[tuple[torch.nn.Module, bool]]:
+    try:
+        return [(m, m.training) for m in module_for(obj, g).modules()]
+    except Exception:  # the export itself reports a missing module
+        return []
 
 
 def _pinned_at_two(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:

@@ -328,6 +328,42 @@ def test_a_size_one_dim_the_trace_at_two_makes_static_stays_at_its_recorded_size
         torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
 
 
+def test_export_leaves_every_module_in_its_mode_even_through_the_torchscript_exporter(tmp_path, monkeypatch):
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+            self.drop = torch.nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.lin(x))
+
+    class Holder:
+        pass
+
+    real_export = torch.onnx.export
+
+    def no_dynamo(*args, **kwargs):  # the dynamo exporter fails: the TorchScript one (which flips modes) takes over
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("dynamo exporter unavailable in this test")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    torch.manual_seed(0)
+    h = Holder()
+    h.enc = Encoder().eval()
+    h.enc.training = True  # mixed modes, as pipelines leave them: the top says training, the dropout is off
+    modes = {n: m.training for n, m in h.enc.named_modules()}
+    x = torch.randn(2, 3, 8)
+    with shapetrace.record(h):
+        want = h.enc(x)
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.manifest.graph("enc").tools["onnx_exporter"] == "torch.onnx.export(dynamo=False)"
+    assert {n: m.training for n, m in h.enc.named_modules()} == modes  # the dropout was not switched on
+    torch.testing.assert_close(h.enc(x), want)
+    assert result.ok and result.parity, str(result)
+
+
 def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
     class Branchy(torch.nn.Module):  # traced at batch 2, the batch-1 branch is never seen: no guard, wrong at 1
         def __init__(self):
