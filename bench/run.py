@@ -15,6 +15,9 @@ leaves what it measured):
 4. ``e2e``       the whole pipeline on the exported graphs via ``shapetrace.load`` (when it exists), PSNR of the
    final image against PyTorch's; always also an estimate from the per-graph numbers.
 5. ``export-ov-direct`` (full run, optional) OpenVINO IR converted straight from torch (``formats=("openvino",)``).
+6. ``quantize``  INT8 from recorded runs: record with ``samples=``, export int8 / hybrid IRs calibrated on them,
+   per graph and end to end speed vs PyTorch, held-out SNR, image PSNR vs float, IR size
+   (``bench/quantize_bench.py``).
 
 Output: ``bench/RESULTS.md`` + ``bench/results.json`` (full), ``bench/RESULTS.quick.md`` +
 ``bench/results.quick.json`` (``--quick``). Exports go to ``--work`` (default ``/tmp/shapetrace-bench-<suite>``).
@@ -46,6 +49,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import quantize_bench  # noqa: E402
 import zoo  # noqa: E402
 
 PIPE_GRAPHS = ("text_encoder", "controlnet", "unet", "vae.decode")
@@ -958,6 +962,7 @@ def render_md(r: dict) -> str:
                          f"{fmt_db(row['psnr_db'])} | {f'{med(cpu):.1f} s' if cpu else '-'} | {inner} | "
                          f"{row.get('load_s', 0):.1f} s | {row.get('first_s', 0):.2f} s |")
             L.append("")
+    L += quantize_bench.render(r)
     notes = HERE / "analysis.md"
     if r["suite"] == "full" and notes.exists():
         L += ["## 5. Analysis: where the time / memory goes, and what would reach the targets", "",
@@ -994,6 +999,19 @@ def _md_targets(r: dict) -> list[str]:
         best = max(((x["speedup"], k) for k, x in est.items() if k.startswith("OpenVINO")), default=(0, "-"))
         rows.append(f"| OpenVINO e2e >= 2.2x PyTorch (estimated from graphs) | {best[0]:.2f}x ({best[1]}) | "
                     f"{'met' if best[0] >= 2.2 else 'MISSED'} (estimate) |")
+    if r.get("quantize"):
+        best = r.get("e2e_speedup_openvino_quantized_best") or {}
+        ratio = r.get("ir_size_ratio_int8")
+        rows.append(f"| best quantized variant e2e >= 3x PyTorch | {best.get('speedup', '-')}x ({best.get('variant', '-')}, "
+                    f"PSNR {best.get('psnr_db') or 0:.1f} dB vs float) | "
+                    f"{'met' if (best.get('speedup') or 0) >= 3 else 'MISSED'} |")
+        rows.append(f"| int8 IR >= 3.5x smaller than f32 | {ratio or 0:.2f}x | "
+                    f"{'met' if (ratio or 0) >= 3.5 else 'MISSED'} |")
+        snrs = [float(g["worst_snr_db"]) for m in ("int8", "hybrid") for g in
+                (r["quantize"].get(m) or {}).get("graphs", {}).values() if g.get("worst_snr_db") is not None]
+        if snrs:
+            rows.append(f"| per-graph output SNR >= 20 dB on held-out calls | worst {min(snrs):.1f} dB | "
+                        f"{'met' if min(snrs) >= 20 else 'MISSED'} |")
     if not rows:
         return []
     note = ([f"Quick suite: tiny models on a shared machine; the ratios below exercise the code path and mean "
@@ -1012,8 +1030,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="export folders etc. (default /tmp/shapetrace-bench-<suite>)")
     ap.add_argument("--output", default=None, help="where RESULTS.md / results.json go (default bench/)")
-    ap.add_argument("--sections", default="overhead,export,graphs,breakdown,e2e,export-ov-direct",
-                    help="comma list of overhead, export, graphs, breakdown, e2e, export-ov-direct, export-whatif")
+    ap.add_argument("--sections", default="overhead,export,graphs,breakdown,e2e,quantize,export-ov-direct",
+                    help="comma list of overhead, export, graphs, breakdown, e2e, quantize, export-ov-direct, "
+                         "export-whatif")
     ap.add_argument("--profile-export", action="append", default=None, help="cProfile this graph's export child")
     ap.add_argument("--export-timeout", type=int, default=3600)
     ap.add_argument("--whatif-graphs", default="text_encoder,controlnet,unet")
@@ -1064,6 +1083,8 @@ def main() -> None:
         b.breakdown()
     if "e2e" in sections:
         b.e2e()
+    if "quantize" in sections:
+        quantize_bench.run(b, PIPE_GRAPHS)
     if "export-ov-direct" in sections:
         b.pipe = b.det = None  # the last sections need the memory for their children
         gc.collect()

@@ -190,7 +190,7 @@ def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) ->
         return []
     wrong = {c.graph for c in report.checks if c.error is None and c.result is not None and not c.result.passed
              and c.bound is None}  # a quantized graph's SNR bound is not a dynamic-dim problem
-    return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims]
+    return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims and not e.quantization]
 
 
 def _degrade(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: ParityReport, formats: Any,

@@ -11,6 +11,7 @@ this 2-core CPU (OpenVINO 2026.4, NNCF 3.4): held-out output SNR 22-31 dB (bound
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -91,6 +92,14 @@ def test_samples_spread_over_runs_save_and_reload(recorded, tmp_path):
             np.testing.assert_array_equal(a.arrays()[k], b.arrays()[k])
     assert json.loads((tmp_path / "sig" / "samples" / "samples.json").read_text())["graphs"]["unet"]["calls_seen"] == \
         calls["unet"]
+
+
+def test_missing_nncf_names_the_extra(recorded, tmp_path, monkeypatch):
+    pipe, rec = recorded
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(ImportError, match=r"nncf is not installed .*pip install 'shapetrace\[quantize\]'"):
+        shapetrace.export_all(pipe, tmp_path / "x", recording=rec, quantize="int8")
+    assert not (tmp_path / "x").exists()  # refused before any work
 
 
 def test_default_recording_keeps_no_samples(recorded):
