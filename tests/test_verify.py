@@ -461,3 +461,37 @@ def test_tampered_openvino_weights_are_caught(exports, tmp_path):
     worst = _worst_failure(report)
     assert (worst.graph, worst.backend, worst.output) == ("unet", "openvino", "output.sample")
     assert all(c for c in report.checks if c.backend == "onnxruntime" and c.reference == "recorded")
+
+
+def test_alternative_sizes_can_prefer_smaller_sizes():
+    dims = {"sequence": Dim("sequence", 1, None, 16, ("x.1",))}
+    assert alternative_sizes(dims, []) == {"sequence": 17}
+    assert alternative_sizes(dims, [], smaller_first=True) == {"sequence": 15}
+
+
+def test_resized_sizes_the_model_refuses_are_retried_smaller(tmp_path):
+    import torch
+
+    class Table(torch.nn.Module):  # a limit eager code checks but the exported graph does not know
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            if not torch.compiler.is_exporting() and x.shape[1] > 16:
+                raise ValueError("at most 16 positions")
+            return self.lin(x)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Table()
+    with shapetrace.record(h):
+        h.m(torch.randn(1, 16, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    assert result.parity, str(result.parity)
+    resized = [c for c in result.parity.checks if c.input_set == "resized"]
+    assert resized and all(c.sizes["sequence"] < 16 for c in resized)
+    assert any("PyTorch refused the resized sizes {'batch': 2, 'sequence': 17}" in n for n in result.parity.notes)

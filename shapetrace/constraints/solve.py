@@ -18,16 +18,19 @@ def _holds(e: Expr, values: Mapping[str, int]) -> bool:
         return False
 
 
-def _candidates(d: Any) -> list[int]:
+def _candidates(d: Any, smaller_first: bool = False) -> list[int]:
     ex, lo, hi = int(dim_attr(d, "example")), max(1, int(dim_attr(d, "min") or 1)), dim_attr(d, "max")
     near = [ex + 1, ex - 1, ex + 2, ex - 2, ex + 3, ex - 3, ex + 4, ex - 4, ex + 8, ex - 8, ex * 2, ex // 2,
             ex + 16, ex * 3 // 2, ex * 4, ex // 4, ex * 8, ex // 8]
-    return list(dict.fromkeys(v for v in near if v != ex and v >= lo and (hi is None or v <= int(hi))))
+    out = list(dict.fromkeys(v for v in near if v != ex and v >= lo and (hi is None or v <= int(hi))))
+    return sorted(out, key=lambda v: v > ex) if smaller_first else out  # stable: nearest first on each side
 
 
 def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
-                      budget: int = 200_000) -> dict[str, int] | None:
+                      budget: int = 200_000, smaller_first: bool = False) -> dict[str, int] | None:
     """Another valid size for every dim (ranges and constraints respected), changing every dim the constraints allow.
+    ``smaller_first`` tries sizes below the examples first (for models with a maximum no guard states, such as a
+    fixed position table).
 
     Dims tied by an equality (``height == 1 + (-1 + cond_height) // 8``) are derived from the others; the free dims
     are searched depth first, nearest candidates first, each constraint checked once its dims are known; if no
@@ -51,7 +54,7 @@ def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
                     derived[lhs.id] = f
                     break
     free = [n for n in dims if n not in derived]
-    cands = {n: _candidates(dims[n]) for n in free}
+    cands = {n: _candidates(dims[n], smaller_first) for n in free}
     examples = {n: int(dim_attr(d, "example")) for n, d in dims.items()}
     steps = [0]
 
