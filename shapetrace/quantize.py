@@ -212,7 +212,8 @@ def _nncf_apply(model: Any, mode: str, dataset: Any, n_calib: int) -> tuple[Any,
                                       ignored_scope=nncf.IgnoredScope(types=types))
         q = nncf.quantize(model, dataset, subset_size=n_calib, model_type=transformer,
                           ignored_scope=nncf.IgnoredScope(names=names, validate=False),
-                          advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1))
+                          advanced_parameters=nncf.AdvancedQuantizationParameters(
+                              smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)))
         return q, {"function": "nncf.compress_weights + nncf.quantize", "weights": "int8_asym (MatMul, Gather)",
                    "weights_ignored_types": types, "activations_ignored_ops": len(names), "subset_size": n_calib,
                    "model_type": "transformer", "smooth_quant_alpha": -1, "scheme": "optimum-intel hybrid"}
