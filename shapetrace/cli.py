@@ -164,7 +164,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] if args.graphs else None
     log = EvidenceLog() if args.report else None
     report = verify(args.out, backends=backends, atol=args.atol, rtol=args.rtol, graphs=graphs,
-                    threads=args.threads, write=not args.no_write, on_check=log)
+                    threads=args.threads, write=not args.no_write, on_check=log, min_snr_db=args.min_snr_db)
     print(str(report))
     if args.report:
         path = write_report(args.report, manifest_mod.read(args.out), report, out_dir=str(args.out),
@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: by dtype, 1e-4 for float32)")
     p.add_argument("--rtol", type=float, default=None, help="relative tolerance for every float output "
                    "(default: by dtype, 1e-3 for float32)")
+    p.add_argument("--min-snr-db", type=float, default=None, help="output SNR a quantized graph must reach "
+                   "(default: the bound its export recorded, 20 dB unless chosen)")
     p.add_argument("--graphs", default=None, help="comma separated graph names (default: all)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per runtime")
     p.add_argument("--no-write", action="store_true", help="do not store the result in manifest.json")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import shapetrace
+from shapetrace import cli
 from shapetrace.quality import DEFAULT_MIN_SNR_DB, QualityMeter, snr_db
 from shapetrace.quantize import QuantizeOptions, split
 from shapetrace.runtime import psnr
@@ -160,6 +161,8 @@ def test_verify_holds_quantized_graphs_to_their_snr_bound(mixed):
     failed = {(c.graph, c.input_set) for c in strict.failures}
     assert failed == {(g, s) for g in ("unet", "vae.decode") for s in ("example", "held-out")}
     assert all("dB < 200 dB" in c.message for c in strict.failures)
+    args = ["verify", str(out), "--backends", "openvino", "--graphs", "vae.decode", "--no-write"]
+    assert cli.main(args) == cli.EXIT_OK and cli.main(args + ["--min-snr-db", "200"]) == cli.EXIT_FAILED
 
 
 def test_quantized_graphs_run_the_pipeline(mixed):
