@@ -147,7 +147,7 @@ def judge(result: OutputComparison, got: np.ndarray, ref: np.ndarray, min_snr_db
     ok = same and not result.nan_count and (not binding or (not math.isnan(snr) and snr >= min_snr_db))
     message = "" if ok else (result.message if not same or result.nan_count else
                              f"output SNR {snr:.1f} dB < {min_snr_db:g} dB (cosine {result.cosine:.6f})")
-    bound = {"min_snr_db": min_snr_db, "snr_db": snr, "cosine": result.cosine, "binding": binding,
+    bound = {"min_snr_db": min_snr_db, "snr_db": _num(snr), "cosine": _num(result.cosine), "binding": binding,
              "why": bound_text(min_snr_db, mode) if binding else SYNTHETIC}
     return dataclasses.replace(result, passed=ok, message=message), bound
 
@@ -165,7 +165,7 @@ def held_out_checks(entry: GraphEntry, min_snr_db: float) -> list[ParityCheck]:
                                   message="" if ok else f"output SNR {oq.snr_db:.1f} dB < {min_snr_db:g} dB on "
                                                         f"held-out calls {q['held_out']['calls']} (measured at export)")
         calls = q.get("held_out", {}).get("calls", [])
-        bound = {"min_snr_db": min_snr_db, "snr_db": oq.snr_db, "cosine": oq.cosine, "calls": calls,
+        bound = {"min_snr_db": min_snr_db, "snr_db": _num(oq.snr_db), "cosine": _num(oq.cosine), "calls": calls,
                  "why": bound_text(min_snr_db, str(q.get("mode")))}
         checks.append(ParityCheck(entry.name, "openvino", "float IR", "held-out", name, result, None, {}, bound))
     return checks
