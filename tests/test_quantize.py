@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ import pytest
 import shapetrace
 from shapetrace import cli
 from shapetrace.quality import DEFAULT_MIN_SNR_DB, QualityMeter, snr_db
-from shapetrace.quantize import QuantizeOptions, split
+from shapetrace.manifest import GraphEntry, InputSpec, OutputSpec
+from shapetrace.quantize import QuantizeOptions, quantize_entries, split
 from shapetrace.runtime import psnr
 from shapetrace.samples import SampleStore, stride_for
 from shapetrace.testing import EXAMPLES
@@ -64,6 +66,20 @@ def test_quality_meter_pools_snr_and_cosine():
     assert q.cosine == pytest.approx(2000 / np.sqrt(2020 * 2000))  # pooled over both calls, not per call
     assert snr_db(ref["y"], ref["y"]) == float("inf")
     assert DEFAULT_MIN_SNR_DB == 20.0 and QuantizeOptions().min_snr_db == 20.0  # the documented default bound
+
+
+def test_a_graph_whose_quantization_fails_keeps_its_float_ir(tmp_path):
+    store = SampleStore(2, root=tmp_path / "samples")
+    store.add("g", 0, {"x": np.zeros((1, 4), np.float32)})
+    (tmp_path / "g.xml").write_text("<not an IR/>")
+    (tmp_path / "g.bin").write_bytes(b"")
+    entry = GraphEntry("g", files={"openvino": "g.xml"}, inputs=(InputSpec("x", "float32", (1, 4), (1, 4)),),
+                       outputs=(OutputSpec("y", "y", "float32", (1, 4), (1, 4)),))
+    rec = SimpleNamespace(samples=store, graphs={"g": SimpleNamespace(name="g", examples={})})
+    [out] = quantize_entries(tmp_path, [entry], rec, {"g": "int8"}, None)
+    assert out.quantization["kept_float"] and out.quantization["mode"] == "int8"
+    assert "Unable to read the model" in out.quantization["error"]  # the reason, kept in the manifest
+    assert (tmp_path / "g.xml").read_text() == "<not an IR/>" and not list(tmp_path.glob("g.quantized.*"))
 
 
 # ============================================================================================ recording
