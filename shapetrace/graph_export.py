@@ -1,6 +1,6 @@
-"""One graph's export, start to end: the plan, ``torch.export`` (and a second trace when a size-1 dim only
-broadcasts or comes out static), the reference outputs, the ONNX / OpenVINO / stateful files, and the manifest :class:`GraphEntry` --
-with the error, when something failed, and no file left behind. :func:`export_graph` is what ``export_all`` runs
+"""One graph's export, start to end: the trace (:mod:`shapetrace.tracing`: torch.export, giving up as few dynamic
+dims as it can), the reference outputs, the ONNX / OpenVINO / stateful files, and the manifest :class:`GraphEntry`
+-- with the error, when something failed, and no file left behind. :func:`export_graph` is what ``export_all`` runs
 per graph; it measures the graph's time and peak memory (:class:`PeakRSS`).
 """
 
@@ -19,12 +19,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import constraints
-from . import dims as dims_mod
 from . import stateful as stateful_mod
-from . import writers
+from . import tracing, writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
-from .flat import ExportPlan, module_for, prepare, weights_dtype
+from .flat import ExportPlan, module_for, weights_dtype
 from .manifest import Dim, GraphEntry, GraphError, InputSpec, OutputSpec
 from .recording import GraphRecord, dtype_name, file_stem, to_numpy
 
@@ -133,17 +132,7 @@ def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], 
 def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],
                   dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
                   stateful: bool = False) -> None:
-    plan = prepare(obj, g, dynamic=dynamic)
-    ep, info = _trace(plan, d)
-    broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
-    if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
-        d.tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
-    if pinned:  # a size-1 dim traced at 2 came out static: at 2 it would refuse the recorded call; keep it at 1
-        d.tools["size1_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in pinned.items()]
-    if broadcast or pinned:
-        keep = {n: broadcast.get(n, set()) | pinned.get(n, set()) for n in {*broadcast, *pinned}}
-        plan = prepare(obj, g, dynamic=dynamic, keep_static=keep)
-        ep, info = _trace(plan, d)
+    plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
     d.input_tree = plan.module.input_tree
     d.promoted = tuple(plan.promoted)
     d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}
@@ -217,51 +206,11 @@ def _write_stateful(plan: ExportPlan, entry: GraphEntry, xml: Path, out_xml: Pat
             f.unlink(missing_ok=True)
 
 
-def _trace(plan: ExportPlan, d: _Draft) -> tuple[Any, dims_mod.DimInfo]:
-    """torch.export with the plan's dynamic shapes (every dim static if that fails: reported), read off."""
-    t = time.perf_counter()
-    with torch.no_grad():
-        try:
-            ep = torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)
-        except Exception as e:
-            if not any(plan.candidates.values()):
-                raise
-            d.tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
-            ep = torch.export.export(plan.module, plan.args)  # every dim static: reported below
-    d.timings["torch_export"] = round(time.perf_counter() - t, 3)
-    arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
-    return ep, dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
-
-
-def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
-    """Size-1 dims that share a dim name with a dim of another size in the recorded call: traced at 2 they looked
-    like it, but the recorded call proves they are not the same dim (one broadcasts against the other)."""
-    out: dict[str, set[int]] = {}
-    for dim in info.dims.values():
-        places = [src.rsplit(".", 1) for src in dim["sources"]]
-        sizes = {(inp, int(k)): int(plan.example_inputs[inp].shape[int(k)]) for inp, k in places}
-        if len(set(sizes.values())) > 1:
-            for (inp, k), size in sizes.items():
-                if size == 1:
-                    out.setdefault(inp, set()).add(k)
-    return out
-
-
 def _training_modes(obj: Any, g: GraphRecord) -> list[tuple[torch.nn.Module, bool]]:
     try:
         return [(m, m.training) for m in module_for(obj, g).modules()]
     except Exception:  # the export itself reports a missing module
         return []
-
-
-def _pinned_at_two(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
-    """Size-1 dims traced at 2 (against torch.export's 0/1 specialisation) that the program made static anyway:
-    exported as is they would be fixed at 2, a size no call has."""
-    out: dict[str, set[int]] = {}
-    for s in info.specialized:
-        if int(plan.example_inputs[s["input"]].shape[s["dim"]]) == 1 and int(s["value"]) != 1:
-            out.setdefault(s["input"], set()).add(int(s["dim"]))
-    return out
 
 
 def _example_of(info: Mapping[str, Any], example_shapes: Mapping[str, tuple]) -> int:

@@ -364,6 +364,36 @@ def test_export_leaves_every_module_in_its_mode_even_through_the_torchscript_exp
     assert result.ok and result.parity, str(result)
 
 
+def test_when_the_dynamic_export_fails_only_the_dims_that_break_it_are_given_up(tmp_path):
+    class SizeKeyed(torch.nn.Module):  # a table cached per sequence length: a dynamic length cannot be a dict key
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            scale = {x.shape[1]: 0.5}
+            return self.lin(x) * scale[x.shape[1]]
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = SizeKeyed()
+    with shapetrace.record(h):
+        h.m(torch.randn(2, 5, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest.graph("m")
+    assert "unhashable" in entry.tools["dynamic_error"]
+    assert entry.tools["dynamic_given_up"] == [{"dim": "sequence", "inputs": {"x": [1]}}]
+    assert entry.input("x").shape == ("batch", 5, 8)  # the batch stays dynamic
+    x = torch.randn(3, 5, 8)
+    want = h.m(x)
+    with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
+        torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
+
+
 def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
     class Branchy(torch.nn.Module):  # traced at batch 2, the batch-1 branch is never seen: no guard, wrong at 1
         def __init__(self):

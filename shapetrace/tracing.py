@@ -1,0 +1,124 @@
+"""``torch.export`` of one recorded graph, giving up as few dynamic dims as it can.
+
+:func:`trace` asks for every candidate dim (``dims.candidate_dims``) dynamic. When that export fails, it tries again
+with one group of dims static at a time (a group: the dims of one role, such as every ``sequence`` dim), keeping
+the first that exports; only when no single group helps is every dim static. Then two corrections, each a second
+trace with some size-1 dims kept at their recorded size 1 instead of being traced at 2 (the trick against
+torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of another recorded size (they broadcast),
+and dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2.
+
+Everything given up is written into ``tools``: ``dynamic_error`` (why the full export failed),
+``dynamic_given_up`` (the groups made static), ``broadcast_static`` and ``size1_static``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import torch
+
+from . import dims as dims_mod
+from .flat import ExportPlan, prepare
+from .recording import GraphRecord
+
+__all__ = ["trace"]
+
+
+def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
+          timings: dict[str, float]) -> tuple[ExportPlan, Any, dims_mod.DimInfo]:
+    """The plan, exported program and dim description of graph ``g`` of ``obj`` (see the module docstring)."""
+    plan, ep = _degrading(obj, g, dynamic, {}, tools, timings)
+    info = _describe(plan, ep)
+    broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
+    if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
+        tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
+    if pinned:  # a size-1 dim traced at 2 came out static: at 2 it would refuse the recorded call; keep it at 1
+        tools["size1_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in pinned.items()]
+    if broadcast or pinned:
+        keep = {n: broadcast.get(n, set()) | pinned.get(n, set()) for n in {*broadcast, *pinned}}
+        plan, ep = _degrading(obj, g, dynamic, keep, tools, timings)
+        info = _describe(plan, ep)
+    return plan, ep, info
+
+
+def _export(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:
+    t = time.perf_counter()
+    try:
+        with torch.no_grad():
+            return torch.export.export(plan.module, plan.args,
+                                       dynamic_shapes=plan.dynamic_shapes if dynamic else None)
+    finally:
+        timings["torch_export"] = round(timings.get("torch_export", 0.0) + time.perf_counter() - t, 3)
+
+
+def _degrading(obj: Any, g: GraphRecord, dynamic: Any, keep: Mapping[str, set[int]], tools: dict[str, Any],
+               timings: dict[str, float]) -> tuple[ExportPlan, Any]:
+    plan = prepare(obj, g, dynamic=dynamic, keep_static=keep)
+    try:
+        return plan, _export(plan, timings)
+    except Exception as e:
+        if not any(plan.candidates.values()):
+            raise
+        tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    groups = _groups(plan)
+    for role, dims in groups.items() if len(groups) > 1 else ():
+        fewer = prepare(obj, g, dynamic=dynamic, keep_static=_merged(keep, dims))
+        try:
+            ep = _export(fewer, timings)
+        except Exception:
+            continue
+        tools["dynamic_given_up"] = [_given_up(role, dims)]
+        return fewer, ep
+    static = prepare(obj, g, dynamic="static")
+    ep = _export(static, timings, dynamic=False)  # raises when even a static export fails
+    tools["dynamic_given_up"] = [_given_up(role, dims) for role, dims in groups.items()]
+    return static, ep
+
+
+def _groups(plan: ExportPlan) -> dict[str, dict[str, set[int]]]:
+    """The candidate dims by role (the requested name, else the role of its position), batch last: a group that
+    must be static is more often a sequence or spatial dim than the batch."""
+    out: dict[str, dict[str, set[int]]] = {}
+    for name, dims in plan.candidates.items():
+        rank = plan.example_inputs[name].dim()
+        for d, wanted in dims.items():
+            out.setdefault(wanted or dims_mod.role_name(rank, d), {}).setdefault(name, set()).add(d)
+    return dict(sorted(out.items(), key=lambda kv: kv[0] == "batch"))
+
+
+def _merged(keep: Mapping[str, set[int]], more: Mapping[str, set[int]]) -> dict[str, set[int]]:
+    return {n: set(keep.get(n, ())) | set(more.get(n, ())) for n in {*keep, *more}}
+
+
+def _given_up(role: str, dims: Mapping[str, set[int]]) -> dict[str, Any]:
+    return {"dim": role, "inputs": {n: sorted(d) for n, d in sorted(dims.items())}}
+
+
+def _describe(plan: ExportPlan, ep: Any) -> dims_mod.DimInfo:
+    arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
+    return dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
+
+
+def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
+    """Size-1 dims that share a dim name with a dim of another size in the recorded call: traced at 2 they looked
+    like it, but the recorded call proves they are not the same dim (one broadcasts against the other)."""
+    out: dict[str, set[int]] = {}
+    for dim in info.dims.values():
+        places = [src.rsplit(".", 1) for src in dim["sources"]]
+        sizes = {(inp, int(k)): int(plan.example_inputs[inp].shape[int(k)]) for inp, k in places}
+        if len(set(sizes.values())) > 1:
+            for (inp, k), size in sizes.items():
+                if size == 1:
+                    out.setdefault(inp, set()).add(k)
+    return out
+
+
+def _pinned_at_two(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
+    """Size-1 dims traced at 2 (against torch.export's 0/1 specialisation) that the program made static anyway:
+    exported as is they would be fixed at 2, a size no call has."""
+    out: dict[str, set[int]] = {}
+    for s in info.specialized:
+        if int(plan.example_inputs[s["input"]].shape[s["dim"]]) == 1 and int(s["value"]) != 1:
+            out.setdefault(s["input"], set()).add(int(s["dim"]))
+    return out
