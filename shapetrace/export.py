@@ -184,12 +184,14 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
 
 
 def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) -> list[str]:
-    """Graphs with dynamic dims whose outputs did not match (an error is not a value mismatch: no retry), unless
-    the caller chose their dims."""
+    """Graphs with dynamic dims whose outputs did not match, or that PyTorch itself cannot run at other sizes (a
+    runtime's error is not a value mismatch: no retry), unless the caller chose their dims."""
     if dynamic != "auto":
         return []
     wrong = {c.graph for c in report.checks if c.error is None and c.result is not None and not c.result.passed
              and c.bound is None}  # a quantized graph's SNR bound is not a dynamic-dim problem
+    # the live model itself refuses every other size tried (a limit it checks in eager code only): not checkable
+    wrong |= {c.graph for c in report.checks if c.backend == "torch" and c.input_set == "resized" and c.error}
     return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims and not e.quantization]
 
 
@@ -210,7 +212,7 @@ def _degrade(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: 
             if e.name not in passed:
                 entries.append(e)
                 continue
-            why = next(c for c in report.checks if c.graph == e.name and c.result is not None and not c.result)
+            why = next(c for c in report.checks if c.graph == e.name and not c)
             new = manifest_mod.read(tmp / "x").graph(e.name)
             for f in e.file_names():
                 with contextlib.suppress(FileNotFoundError):

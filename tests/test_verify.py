@@ -495,3 +495,32 @@ def test_resized_sizes_the_model_refuses_are_retried_smaller(tmp_path):
     resized = [c for c in result.parity.checks if c.input_set == "resized"]
     assert resized and all(c.sizes["sequence"] < 16 for c in resized)
     assert any("PyTorch refused the resized sizes {'batch': 2, 'sequence': 17}" in n for n in result.parity.notes)
+
+
+def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(tmp_path):
+    import torch
+
+    class Fixed(torch.nn.Module):  # eager code accepts one length only; the exported graph does not know
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            if not torch.compiler.is_exporting() and x.shape[1] != 16:
+                raise ValueError("exactly 16 positions")
+            return self.lin(x)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Fixed()
+    with shapetrace.record(h):
+        h.m(torch.randn(1, 16, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    assert result.ok and result.parity, str(result.parity)
+    entry = result.manifest.graph("m")
+    assert entry.input("x").shape == (1, 16, 8) and not entry.dims
+    fallback = entry.tools["static_fallback"]
+    assert fallback["given_up"] == ["batch", "sequence"] and "exactly 16 positions" in fallback["because"]
