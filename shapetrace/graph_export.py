@@ -6,6 +6,7 @@ per graph; it measures the graph's time and peak memory (:class:`PeakRSS`).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
@@ -141,6 +142,8 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     d.weights_dtype = weights_dtype(plan.module.module)
     with torch.no_grad():  # reference outputs on the recorded inputs
         ref = plan.module(*(plan.example_inputs[n] for n in plan.input_names))
+    if ep is None:  # no program to read the outputs' shapes from: all static, as run
+        info = dataclasses.replace(info, output_shapes={n: list(r.shape) for n, r in zip(plan.output_names, ref)})
     save_npz(stage / f"{stem}.inputs.npz", {n: to_numpy(plan.example_inputs[n]) for n in plan.input_names})
     save_npz(stage / f"{stem}.outputs.npz", {n: to_numpy(t) for n, t in zip(plan.output_names, ref)})
     d.files.update(inputs=f"{stem}.inputs.npz", outputs=f"{stem}.outputs.npz")

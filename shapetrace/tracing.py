@@ -8,7 +8,7 @@ torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of anot
 and dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2.
 
 Everything given up is written into ``tools``: ``dynamic_error`` (why the full export failed),
-``dynamic_given_up`` (the groups made static), ``broadcast_static`` and ``size1_static``.
+``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static`` and ``torch_export_error``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,20 @@ __all__ = ["trace"]
 
 def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
           timings: dict[str, float]) -> tuple[ExportPlan, Any, dims_mod.DimInfo]:
-    """The plan, exported program and dim description of graph ``g`` of ``obj`` (see the module docstring)."""
-    plan, ep = _degrading(obj, g, dynamic, {}, tools, timings)
+    """The plan, exported program and dim description of graph ``g`` of ``obj`` (see the module docstring).
+
+    When ``torch.export`` cannot trace the module even with every dim static (an op it cannot follow, such as a
+    tensor built with numpy in ``forward``), the program is None, every dim is static and ``tools`` says why
+    (``torch_export_error``): the files then come from the exporters that trace the module by running it."""
+    try:
+        plan, ep = _degrading(obj, g, dynamic, {}, tools, timings)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        tools["torch_export_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+        plan = prepare(obj, g, dynamic="static")
+        shapes = {n: list(a.shape) for n, a in zip(plan.input_names, plan.args)}
+        return plan, None, dims_mod.DimInfo(shapes, {}, {}, (), ())
     info = _describe(plan, ep)
     broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
     if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1

@@ -104,6 +104,8 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
     require("onnxscript", "onnx")
     tools: dict[str, Any] = {}
     try:
+        if ep is None:  # no torch.export program (tracing.trace): only the TorchScript exporter can do it
+            raise ExportError("torch.export could not trace this graph")
         prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
                                  output_names=list(plan.output_names), opset_version=opset, optimize=True,
                                  verbose=False)
@@ -166,7 +168,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _no_exporter(ep: Any, dynamo_error: str, ts: BaseException) -> str:
-    ops = complex_ops(ep)
+    ops = complex_ops(ep) if ep is not None else []
     why = (f"the graph computes complex-valued tensors ({', '.join(ops[:8])}{', ...' if len(ops) > 8 else ''}), "
            f"which ONNX cannot represent" if ops else "neither ONNX exporter could translate the graph")
     return (f"{why}; dynamo exporter: {_one_line(dynamo_error)}; TorchScript exporter: "

@@ -394,6 +394,36 @@ def test_when_the_dynamic_export_fails_only_the_dims_that_break_it_are_given_up(
         torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
 
 
+def test_a_module_torch_export_cannot_trace_is_exported_static_by_the_tracing_exporters(tmp_path):
+    class Checked(torch.nn.Module):  # a data-dependent check: torch.export fails even with static shapes
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            if bool(torch.isnan(x).any()):
+                raise ValueError("NaN in the input")
+            return self.lin(x)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Checked()
+    x = torch.randn(2, 5, 8)
+    with shapetrace.record(h):
+        want = h.m(x)
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest.graph("m")
+    assert "data-dependent" in entry.tools["torch_export_error"]
+    assert entry.tools["onnx_exporter"] == "torch.onnx.export(dynamo=False)"
+    assert entry.input("x").shape == (2, 5, 8) and not entry.dims and entry.outputs[0].shape == (2, 5, 8)
+    with shapetrace.load(h, tmp_path / "o", backend="openvino"):
+        torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
+
+
 def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
     class Branchy(torch.nn.Module):  # traced at batch 2, the batch-1 branch is never seen: no guard, wrong at 1
         def __init__(self):
