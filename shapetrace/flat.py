@@ -53,10 +53,14 @@ class FlatModule(torch.nn.Module):
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         leaves = dict(self._frozen)
         leaves.update(zip(self.input_names, tensors))
-        args, kwargs = tree.split_call(self.input_tree, leaves)
+        values = tree.call_values(self.input_tree, leaves)
+        args, kwargs = tree.split_call(self.input_tree, leaves, values)
         fn = self.module if self.method == "forward" else getattr(self.module, self.method)
         output = fn(*args, **kwargs)
         _, flat = tree.flatten_output(output, self.output_fields)
+        if any(n.startswith(tree.UPDATED) for n in self.output_names):  # slots the call fills in its arguments
+            filled = tree.updated_in_place([(n, v) for n, _k, v in values], leaves)
+            flat.update({tree.UPDATED + n: t for n, t in filled.items()})
         missing = [n for n in self.output_names if n not in flat]
         if missing:
             raise ExportError(f"output {missing[0]!r} is missing from this call's output (got {', '.join(flat)})")

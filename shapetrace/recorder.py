@@ -9,6 +9,7 @@ call runs, outputs after; calls of one graph whose structure differs become vari
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -175,6 +176,7 @@ class Recorder:
         None when it passes no tensor (``enable_slicing()``): not a graph."""
         info = method_info(type(module), method)
         leaves: dict[str, Any] = {}
+        bound = [(n, v) for n, _k, v in bind_call(info.signature, args, kwargs)]
         params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]}
                   for n, k, v in bind_call(info.signature, args, kwargs)]
         tensors = {n: v for n, v in leaves.items() if isinstance(v, torch.Tensor)}
@@ -192,7 +194,7 @@ class Recorder:
                 sample = examples if examples is not None else {
                     n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in leaves.items()}
         return _Pending(base, path, method, module, info.output_fields, params, leaves, tensors, skeleton, examples,
-                        sample)
+                        sample, bound)
 
     def _next_call(self, base: str, skeleton: str) -> tuple[str, int]:
         """The graph (variant) a call of this structure belongs to, and the index it will have there."""
@@ -206,6 +208,8 @@ class Recorder:
     def finish(self, p: "_Pending", output: Any) -> None:
         """Add one finished call to its graph: the variant of ``p.base`` that has the call's structure."""
         out_tree, out_leaves = tree.flatten_output(output, p.output_fields)
+        # tensors the call put into its arguments' lists (a conv cache filled in place) are outputs too
+        out_leaves.update({tree.UPDATED + n: t for n, t in tree.updated_in_place(p.bound, p.leaves).items()})
         with self._lock:
             variants = self._variants.setdefault(p.base, [])
             if p.skeleton not in variants:
@@ -259,6 +263,7 @@ class _Pending:
     skeleton: str
     examples: dict | None
     sample: dict | None = None  # CPU copies of the inputs, when this call is to be kept as a calibration sample
+    bound: list = dataclasses.field(default_factory=list)  # (parameter, value): the containers the call may fill
 
 
 class _LoopWatch:

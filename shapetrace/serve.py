@@ -208,10 +208,12 @@ class ServedGraph:
 
     # ------------------------------------------------------------------------------------------ call
     def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        return self.answer(module, *self.bind(args, kwargs))
+        return self.answer(module, *self.bind(args, kwargs), call=(args, kwargs))
 
-    def answer(self, module: torch.nn.Module, nodes: Mapping[str, dict], leaves: Mapping[str, Any]) -> Any:
-        """Answer a bound call (see :meth:`bind`)."""
+    def answer(self, module: torch.nn.Module, nodes: Mapping[str, dict], leaves: Mapping[str, Any],
+               call: tuple[tuple, dict] | None = None) -> Any:
+        """Answer a bound call (see :meth:`bind`); the tensors the recorded call put into its arguments' lists
+        (``updated.*`` outputs) are put into this ``call``'s arguments too."""
         t0 = time.perf_counter()
         feed, device = self.match(nodes, leaves)
         try:
@@ -229,6 +231,9 @@ class ServedGraph:
                 t = t.to(dtype)
             out[key] = t.to(device) if device is not None and device.type != "cpu" else t
         value = self.rebuild(module, nodes, out)
+        updates = {k[len(tree.UPDATED):]: v for k, v in out.items() if k.startswith(tree.UPDATED)}
+        if updates and call is not None:
+            tree.write_back([(n, v) for n, _k, v in bind_call(self.signature, *call)], updates)
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return value
@@ -248,11 +253,11 @@ class ServedMethod:
         first = self.variants[0]
         nodes, leaves = first.bind(args, kwargs)
         if len(self.variants) == 1:
-            return first.answer(module, nodes, leaves)
+            return first.answer(module, nodes, leaves, (args, kwargs))
         shape = _structure(nodes, frozenset())
         for v, recorded in zip(self.variants, self.structures):
             if recorded == shape:
-                return v.answer(module, nodes, leaves)
+                return v.answer(module, nodes, leaves, (args, kwargs))
         names = ", ".join(v.name for v in self.variants)
         raise RuntimeMismatchError(
             f"{first._where()}: this call's structure (which arguments are tensors, None, caches of which "

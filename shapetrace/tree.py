@@ -27,7 +27,7 @@ import importlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.utils._pytree as pytree
@@ -36,7 +36,8 @@ from . import caches
 from .errors import FlattenError
 
 __all__ = ["register_flattener", "flatten", "flatten_output", "unflatten", "constants_of", "qualname", "import_qualname",
-           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "const_value", "skeleton", "cache_tensor_names"]
+           "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "call_values", "const_value", "skeleton",
+           "cache_tensor_names", "UPDATED", "updated_in_place", "write_back"]
 
 
 @dataclass(frozen=True)
@@ -291,19 +292,66 @@ def skeleton(spec: Mapping[str, Any], as_const: frozenset[str] | set[str] = froz
     return json.dumps(walk(spec, name), separators=(",", ":"))
 
 
-def split_call(input_tree: Mapping[str, Any], leaves: Mapping[str, Any]) -> tuple[list, dict[str, Any]]:
-    """Rebuild a call's ``(args, kwargs)`` from its ``args`` spec and its leaves (flat name -> value)."""
+def call_values(input_tree: Mapping[str, Any], leaves: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """A call's ``(parameter name, kind, value)`` rebuilt from its ``args`` spec and leaves (flat name -> value)."""
+    return [(param["name"], param["kind"], unflatten(param["node"], leaves)) for param in input_tree["params"]]
+
+
+def split_call(input_tree: Mapping[str, Any], leaves: Mapping[str, Any],
+               values: list[tuple[str, str, Any]] | None = None) -> tuple[list, dict[str, Any]]:
+    """Rebuild a call's ``(args, kwargs)`` from its ``args`` spec and its leaves (or from its ``values``)."""
     args: list = []
     kwargs: dict[str, Any] = {}
-    for param in input_tree["params"]:
-        value = unflatten(param["node"], leaves)
-        if param["kind"] == "VAR_POSITIONAL":
+    for name, kind, value in values if values is not None else call_values(input_tree, leaves):
+        if kind == "VAR_POSITIONAL":
             args.extend(value)
-        elif param["kind"] == "POSITIONAL_ONLY":
+        elif kind == "POSITIONAL_ONLY":
             args.append(value)
         else:
-            kwargs[param["name"]] = value
+            kwargs[name] = value
     return args, kwargs
+
+
+#: Output-key prefix of an argument slot a call fills in place (``updated.feat_cache.3``).
+UPDATED = "updated."
+
+
+def _slots(value: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
+    """``(flat name, container, key)`` of every item of the plain lists and dicts in ``value`` (nested ones too):
+    the places a call can fill in place. Tuples, caches and other objects are not walked."""
+    if type(value) is list:
+        items = enumerate(value)
+    elif type(value) is dict:
+        items = value.items()
+    else:
+        return
+    for k, v in list(items):
+        name = _join(prefix, k)
+        yield name, value, k
+        yield from _slots(v, name)
+
+
+def updated_in_place(values: Sequence[tuple[str, Any]], before: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors a call put into its arguments' lists / dicts (a conv cache ``feat_cache[i] = x``): by flat name,
+    those that are not the object the slot held before (``before``: the call's leaves, flattened before it ran)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in values:
+        for slot, container, key in _slots(value, name):
+            item = container[key]
+            if isinstance(item, torch.Tensor) and item is not before.get(slot):
+                out[slot] = item
+    return out
+
+
+def write_back(values: Sequence[tuple[str, Any]], updates: Mapping[str, Any]) -> list[str]:
+    """Put ``updates`` (flat name -> value) into the arguments' lists / dicts, as the recorded call did; returns
+    the names that have no slot in these arguments."""
+    todo = dict(updates)
+    for name, value in values:
+        for slot, container, key in _slots(value, name):
+            if slot in todo:
+                container[key] = todo.pop(slot)
+    return sorted(todo)
 
 
 def const_value(node: Mapping[str, Any]) -> Any:
