@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import dims as dims_mod
-from . import tree
+from . import inplace, tree
 from .errors import ExportError, FlattenError, RecordingError
 from .manifest import GraphEntry
 from .proxy import recording_for
@@ -58,9 +58,9 @@ class FlatModule(torch.nn.Module):
         fn = self.module if self.method == "forward" else getattr(self.module, self.method)
         output = fn(*args, **kwargs)
         _, flat = tree.flatten_output(output, self.output_fields)
-        if any(n.startswith(tree.UPDATED) for n in self.output_names):  # slots the call fills in its arguments
-            filled = tree.updated_in_place([(n, v) for n, _k, v in values], leaves)
-            flat.update({tree.UPDATED + n: t for n, t in filled.items()})
+        if any(n.startswith(inplace.UPDATED) for n in self.output_names):  # slots the call fills in its arguments
+            filled = inplace.updated_in_place([(n, v) for n, _k, v in values], leaves)
+            flat.update({inplace.UPDATED + n: t for n, t in filled.items()})
         missing = [n for n in self.output_names if n not in flat]
         if missing:
             raise ExportError(f"output {missing[0]!r} is missing from this call's output (got {', '.join(flat)})")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import tree
+from . import inplace, tree
 from .recording import GraphRecord, TensorSpec
 from .samples import SampleStore
 from .signature import bind_call, method_info
@@ -209,7 +209,7 @@ class Recorder:
         """Add one finished call to its graph: the variant of ``p.base`` that has the call's structure."""
         out_tree, out_leaves = tree.flatten_output(output, p.output_fields)
         # tensors the call put into its arguments' lists (a conv cache filled in place) are outputs too
-        out_leaves.update({tree.UPDATED + n: t for n, t in tree.updated_in_place(p.bound, p.leaves).items()})
+        out_leaves.update({inplace.UPDATED + n: t for n, t in inplace.updated_in_place(p.bound, p.leaves).items()})
         with self._lock:
             variants = self._variants.setdefault(p.base, [])
             if p.skeleton not in variants:

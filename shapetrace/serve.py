@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import constraints
-from . import tree
+from . import inplace, tree
 from .errors import RuntimeMismatchError
 from .manifest import GraphEntry
 from .matching import match_call, signature_defaults
@@ -231,9 +231,9 @@ class ServedGraph:
                 t = t.to(dtype)
             out[key] = t.to(device) if device is not None and device.type != "cpu" else t
         value = self.rebuild(module, nodes, out)
-        updates = {k[len(tree.UPDATED):]: v for k, v in out.items() if k.startswith(tree.UPDATED)}
+        updates = {k[len(inplace.UPDATED):]: v for k, v in out.items() if k.startswith(inplace.UPDATED)}
         if updates and call is not None:
-            tree.write_back([(n, v) for n, _k, v in bind_call(self.signature, *call)], updates)
+            inplace.write_back([(n, v) for n, _k, v in bind_call(self.signature, *call)], updates)
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return value

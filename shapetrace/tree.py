@@ -27,7 +27,7 @@ import importlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.utils._pytree as pytree
@@ -37,7 +37,7 @@ from .errors import FlattenError
 
 __all__ = ["register_flattener", "flatten", "flatten_output", "unflatten", "constants_of", "qualname", "import_qualname",
            "tensor_names", "has_opaque_tensors", "spec_leaves", "split_call", "call_values", "const_value", "skeleton",
-           "cache_tensor_names", "UPDATED", "updated_in_place", "write_back"]
+           "cache_tensor_names"]
 
 
 @dataclass(frozen=True)
@@ -176,9 +176,39 @@ def _flatten(value: Any, prefix: str, leaves: dict[str, Any], fields: list[str] 
         node = _pytree_node(value, cls, key, prefix, leaves)
         if node is not None:
             return node
+    if _attribute_object(value):  # a plain class holding tensors (a pipeline's own cache): by its attributes
+        attrs = vars(value)
+        return {"t": "object", "cls": key, "how": "attrs", "keys": list(attrs),
+                "items": [_flatten(attrs[k], _join(prefix, k), leaves) for k in attrs]}
     leaves[prefix] = value
     return {"t": "opaque", "type": f"{cls.__module__}.{cls.__qualname__}", "name": prefix,
             "tensors": _shallow_has_tensor(value)}
+
+
+_FOREIGN = ("builtins", "torch", "numpy", "PIL", "typing", "collections", "functools", "threading")
+
+
+def _attribute_object(value: Any, depth: int = 3) -> bool:
+    """An instance of a plain Python class (not torch's, not a module, not callable) whose attributes hold a tensor
+    within ``depth`` levels of lists, dicts and other such objects: flattened by its attributes, rebuilt without
+    calling ``__init__``."""
+    cls = type(value)
+    if (isinstance(value, (torch.nn.Module, type)) or callable(value) or getattr(cls, "__slots__", None)
+            or cls.__module__.split(".")[0] in _FOREIGN or not hasattr(value, "__dict__")):
+        return False
+    return any(_holds_tensor(v, depth) for v in list(vars(value).values())[:64])
+
+
+def _holds_tensor(value: Any, depth: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth <= 0:
+        return False
+    if isinstance(value, dict):
+        return any(_holds_tensor(v, depth - 1) for v in list(value.values())[:64])
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v, depth - 1) for v in value[:64])
+    return _attribute_object(value, depth - 1)
 
 
 def _pytree_node(value: Any, cls: type, key: str, prefix: str, leaves: dict[str, Any]) -> dict | None:
@@ -312,48 +342,6 @@ def split_call(input_tree: Mapping[str, Any], leaves: Mapping[str, Any],
     return args, kwargs
 
 
-#: Output-key prefix of an argument slot a call fills in place (``updated.feat_cache.3``).
-UPDATED = "updated."
-
-
-def _slots(value: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
-    """``(flat name, container, key)`` of every item of the plain lists and dicts in ``value`` (nested ones too):
-    the places a call can fill in place. Tuples, caches and other objects are not walked."""
-    if type(value) is list:
-        items = enumerate(value)
-    elif type(value) is dict:
-        items = value.items()
-    else:
-        return
-    for k, v in list(items):
-        name = _join(prefix, k)
-        yield name, value, k
-        yield from _slots(v, name)
-
-
-def updated_in_place(values: Sequence[tuple[str, Any]], before: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors a call put into its arguments' lists / dicts (a conv cache ``feat_cache[i] = x``): by flat name,
-    those that are not the object the slot held before (``before``: the call's leaves, flattened before it ran)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, value in values:
-        for slot, container, key in _slots(value, name):
-            item = container[key]
-            if isinstance(item, torch.Tensor) and item is not before.get(slot):
-                out[slot] = item
-    return out
-
-
-def write_back(values: Sequence[tuple[str, Any]], updates: Mapping[str, Any]) -> list[str]:
-    """Put ``updates`` (flat name -> value) into the arguments' lists / dicts, as the recorded call did; returns
-    the names that have no slot in these arguments."""
-    todo = dict(updates)
-    for name, value in values:
-        for slot, container, key in _slots(value, name):
-            if slot in todo:
-                container[key] = todo.pop(slot)
-    return sorted(todo)
-
-
 def const_value(node: Mapping[str, Any]) -> Any:
     typ, value = node["type"], node["value"]
     if typ == "torch.dtype":
@@ -407,6 +395,9 @@ def unflatten(spec: dict, leaves: Mapping[str, Any], *, as_tuple: bool = False) 
             obj = pytree.SUPPORTED_NODES[cls].unflatten_fn(items, spec["context"])
         elif spec["how"] == "pytree":
             obj = pytree.tree_unflatten(items, pytree.tree_structure(_pytree_probe(cls, fields)))
+        elif spec["how"] == "attrs":
+            obj = cls.__new__(cls)
+            obj.__dict__.update(fields)
         else:
             obj = cls(**fields)
         if as_tuple and hasattr(obj, "to_tuple"):

@@ -1,5 +1,7 @@
-"""A call that fills its arguments' lists in place (a causal video VAE's conv cache, ``feat_cache[i] = x``): those
-tensors are recorded as ``updated.*`` outputs, exported, and put back into the caller's list by ``load``."""
+"""State carried from one call to the next. A call that fills its arguments' lists in place (a causal video VAE's
+conv cache, ``feat_cache[i] = x``): those tensors are recorded as ``updated.*`` outputs, exported, and put back into
+the caller's list by ``load``. A pipeline's own cache class (plain objects holding tensors): flattened by its
+attributes, rebuilt without ``__init__``."""
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +55,62 @@ def test_a_list_filled_in_place_is_exported_and_filled_again_by_load(tmp_path):
             calls = {s.graph: s.calls for s in rt.stats()}
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         assert calls == {"enc": 1, "enc@2": (frames - 1) // 4}  # the cache came back: every later chunk is enc@2
+
+
+class LayerCache:  # a pipeline's own cache classes: plain Python objects holding tensors
+    def __init__(self):
+        self.k = None
+
+
+class RefCache:
+    def __init__(self, layers):
+        self.layers = [LayerCache() for _ in range(layers)]
+        self.tokens = 0
+
+
+class RefNet(torch.nn.Module):
+    """The first call extracts reference K per layer into a new cache it returns; later calls reuse it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x, ref=None, cache=None):
+        if cache is None:
+            cache = RefCache(len(self.proj))
+            for layer, p in zip(cache.layers, self.proj):
+                layer.k = p(ref)
+            cache.tokens = ref.shape[1]
+        for layer, p in zip(cache.layers, self.proj):
+            x = p(x) + layer.k.mean(dim=1, keepdim=True)
+        return x, cache
+
+
+class RefPipeline:
+    def __init__(self):
+        self.net = RefNet()
+
+    def __call__(self, x, ref, steps=3):
+        x, cache = self.net(x, ref=ref)
+        for _ in range(steps - 1):
+            x, cache = self.net(x, cache=cache)
+        return x
+
+
+def test_a_plain_object_holding_tensors_is_flattened_by_its_attributes_and_rebuilt(tmp_path):
+    torch.manual_seed(0)
+    pipe = RefPipeline()
+    with shapetrace.record(pipe) as rec:
+        pipe(torch.randn(1, 5, 4), torch.randn(1, 3, 4))
+    assert list(rec.graphs) == ["net", "net@2"]
+    assert {"cache.layers.0.k", "cache.layers.1.k"} <= set(rec["net@2"].inputs)  # no opaque object
+    assert list(rec["net"].outputs) == ["0", "1.layers.0.k", "1.layers.1.k"]  # the cache it returns, by attribute
+    result = shapetrace.export_all(pipe, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    x, ref = torch.randn(1, 7, 4), torch.randn(1, 6, 4)  # other lengths
+    want = pipe(x, ref, steps=4)
+    with shapetrace.load(pipe, tmp_path / "o", backend="onnxruntime") as rt:
+        got = pipe(x, ref, steps=4)
+        calls = {s.graph: s.calls for s in rt.stats()}
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert calls == {"net": 1, "net@2": 3}
