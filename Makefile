@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum clean
+.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-corpus clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/run.py --quick
+
+# diffusers' own test pipelines through record -> export -> verify -> load (needs DIFFUSERS_MIRROR; hours on 2 cores,
+# resumable: BUDGET=3600 make bench-corpus stops starting cases after an hour, the next run goes on)
+bench-corpus: setup
+	$(PY) -m pip install -q pytest parameterized requests-mock ftfy torchsde
+	$(PY) bench/corpus.py $(if $(BUDGET),--budget $(BUDGET),)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
