@@ -58,9 +58,10 @@ class FlatModule(torch.nn.Module):
         fn = self.module if self.method == "forward" else getattr(self.module, self.method)
         output = fn(*args, **kwargs)
         _, flat = tree.flatten_output(output, self.output_fields)
-        if any(n.startswith(inplace.UPDATED) for n in self.output_names):  # slots the call fills in its arguments
-            filled = inplace.updated_in_place([(n, v) for n, _k, v in values], leaves)
-            flat.update({inplace.UPDATED + n: t for n, t in filled.items()})
+        slots = [n[len(inplace.UPDATED):] for n in self.output_names if n.startswith(inplace.UPDATED)]
+        if slots:  # what the call left in its arguments' slots (filled in place; possibly the input itself)
+            now = inplace.slot_values([(n, v) for n, _k, v in values], slots)
+            flat.update({inplace.UPDATED + n: t for n, t in now.items() if isinstance(t, torch.Tensor)})
         missing = [n for n in self.output_names if n not in flat]
         if missing:
             raise ExportError(f"output {missing[0]!r} is missing from this call's output (got {', '.join(flat)})")

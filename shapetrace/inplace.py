@@ -4,7 +4,9 @@ A causal video VAE carries its conv cache from one chunk's call to the next in a
 (``feat_cache[i] = x[:, :, -2:]``). The recorder sees those tensors with :func:`updated_in_place` and records them as
 outputs named ``updated.<flat name>`` (:data:`UPDATED`); the flat wrapper returns them from the export, and ``load``
 puts the runtime's values back into the caller's list with :func:`write_back`. Only plain lists and dicts are walked
-(tuples, caches and other objects are not), and only slots given a new tensor count (not ``x.add_(1)``).
+(tuples, caches and other objects are not), and only slots given a new tensor count (not ``x.add_(1)``). Constants
+a call leaves in a slot (a marker string such as ``"Rep"``) are kept in the output tree (``"updated"``) and put back
+too, so the next call has the structure the recorded one had.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-__all__ = ["UPDATED", "updated_in_place", "write_back"]
+from . import tree
+
+__all__ = ["UPDATED", "updated_in_place", "updated_constants", "slot_values", "write_back"]
 
 #: Output-key prefix of an argument slot a call fills in place (``updated.feat_cache.3``).
 UPDATED = "updated."
@@ -55,3 +59,24 @@ def write_back(values: Sequence[tuple[str, Any]], updates: Mapping[str, Any]) ->
             if slot in todo:
                 container[key] = todo.pop(slot)
     return sorted(todo)
+
+
+def updated_constants(values: Sequence[tuple[str, Any]], params: list) -> dict[str, Any]:
+    """The constants (None, numbers, strings) a call left in its arguments' list / dict slots that held something
+    else before it ran (``params``: the call's input tree parameters, flattened before it ran)."""
+    before = {n: node.get("value") for n, node in tree.spec_leaves({"t": "args", "params": params})
+              if node["t"] == "const"}
+    out: dict[str, Any] = {}
+    for name, value in values:
+        for slot, container, key in _slots(value, name):
+            item = container[key]
+            if isinstance(item, (str, int, float, bool)) and (slot not in before or before[slot] != item):
+                out[slot] = item
+    return out
+
+
+def slot_values(values: Sequence[tuple[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """What the arguments' list / dict slots named ``names`` hold now."""
+    wanted = set(names)
+    return {slot: container[key] for name, value in values for slot, container, key in _slots(value, name)
+            if slot in wanted}

@@ -210,6 +210,9 @@ class Recorder:
         out_tree, out_leaves = tree.flatten_output(output, p.output_fields)
         # tensors the call put into its arguments' lists (a conv cache filled in place) are outputs too
         out_leaves.update({inplace.UPDATED + n: t for n, t in inplace.updated_in_place(p.bound, p.leaves).items()})
+        marks = inplace.updated_constants(p.bound, p.params)  # markers it left there ("Rep")
+        if marks:
+            out_tree = {**out_tree, "updated": marks}
         with self._lock:
             variants = self._variants.setdefault(p.base, [])
             if p.skeleton not in variants:

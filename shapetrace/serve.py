@@ -232,6 +232,7 @@ class ServedGraph:
             out[key] = t.to(device) if device is not None and device.type != "cpu" else t
         value = self.rebuild(module, nodes, out)
         updates = {k[len(inplace.UPDATED):]: v for k, v in out.items() if k.startswith(inplace.UPDATED)}
+        updates.update(self.entry.output_tree.get("updated") or {})  # markers the recorded call left ("Rep")
         if updates and call is not None:
             inplace.write_back([(n, v) for n, _k, v in bind_call(self.signature, *call)], updates)
         self.calls += 1

@@ -20,6 +20,10 @@ class CausalConv(torch.nn.Module):
             return self.conv(F.pad(x, (2, 0)))
         past = feat_cache[0] if feat_cache[0] is not None else torch.zeros_like(x[:, :, :1]).expand(-1, -1, 2)
         feat_cache[0] = torch.cat([past, x], dim=2)[:, :, -2:]  # the last two frames, for the next chunk
+        if feat_cache[1] is None:  # a marker left for the later chunks (Wan's "Rep")
+            feat_cache[1] = "Rep"
+        elif feat_cache[1] != "Rep":
+            raise ValueError("the marker is gone")
         return self.conv(torch.cat([past, x], dim=2))
 
 
@@ -30,7 +34,7 @@ class Video:
         self.enc = CausalConv()
 
     def encode(self, video):
-        cache = [None]
+        cache = [None, None]
         outs = [self.enc(video[:, :, :1], feat_cache=cache)]
         for i in range(1, video.shape[2], 4):
             outs.append(self.enc(video[:, :, i:i + 4], feat_cache=cache))
@@ -44,6 +48,7 @@ def test_a_list_filled_in_place_is_exported_and_filled_again_by_load(tmp_path):
         v.encode(torch.randn(1, 4, 9))
     assert list(rec.graphs) == ["enc", "enc@2"]  # the empty cache, then the filled one
     assert "updated.feat_cache.0" in rec["enc"].outputs and "updated.feat_cache.0" in rec["enc@2"].outputs
+    assert rec["enc"].output_tree["updated"] == {"feat_cache.1": "Rep"}  # the marker, put back by load too
     result = shapetrace.export_all(v, tmp_path / "o", progress=False)
     assert result.ok and result.parity, str(result)
     assert [o.key for o in read(tmp_path / "o").graph("enc@2").outputs] == ["output", "updated.feat_cache.0"]
