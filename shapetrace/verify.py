@@ -25,6 +25,7 @@ rtol=5e-2``, float64 ``atol=1e-7, rtol=1e-6``. Per-graph / per-output overrides:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -276,6 +277,11 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
             del results, reference
 
 
+#: Above this many bytes of example outputs, the resized set tries smaller sizes first.
+LARGE_OUTPUTS_BYTES = 256 << 20
+_NP_SIZES = {"bfloat16": "float16", "bool": "bool"}
+
+
 def _smaller_set(entry: GraphEntry, example: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray] | None:
     sizes = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
     return resized_inputs(entry, example, sizes, seed) if sizes else None
@@ -316,7 +322,10 @@ def _input_sets(out: Path, entry: GraphEntry, seed: int, notes: list[str]) -> li
         raise VerifyError(f"{out / (entry.file('inputs') or '')} lacks input(s) {', '.join(map(repr, missing))} of "
                           f"graph {entry.name!r}; re-run export_all")
     sets: list[tuple[str, dict[str, np.ndarray]]] = [("example", example)]
-    sizes = constraints.alternative_sizes(entry.dims, entry.constraints)
+    # big outputs (an LLM text encoder's logits over its vocabulary): check at smaller sizes, not twice the memory
+    large = sum(math.prod(o.example_shape) * np.dtype(_NP_SIZES.get(o.dtype, "float32")).itemsize
+                for o in entry.outputs) > LARGE_OUTPUTS_BYTES
+    sizes = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=large)
     if sizes:
         sets.append(("resized", resized_inputs(entry, example, sizes, seed)))
     else:

@@ -524,3 +524,33 @@ def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(tmp_path):
     assert entry.input("x").shape == (1, 16, 8) and not entry.dims
     fallback = entry.tools["static_fallback"]
     assert fallback["given_up"] == ["batch", "sequence"] and "exactly 16 positions" in fallback["because"]
+
+
+def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(tmp_path, monkeypatch):
+    import torch
+
+    import sys
+
+    verify_mod = sys.modules["shapetrace.verify"]
+
+    class Head(torch.nn.Module):  # an LLM head: outputs far larger than its inputs
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 64)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Head()
+    with shapetrace.record(h):
+        h.m(torch.randn(2, 16, 8))
+    monkeypatch.setattr(verify_mod, "LARGE_OUTPUTS_BYTES", 1024)  # 2*16*64 floats = 8 KiB counts as large here
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    assert result.parity, str(result.parity)
+    resized = [c for c in result.parity.checks if c.input_set == "resized"]
+    assert resized and all(c.sizes["sequence"] < 16 and c.sizes["batch"] < 2 for c in resized)
