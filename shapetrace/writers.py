@@ -115,7 +115,7 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
     except Exception as e:  # documented fallback: the TorchScript exporter for this graph
         prog = None
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=False)"
-        tools["onnx_dynamo_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+        tools["onnx_dynamo_error"] = _root_cause(e)
         dynamic_axes = {n: {d: s for d, s in enumerate(shape) if isinstance(s, str)}
                         for n, shape in {**info.input_shapes, **info.output_shapes}.items()}
         try:
@@ -165,6 +165,18 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def _one_line(text: str, limit: int = 300) -> str:
     line = _ANSI.sub("", str(text)).strip().splitlines()[0] if str(text).strip() else ""
     return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _root_cause(e: BaseException) -> str:
+    """The exception and, when it wraps another (torch.onnx's ConversionError around the op that failed), the
+    innermost cause: the banner alone says only which step failed."""
+    inner = e
+    while inner.__cause__ is not None and inner.__cause__ is not inner:
+        inner = inner.__cause__
+    text = f"{type(e).__name__}: {_one_line(str(e), 200)}"
+    if inner is not e:
+        text += f" <- {type(inner).__name__}: {' '.join(_ANSI.sub('', str(inner)).split())[:400]}"
+    return text
 
 
 def _no_exporter(ep: Any, dynamo_error: str, ts: BaseException) -> str:
