@@ -24,7 +24,7 @@ import torch
 
 from .errors import ExportError
 
-__all__ = ["candidate_dims", "DimInfo", "describe_program", "role_name", "symbol_map_rename"]
+__all__ = ["candidate_dims", "DimInfo", "describe_program", "role_name", "symbol_map_rename", "index_bounds"]
 
 _ROLES = {1: ("batch",), 2: ("batch", "sequence"), 3: ("batch", "sequence", "hidden"),
           4: ("batch", "channels", "height", "width"), 5: ("batch", "channels", "frames", "height", "width")}
@@ -227,3 +227,37 @@ def _translate_guards(guards: Sequence[str], input_names: Sequence[str], input_s
         if text not in out:
             out.append(text)
     return out
+
+
+_PASS_THROUGH = {"view", "reshape", "unsqueeze", "squeeze", "expand", "_to_copy", "to", "clone", "contiguous",
+                 "alias", "flatten"}
+
+
+def index_bounds(ep: "torch.export.ExportedProgram", input_names: Sequence[str]) -> dict[str, int]:
+    """Integer inputs the program uses (directly, or through a reshape / cast) as row indices into a table of fixed
+    size (``embedding``, ``index_select`` on a weight): input name -> the largest valid index. An index past the table
+    makes PyTorch raise, but some runtimes read zeros or another row (OpenVINO's Gather): ``load`` checks it."""
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user = [n for n in placeholders if n.name in set(ep.graph_signature.user_inputs)]
+    origin = {node: name for node, name in zip(user, input_names)}
+    bounds: dict[str, int] = {}
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if op in _PASS_THROUGH and args and args[0] in origin:
+            origin[node] = origin[args[0]]
+            continue
+        table = index = None
+        if op == "embedding" and len(args) >= 2:
+            table, index = args[0], args[1]
+        elif op == "index_select" and len(node.args) >= 3 and node.args[1] == 0:
+            table, index = node.args[0], node.args[2]
+        if table is None or index not in origin or table in origin:
+            continue
+        rows = getattr(table.meta.get("val"), "shape", None)
+        if rows is not None and len(rows) and isinstance(rows[0], int):
+            name = origin[index]
+            bounds[name] = min(bounds.get(name, rows[0] - 1), rows[0] - 1)
+    return bounds

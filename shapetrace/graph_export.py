@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import constraints
+from . import dims as dims_mod
 from . import stateful as stateful_mod
 from . import tracing, writers
 from .errors import ShapetraceError
@@ -135,6 +136,8 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                   stateful: bool = False) -> None:
     plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
     d.input_tree = plan.module.input_tree
+    if ep is not None and (bounds := dims_mod.index_bounds(ep, plan.input_names)):
+        d.tools["index_bounds"] = bounds  # load refuses an index past a table (some runtimes read another row)
     d.promoted = tuple(plan.promoted)
     d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}
     d.weights_bytes = int(sum(p.numel() * p.element_size() for p in plan.module.parameters())

@@ -95,6 +95,18 @@ class ServedGraph:
             arrays[n] = to_numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v, dtype=_np_dtype(self.inputs[n].dtype))
         return arrays, device
 
+    def index_problems(self, feed: Mapping[str, Any]) -> list[str]:
+        """Integer inputs the graph uses as rows of a fixed table (token / position embeddings) holding an index
+        past it: PyTorch raises there, a runtime may read another row and answer wrong numbers."""
+        problems = []
+        for n, last in (self.entry.tools.get("index_bounds") or {}).items():
+            v = feed.get(n)
+            if v is not None and getattr(v, "numel", lambda: 0)() and int(v.max()) > int(last):
+                problems.append(f"input {n!r} holds {int(v.max())}, but the graph looks it up in a table of "
+                                f"{int(last) + 1} rows (PyTorch raises IndexError here): keep it below "
+                                f"{int(last) + 1} (e.g. a prompt plus max_new_tokens within the model's maximum length)")
+        return problems
+
     def _check_tensors(self, feed: Mapping[str, Any]) -> list[str]:
         problems: list[str] = []
         shapes: dict[str, tuple[int, ...]] = {}
@@ -112,6 +124,7 @@ class ServedGraph:
         missing = [n for n in self.inputs if n not in feed]
         if missing:
             problems.append(f"this call gives no value for input(s) {', '.join(map(repr, missing))}; re-export")
+        problems.extend(self.index_problems(feed))
         if problems:
             return problems
         key = tuple(shapes[n] for n in self.inputs)

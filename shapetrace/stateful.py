@@ -102,6 +102,9 @@ class StatefulMethod:
         if missing:
             raise RuntimeMismatchError(f"graph {self.name!r} (stateful): this call gives no tensor for "
                                        f"{', '.join(map(repr, missing))}; record a call that passes them")
+        problems = self.served.index_problems({n: leaves[n] for n in self.inputs})
+        if problems:
+            raise RuntimeMismatchError(f"graph {self.name!r} (stateful) cannot answer this call: {'; '.join(problems)}")
         feed = {n: leaves[n].detach().cpu().numpy() for n in self.inputs}
         batch = next(iter(feed.values())).shape[0]
         with self.lock:

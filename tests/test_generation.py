@@ -255,3 +255,24 @@ def test_openvino_stateful_form_is_token_identical(generation, beams):
     assert calls == {"model@2 (stateful)": 20}  # prompt and steps on one model; the others are not even compiled
     with pytest.raises(ValueError, match="stateful=True is OpenVINO's form"):
         shapetrace.load(gen, out, backend="onnxruntime", stateful=True)
+
+
+def test_a_position_past_the_models_table_is_refused_not_answered(generation):
+    gen, rec, out, _ = generation
+    step = read(out).graph("model@2")
+    bounds = dict(step.tools["index_bounds"])
+    assert bounds.pop("input_ids") == len(gen.tokenizer) - 1  # the token embedding's rows
+    if gen.model.config.model_type == "gpt2":  # a learned position table of 128 rows; Llama's RoPE has none
+        assert bounds == {"position_ids": 127}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(IndexError):
+                gen("a b", max_new_tokens=130, do_sample=False)  # PyTorch itself
+            for stateful in (False, True):
+                with shapetrace.load(gen, out, backend="openvino", stateful=stateful):
+                    with pytest.raises(shapetrace.RuntimeMismatchError, match=r"input 'position_ids' holds 128, "
+                                                                              r"but the graph looks it up in a "
+                                                                              r"table of 128 rows"):
+                        gen("a b", max_new_tokens=130, do_sample=False)
+    else:
+        assert bounds == {}
