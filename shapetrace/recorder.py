@@ -208,9 +208,10 @@ class Recorder:
     def finish(self, p: "_Pending", output: Any) -> None:
         """Add one finished call to its graph: the variant of ``p.base`` that has the call's structure."""
         out_tree, out_leaves = tree.flatten_output(output, p.output_fields)
-        # tensors the call put into its arguments' lists (a conv cache filled in place) are outputs too
-        out_leaves.update({inplace.UPDATED + n: t for n, t in inplace.updated_in_place(p.bound, p.leaves).items()})
-        marks = inplace.updated_constants(p.bound, p.params)  # markers it left there ("Rep")
+        # tensors the call put into its arguments' lists (a conv cache filled in place) are outputs too, and the
+        # markers it left there ("Rep"); read when the call returned (settle), a later call may fill them again
+        filled, marks = p.settled if p.settled is not None else self.settle(p).settled
+        out_leaves.update({inplace.UPDATED + n: t for n, t in filled.items()})
         if marks:
             out_tree = {**out_tree, "updated": marks}
         with self._lock:
@@ -245,6 +246,12 @@ class Recorder:
         if self.samples is not None:  # outside the lock: a disk write
             self.samples.add(name, call, p.sample if p.sample is not None else p.leaves)
 
+    @staticmethod
+    def settle(p: "_Pending") -> "_Pending":
+        """Read what the call left in its arguments' slots, now that it returned (before any later call)."""
+        return dataclasses.replace(p, settled=(inplace.updated_in_place(p.bound, p.leaves),
+                                               inplace.updated_constants(p.bound, p.params)))
+
     def calls_of(self, module_path: str) -> int:
         """Calls recorded so far for every graph of the module at ``module_path``."""
         with self._lock:
@@ -267,6 +274,7 @@ class _Pending:
     examples: dict | None
     sample: dict | None = None  # CPU copies of the inputs, when this call is to be kept as a calibration sample
     bound: list = dataclasses.field(default_factory=list)  # (parameter, value): the containers the call may fill
+    settled: tuple | None = None  # (tensors, constants) it left in them, read when it returned
 
 
 class _LoopWatch:
@@ -321,7 +329,7 @@ class _LoopWatch:
             return
         self.counts[path] = self.counts.get(path, 0) + 1
         if not self.looped and self.counts[path] < 2:
-            self.pending.append((pending, output))
+            self.pending.append((self.recorder.settle(pending), output))
             return
         if not self.looped:
             self.looped = True
