@@ -184,14 +184,18 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
 
 
 def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) -> list[str]:
-    """Graphs with dynamic dims whose outputs did not match, or that PyTorch itself cannot run at other sizes (a
-    runtime's error is not a value mismatch: no retry), unless the caller chose their dims."""
+    """Graphs with dynamic dims whose outputs did not match, that PyTorch itself cannot run at other sizes, or that
+    a runtime could not run; unless the caller chose their dims. The static export replaces the dynamic one only
+    where all its checks pass."""
     if dynamic != "auto":
         return []
     wrong = {c.graph for c in report.checks if c.error is None and c.result is not None and not c.result.passed
              and c.bound is None}  # a quantized graph's SNR bound is not a dynamic-dim problem
     # the live model itself refuses every other size tried (a limit it checks in eager code only): not checkable
     wrong |= {c.graph for c in report.checks if c.backend == "torch" and c.input_set == "resized" and c.error}
+    # a runtime that cannot run the dynamic graph at all ("invalid expand shape": a size traced at 2 baked in)
+    wrong |= {c.graph for c in report.checks if c.backend != "torch" and c.input_set in ("example", "resized")
+              and c.error and c.bound is None}
     return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims and not e.quantization]
 
 

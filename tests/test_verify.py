@@ -554,3 +554,31 @@ def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(tmp_path, monkey
     assert result.parity, str(result.parity)
     resized = [c for c in result.parity.checks if c.input_set == "resized"]
     assert resized and all(c.sizes["sequence"] < 16 and c.sizes["batch"] < 2 for c in resized)
+
+
+def test_a_dynamic_graph_a_runtime_cannot_run_falls_back_to_static(tmp_path, monkeypatch):
+    import torch
+
+    from shapetrace.backends import onnxruntime_backend as ort_backend
+
+    real = ort_backend.OnnxRuntimeRunner._infer
+
+    def refuses_dynamic(self, feed):  # a runtime failing on the dynamic graph ("invalid expand shape")
+        if any(isinstance(d, str) for i in self._session.get_inputs() for d in i.shape):
+            raise RuntimeError("invalid expand shape")
+        return real(self, feed)
+
+    monkeypatch.setattr(ort_backend.OnnxRuntimeRunner, "_infer", refuses_dynamic)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = torch.nn.Linear(8, 8)
+    with shapetrace.record(h):
+        h.m(torch.randn(2, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    assert result.ok and result.parity, str(result.parity)
+    entry = result.manifest.graph("m")
+    assert not entry.dims and "invalid expand shape" in entry.tools["static_fallback"]["because"]
