@@ -28,7 +28,7 @@ from .errors import RuntimeMismatchError
 from .manifest import GraphEntry
 from .serve import ServedGraph
 
-__all__ = ["cache_pairs", "make_stateful", "StatefulMethod", "STATEFUL_FILE"]
+__all__ = ["cache_pairs", "make_stateful", "StatefulMethod", "StatefulRunner", "STATEFUL_FILE"]
 
 #: The ``files`` key of a graph's stateful IR.
 STATEFUL_FILE = "openvino_stateful"
@@ -133,3 +133,32 @@ class StatefulMethod:
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return value
+
+
+class StatefulRunner:
+    """Runs a decoder step's stateful IR on an explicit call, for ``verify``: the cache inputs are written into the
+    model's variables, the other inputs fed, and the variables read back afterwards as the cache outputs -- so the
+    stateful file is held to the same recorded inputs and outputs as the explicit one."""
+
+    name = "openvino-stateful"
+
+    def __init__(self, out: Path, entry: GraphEntry, device: str = "CPU") -> None:
+        ov = require("openvino", "openvino")
+        self.ov, self.entry, self.pairs = ov, entry, cache_pairs(entry)
+        props = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+        self.compiled = ov.Core().compile_model(str(out / entry.files[STATEFUL_FILE]), device, props)
+        self.request = self.compiled.create_infer_request()
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.request.reset_state()
+        states = {st.name: st for st in self.request.query_state()}
+        for inp, out in self.pairs.items():
+            states[f"{inp}{out}"].state = self.ov.Tensor(np.ascontiguousarray(feed[inp]))
+        plain = {n: feed[n] for n in self.entry.input_names if n not in self.pairs}
+        plain["beam_idx"] = np.arange(next(iter(plain.values())).shape[0], dtype=np.int32)
+        result = self.request.infer(plain)
+        got = {o.name: np.array(result[self.compiled.output(o.name)]) for o in self.entry.outputs
+               if o.name not in self.pairs.values()}
+        states = {st.name: st for st in self.request.query_state()}
+        got.update({out: np.array(states[f"{inp}{out}"].state.data) for inp, out in self.pairs.items()})
+        return got

@@ -45,6 +45,7 @@ from .inputs import input_sizes, resized_inputs
 from .manifest import GraphEntry, Manifest
 from .quality import held_out_checks, judge, quantized_bound
 from .report import ParityCheck, ParityReport, render_report
+from .stateful import STATEFUL_FILE, StatefulRunner
 from .tree import qualname
 from .walker import parse_path, resolve
 
@@ -232,6 +233,12 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
             if on_check is not None:
                 on_check(checks[-1], got[o.name], ref[o.name])
 
+    stateful = None
+    if "openvino" in backends and entry.file(STATEFUL_FILE):
+        try:
+            stateful = StatefulRunner(out, entry, device)
+        except Exception as e:
+            checks.append(ParityCheck(name, StatefulRunner.name, "-", "-", "*", None, short_error(e)))
     with contextlib.ExitStack() as stack:
         if torch_runner is not None and not _open(stack, torch_runner, name, checks):
             torch_runner = None
@@ -266,6 +273,12 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 except RunnerError as e:  # a runtime rejecting the inputs (static shapes, ...) is a failed check
                     checks.append(ParityCheck(name, r.name, reference_name or "-", set_name, "*", None,
                                               short_error(e.__cause__ or e), set_sizes))
+            if stateful is not None and set_name == "example":  # the stateful IR, on the recorded cache
+                try:
+                    results.append((stateful.name, stateful.infer(feed)))
+                except Exception as e:
+                    checks.append(ParityCheck(name, stateful.name, reference_name or "-", set_name, "*", None,
+                                              short_error(e), set_sizes))
             if reference is None and results:  # resized without torch: the first backend is the reference
                 reference_name, reference = results[0]
                 if len(results) == 1:

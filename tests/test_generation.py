@@ -234,9 +234,12 @@ def test_beam_search_matches_and_a_module_cast_after_export_is_refused(generatio
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_openvino_stateful_form_is_token_identical(generation, beams):
-    gen, rec, out, _ = generation
+    gen, rec, out, result = generation
     step = read(out).graph("model@2")
     assert step.file("openvino_stateful") == "model_2.stateful.xml" and step.tools["stateful_states"] == 4
+    # verify held the stateful file to the recorded step: the cache written into its variables, read back after
+    stateful = [c for c in result.parity.checks if c.backend == "openvino-stateful"]
+    assert {c.output for c in stateful} == {o.name for o in step.outputs} and all(stateful)
     # made from the torch module: attention stays one op, which OpenVINO fuses with the cache variables (the speed)
     assert step.tools["stateful_openvino_from"] == "torch" and "stateful_torch_error" not in step.tools
     if beams == 1:
