@@ -97,7 +97,8 @@ def main() -> None:
     with torch.no_grad():
         with shapetrace.record(h):
             h.model.generate(prompt[:, :8], max_new_tokens=4, **kw)
-        out = Path(tempfile.mkdtemp(prefix="shapetrace-gen-bench-")) / "export"
+        work = tempfile.TemporaryDirectory(prefix="shapetrace-gen-bench-")  # 2.4 GB of files: removed at exit
+        out = Path(work.name) / "export"
         _reset_hwm()
         t0 = time.perf_counter()
         result = shapetrace.export_all(h, out, progress=False, stateful=True)
@@ -130,6 +131,7 @@ def main() -> None:
             label = f"{backend} {precision}{' stateful' if stateful else ' explicit cache'}"
             with shapetrace.load(h, out, backend=backend, precision=precision, stateful=stateful):
                 rows[label] = measure(label)
+    work.cleanup()
     base = rows["torch"]
     for label, row in rows.items():
         row["speedup"] = round(row["tokens_per_s"] / base["tokens_per_s"], 2)
