@@ -216,8 +216,18 @@ OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
 def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool,
                     source: str = "auto", weights_bytes: int = 0) -> dict:
     ov = require("openvino", "openvino")
-    if source == "auto":
-        source = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
+    if source == "auto":  # the preferred source; if OpenVINO cannot convert from it, the other one (noted)
+        first = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
+        try:
+            return write_openvino(onnx_path, plan, xml_path, compress_to_fp16, first, weights_bytes)
+        except (MemoryError, ImportError, OSError):
+            raise
+        except Exception as e:
+            if first == "torch" and onnx_path is None:
+                raise
+            tools = write_openvino(onnx_path, plan, xml_path, compress_to_fp16,
+                                   "torch" if first == "onnx" else "onnx", weights_bytes)
+            return {**tools, f"openvino_from_{first}_error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
     if source == "onnx" and onnx_path is None:
         raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
     if source == "onnx":

@@ -453,3 +453,26 @@ def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
     want = h.m(x)  # PyTorch: the batch-1 branch
     with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
         torch.testing.assert_close(h.m(x), want)
+
+
+def test_an_ir_openvino_cannot_read_from_onnx_is_converted_from_the_torch_module(tmp_path, monkeypatch):
+    import openvino as ov
+
+    def unreadable(self, *args, **kwargs):  # OpenVINO's ONNX frontend missing an op (OpConversionFailure)
+        raise RuntimeError("OpConversionFailure: Model wasn't fully converted")
+
+    monkeypatch.setattr(ov.Core, "read_model", unreadable)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    with shapetrace.record(h):
+        h.m(torch.randn(2, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, verify=False)
+    entry = result.manifest.graph("m")
+    assert entry.ok and entry.tools["openvino_from"] == "torch"
+    assert "OpConversionFailure" in entry.tools["openvino_from_onnx_error"]
+    assert (tmp_path / "o" / entry.file("openvino")).is_file() and entry.file("onnx")  # both files are there
