@@ -215,7 +215,9 @@ def test_failure_midway_leaves_an_earlier_export_intact(exports, tmp_path, monke
 
 
 def test_unflattenable_output_fails_alone_with_a_fix(tmp_path):
-    class Box:
+    class Box:  # slots, no __dict__: not flattened by its attributes (a plain class would be)
+        __slots__ = ("t",)
+
         def __init__(self, t):
             self.t = t
 
