@@ -102,8 +102,9 @@ def _const(value: Any) -> dict:
 def _shallow_has_tensor(obj: Any) -> bool:
     try:
         own = vars(obj)
-    except TypeError:
-        return False
+    except TypeError:  # a class with __slots__
+        slots = [s for c in type(obj).__mro__ for s in getattr(c, "__slots__", ()) if isinstance(s, str)]
+        own = {s: getattr(obj, s, None) for s in slots}
     for v in own.values():
         if isinstance(v, torch.Tensor):
             return True
