@@ -22,7 +22,7 @@ import torch
 from . import constraints
 from . import dims as dims_mod
 from . import stateful as stateful_mod
-from . import tracing, writers
+from . import decomplex, tracing, writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
 from .flat import ExportPlan, module_for, weights_dtype
@@ -135,6 +135,15 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                   dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
                   stateful: bool = False) -> None:
     plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
+    ir_plan = plan  # what the exporters convert: a real-valued rewrite when the graph computes complex values
+    if ep is not None and (ops := writers.complex_ops(ep)):
+        try:
+            real = dataclasses.replace(plan, module=decomplex.rewrite(ep.module()))
+            real_ep = tracing.export_program(real, d.timings)
+            ir_plan, ep, info = real, real_ep, tracing.describe(real, real_ep)
+            d.tools["complex_rewritten"] = ops
+        except Exception as e:  # left complex: ONNX is then skipped, the IR comes from the torch module
+            d.tools["complex_rewrite_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
     d.input_tree = plan.module.input_tree
     if ep is not None and (bounds := dims_mod.index_bounds(ep, plan.input_names)):
         d.tools["index_bounds"] = bounds  # load refuses an index past a table (some runtimes read another row)
@@ -164,7 +173,7 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     onnx_path = None
     if "onnx" in formats:  # a graph ONNX cannot hold (complex tensors) degrades to IR from the torch module
         t = time.perf_counter()
-        onnx_path = writers.write_onnx_or_skip(plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
+        onnx_path = writers.write_onnx_or_skip(ir_plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
                                                can_skip="openvino" in formats and openvino_from != "onnx")
         d.timings["onnx"] = round(time.perf_counter() - t, 3)
     if onnx_path is not None:
@@ -178,7 +187,7 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     if "openvino" in formats:
         t = time.perf_counter()
         xml = stage / f"{stem}.xml"
-        d.tools.update(writers.write_openvino(onnx_path, plan, xml, compress_to_fp16, openvino_from,
+        d.tools.update(writers.write_openvino(onnx_path, ir_plan, xml, compress_to_fp16, openvino_from,
                                               d.weights_bytes or 0))
         d.files["openvino"] = xml.name
         d.timings["openvino"] = round(time.perf_counter() - t, 3)

@@ -22,7 +22,7 @@ from . import dims as dims_mod
 from .flat import ExportPlan, prepare
 from .recording import GraphRecord
 
-__all__ = ["trace"]
+__all__ = ["trace", "export_program", "describe"]
 
 
 def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
@@ -41,7 +41,7 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         plan = prepare(obj, g, dynamic="static")
         shapes = {n: list(a.shape) for n, a in zip(plan.input_names, plan.args)}
         return plan, None, dims_mod.DimInfo(shapes, {}, {}, (), ())
-    info = _describe(plan, ep)
+    info = describe(plan, ep)
     broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
     if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
         tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
@@ -50,11 +50,12 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
     if broadcast or pinned:
         keep = {n: broadcast.get(n, set()) | pinned.get(n, set()) for n in {*broadcast, *pinned}}
         plan, ep = _degrading(obj, g, dynamic, keep, tools, timings)
-        info = _describe(plan, ep)
+        info = describe(plan, ep)
     return plan, ep, info
 
 
-def _export(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:
+def export_program(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:
+    """``torch.export`` of ``plan`` (its dynamic shapes unless ``dynamic=False``), timed into ``timings``."""
     t = time.perf_counter()
     try:
         with torch.no_grad():
@@ -68,7 +69,7 @@ def _degrading(obj: Any, g: GraphRecord, dynamic: Any, keep: Mapping[str, set[in
                timings: dict[str, float]) -> tuple[ExportPlan, Any]:
     plan = prepare(obj, g, dynamic=dynamic, keep_static=keep)
     try:
-        return plan, _export(plan, timings)
+        return plan, export_program(plan, timings)
     except Exception as e:
         if not any(plan.candidates.values()):
             raise
@@ -77,13 +78,13 @@ def _degrading(obj: Any, g: GraphRecord, dynamic: Any, keep: Mapping[str, set[in
     for role, dims in groups.items() if len(groups) > 1 else ():
         fewer = prepare(obj, g, dynamic=dynamic, keep_static=_merged(keep, dims))
         try:
-            ep = _export(fewer, timings)
+            ep = export_program(fewer, timings)
         except Exception:
             continue
         tools["dynamic_given_up"] = [_given_up(role, dims)]
         return fewer, ep
     static = prepare(obj, g, dynamic="static")
-    ep = _export(static, timings, dynamic=False)  # raises when even a static export fails
+    ep = export_program(static, timings, dynamic=False)  # raises when even a static export fails
     tools["dynamic_given_up"] = [_given_up(role, dims) for role, dims in groups.items()]
     return static, ep
 
@@ -107,7 +108,8 @@ def _given_up(role: str, dims: Mapping[str, set[int]]) -> dict[str, Any]:
     return {"dim": role, "inputs": {n: sorted(d) for n, d in sorted(dims.items())}}
 
 
-def _describe(plan: ExportPlan, ep: Any) -> dims_mod.DimInfo:
+def describe(plan: ExportPlan, ep: Any) -> dims_mod.DimInfo:
+    """What ``ep`` (exported from ``plan``) says of the graph's dims."""
     arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
     return dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
 

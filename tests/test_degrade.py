@@ -1,6 +1,7 @@
 """One graph's trouble stays that graph's: a runtime that cannot load its file or memory running out is a failed
-check and the other graphs go on; a graph ONNX cannot hold (complex-valued rotary embeddings) is exported to
-OpenVINO IR from the torch module, checked and served on OpenVINO, with the manifest saying why it has no ONNX file."""
+check and the other graphs go on; complex-valued rotary embeddings are rewritten real-valued for ONNX and OpenVINO,
+and a graph whose complex ops the rewrite does not know is exported to OpenVINO IR from the torch module, checked
+and served on OpenVINO, with the manifest saying why it has no ONNX file."""
 
 import importlib
 import json
@@ -144,9 +145,9 @@ class ComplexRotary(torch.nn.Module):
     """Rotary position embedding the way many transformers write it: a complex table from ``torch.polar``,
     queries viewed as complex numbers and rotated by a complex product."""
 
-    def __init__(self, dim=8, heads=2, max_len=64):
+    def __init__(self, dim=8, heads=2, max_len=64, unknown=False):
         super().__init__()
-        self.dim, self.heads = dim, heads
+        self.dim, self.heads, self.unknown = dim, heads, unknown
         self.proj = torch.nn.Linear(dim * heads, dim * heads)
         inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
         freqs = torch.outer(torch.arange(max_len).float(), inv)
@@ -156,6 +157,8 @@ class ComplexRotary(torch.nn.Module):
         b, s, _ = hidden_states.shape
         q = self.proj(hidden_states).view(b, s, self.heads, self.dim)
         qc = torch.view_as_complex(q.float().reshape(b, s, self.heads, -1, 2))
+        if self.unknown:  # a complex op the real-valued rewrite does not know (abs)
+            qc = qc * (qc.abs() + 1.0)
         rotated = torch.view_as_real(qc * self.freqs_cis[:s][None, :, None, :]).flatten(3)
         return rotated.reshape(b, s, -1)
 
@@ -163,9 +166,9 @@ class ComplexRotary(torch.nn.Module):
 class RotaryPipe:
     """Two graphs: one with complex intermediates, one plain."""
 
-    def __init__(self):
+    def __init__(self, unknown=False):
         torch.manual_seed(0)
-        self.rotary = ComplexRotary().eval()
+        self.rotary = ComplexRotary(unknown=unknown).eval()
         self.head = torch.nn.Linear(16, 4).eval()
 
     @torch.no_grad()
@@ -173,9 +176,27 @@ class RotaryPipe:
         return self.head(self.rotary(x))
 
 
+def test_complex_arithmetic_is_rewritten_real_valued_for_onnx_and_openvino(tmp_path):
+    pipe = RotaryPipe()
+    with shapetrace.record(pipe):
+        pipe(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)))
+    result = shapetrace.export_all(pipe, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    rot = result.manifest.graph("rotary")
+    assert rot.file("onnx") == "rotary.onnx" and "no_onnx" not in rot.tools
+    assert {"view_as_complex", "mul", "buffer module_freqs_cis"} <= set(rot.tools["complex_rewritten"])
+    assert {(c.backend, c.input_set) for c in result.parity.checks if c.graph == "rotary"} >= {
+        ("onnxruntime", "example"), ("onnxruntime", "resized"), ("openvino", "example"), ("openvino", "resized")}
+    x = torch.randn(3, 9, 16, generator=torch.Generator().manual_seed(2))  # another batch and sequence length
+    want = pipe(x)
+    for backend in ("onnxruntime", "openvino"):
+        with shapetrace.load(pipe, tmp_path / "o", backend=backend):
+            torch.testing.assert_close(pipe(x), want, atol=1e-4, rtol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def rotary_export(tmp_path_factory):
-    pipe = RotaryPipe()
+    pipe = RotaryPipe(unknown=True)  # the rewrite refuses it: no ONNX file, the IR from the torch module
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
     with shapetrace.record(pipe):
         pipe(x)
@@ -190,6 +211,7 @@ def test_a_graph_with_complex_tensors_exports_to_openvino_without_onnx(rotary_ex
     rot = next(e for e in result.manifest.graphs if e.name == "rotary")
     assert rot.ok and rot.file("onnx") is None and rot.file("openvino") == "rotary.xml"
     assert "complex-valued tensors" in rot.tools["no_onnx"] and "view_as_complex" in rot.tools["no_onnx"]
+    assert "aten.abs on complex values" in rot.tools["complex_rewrite_error"]
     assert rot.tools["openvino_from"] == "torch"
     assert not list(out.glob("rotary.onnx*")) and (out / "rotary.xml").is_file()
     head = next(e for e in result.manifest.graphs if e.name == "head")
