@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import manifest as manifest_mod
+from . import modstate
 from . import quantize as quantize_mod
 from . import writers
 from .errors import ExportError, ShapetraceError
@@ -130,57 +131,81 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     modes = quantize_mod.plan_modes(quantize, names, formats)
     if stateful and any(modes.values()):
         raise ExportError("quantize= with stateful=True is not supported: export the stateful form float")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file; pass a directory path for the export")
-    if (out / MANIFEST).exists() and not overwrite:
-        raise ExportError(f"{out} already holds an export ({MANIFEST}); pass overwrite=True to replace it, "
-                          f"or choose another folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".shapetrace-staging-", dir=out))
-    except OSError as e:
-        raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
-    committed = False
-    try:
-        entries = []
-        bar = _progress(names, progress)
-        for name in bar:
-            if hasattr(bar, "set_description_str"):
-                bar.set_description_str(f"export {name}")
-            g = rec.graphs[name]
-            per_graph = dynamic.get(name, "auto") if isinstance(dynamic, Mapping) and name in dynamic else dynamic
-            if isinstance(dynamic, Mapping) and name not in dynamic and any(k in rec.graphs for k in dynamic):
-                per_graph = "auto"
-            entry = export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from,
-                                  stateful and "openvino" in formats)
-            entries.append(entry)
-            if hasattr(bar, "write"):
-                status = f"error: {entry.error.message[:120]}" if entry.error else \
-                    f"{sum(entry.sizes.values()) / 1e6:.1f} MB"
-                bar.write(f"  {name}: {entry.seconds:.1f}s, {status}")
-        if any(modes.values()):
-            entries = quantize_mod.quantize_entries(stage, entries, rec, modes, quantize_options,
-                                                    getattr(bar, "write", None))
-        manifest = Manifest(tuple(entries), rec.object_class,
-                            _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                            MappingProxyType(writers.versions()))
-        manifest_mod.write(stage, manifest)
-        _commit(stage, out)
-        committed = True
-    finally:
-        if not committed:
-            shutil.rmtree(stage, ignore_errors=True)
-    graphs_out = MappingProxyType({e.name: GraphExport(e.name, e) for e in entries})
-    if not (verify and manifest.exported):
-        return ExportResult(out, graphs_out, manifest)
-    report = run_verify(out, obj, **verify_kwargs)
-    redo = _dynamic_failures(manifest, report, dynamic)
-    if redo:  # a dynamic dim broke parity: those graphs again, static, spliced in if that passes
-        _degrade(obj, rec, out, redo, report, formats, opset, compress_to_fp16, openvino_from, stateful)
+    # put the modules back as the recorded calls saw them (a pipeline that swaps processors for one call)
+    with _recorded_states(obj, rec, names) as changed:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"{out} is a file; pass a directory path for the export")
+        if (out / MANIFEST).exists() and not overwrite:
+            raise ExportError(f"{out} already holds an export ({MANIFEST}); pass overwrite=True to replace it, "
+                              f"or choose another folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".shapetrace-staging-", dir=out))
+        except OSError as e:
+            raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
+        committed = False
+        try:
+            entries = []
+            bar = _progress(names, progress)
+            for name in bar:
+                if hasattr(bar, "set_description_str"):
+                    bar.set_description_str(f"export {name}")
+                g = rec.graphs[name]
+                per_graph = dynamic.get(name, "auto") if isinstance(dynamic, Mapping) and name in dynamic else dynamic
+                if isinstance(dynamic, Mapping) and name not in dynamic and any(k in rec.graphs for k in dynamic):
+                    per_graph = "auto"
+                entry = export_graph(obj, g, stage, formats, per_graph, opset, compress_to_fp16, openvino_from,
+                                      stateful and "openvino" in formats)
+                if changed.get(name):  # said in the manifest: the export is of the module as the call saw it
+                    entry = dataclasses.replace(entry, tools=MappingProxyType(
+                        {**entry.tools, "recorded_state": {"restored": len(changed[name]),
+                                                           "first": changed[name][:8]}}))
+                entries.append(entry)
+                if hasattr(bar, "write"):
+                    status = f"error: {entry.error.message[:120]}" if entry.error else \
+                        f"{sum(entry.sizes.values()) / 1e6:.1f} MB"
+                    bar.write(f"  {name}: {entry.seconds:.1f}s, {status}")
+            if any(modes.values()):
+                entries = quantize_mod.quantize_entries(stage, entries, rec, modes, quantize_options,
+                                                        getattr(bar, "write", None))
+            manifest = Manifest(tuple(entries), rec.object_class,
+                                _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                MappingProxyType(writers.versions()))
+            manifest_mod.write(stage, manifest)
+            _commit(stage, out)
+            committed = True
+        finally:
+            if not committed:
+                shutil.rmtree(stage, ignore_errors=True)
+        graphs_out = MappingProxyType({e.name: GraphExport(e.name, e) for e in entries})
+        if not (verify and manifest.exported):
+            return ExportResult(out, graphs_out, manifest)
         report = run_verify(out, obj, **verify_kwargs)
-        graphs_out = MappingProxyType({e.name: GraphExport(e.name, e) for e in manifest_mod.read(out).graphs})
-    return ExportResult(out, graphs_out, manifest_mod.read(out), report)
+        redo = _dynamic_failures(manifest, report, dynamic)
+        if redo:  # a dynamic dim broke parity: those graphs again, static, spliced in if that passes
+            _degrade(obj, rec, out, redo, report, formats, opset, compress_to_fp16, openvino_from, stateful)
+            report = run_verify(out, obj, **verify_kwargs)
+            graphs_out = MappingProxyType({e.name: GraphExport(e.name, e) for e in manifest_mod.read(out).graphs})
+        return ExportResult(out, graphs_out, manifest_mod.read(out), report)
+
+
+
+@contextlib.contextmanager
+def _recorded_states(obj: Any, rec: Recording, names: Sequence[str]) -> Any:
+    """Every exported graph's module with the plain attributes its first recorded call saw (each module once);
+    yields ``{graph: [attributes put back]}``."""
+    changed: dict[str, list[str]] = {}
+    seen: set[int] = set()
+    with contextlib.ExitStack() as stack:
+        for n in names:
+            g = rec.graphs[n]
+            module = module_for(obj, g)
+            if id(module) in seen or not g.state:
+                continue
+            seen.add(id(module))
+            changed[n] = stack.enter_context(modstate.recorded_state(module, g.state))
+        yield changed
 
 
 def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import inplace, tree
+from . import inplace, modstate, tree
 from .recording import GraphRecord, TensorSpec
 from .samples import SampleStore
 from .signature import bind_call, method_info
@@ -43,7 +43,7 @@ class _GraphBuilder:
     """Mutable per-graph accumulator; turned into a frozen :class:`GraphRecord` by ``freeze``."""
 
     __slots__ = ("name", "module_path", "method", "module_class", "calls", "input_tree", "output_tree",
-                 "input_specs", "output_specs", "input_shapes", "output_shapes", "consts", "examples", "base")
+                 "input_specs", "output_specs", "input_shapes", "output_shapes", "consts", "examples", "base", "state")
 
     def __init__(self, name: str, module_path: str, method: str, module_class: str) -> None:
         self.name, self.module_path, self.method, self.module_class = name, module_path, method, module_class
@@ -56,6 +56,7 @@ class _GraphBuilder:
         self.output_shapes: dict[str, dict] = {}
         self.consts: dict[str, dict] = {}  # flat name -> {repr: value} of distinct values seen
         self.examples: dict[str, Any] = {}
+        self.state: dict = {}
         self.base = name
 
     def freeze(self, variant_of: str | None = None) -> GraphRecord:
@@ -74,7 +75,8 @@ class _GraphBuilder:
                            self.input_tree or {"t": "args", "params": []}, self.output_tree or {"t": "const",
                                                                                                   "type": "NoneType",
                                                                                                   "value": None},
-                           MappingProxyType(varying_consts), MappingProxyType(dict(self.examples)), variant_of)
+                           MappingProxyType(varying_consts), MappingProxyType(dict(self.examples)), variant_of,
+                           MappingProxyType(self.state))
 
 
 class Recorder:
@@ -229,6 +231,7 @@ class Recorder:
                 b.output_tree = out_tree
                 b.input_specs = {n: _spec_of(t) for n, t in p.tensors.items()}
                 b.output_specs = {n: _spec_of(t) for n, t in out_leaves.items() if isinstance(t, torch.Tensor)}
+                b.state = modstate.snapshot(p.module)  # as the call saw it (a pipeline may swap processors)
                 b.examples = p.examples if p.examples is not None else \
                     {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in p.leaves.items()}
             call = b.calls

@@ -111,6 +111,8 @@ class GraphRecord:
     varying_constants: Mapping[str, tuple] = field(default_factory=dict)
     examples: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     variant_of: str | None = None  # set when calls of one method came in several structures (see record())
+    #: the module's plain attributes at the first call (:mod:`shapetrace.modstate`); in memory only, like examples
+    state: Mapping[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def constants(self) -> dict[str, Any]:

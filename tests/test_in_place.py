@@ -145,3 +145,54 @@ def test_a_plain_object_holding_tensors_is_flattened_by_its_attributes_and_rebui
         calls = {s.graph: s.calls for s in rt.stats()}
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert calls == {"net": 1, "net@2": 3}
+
+
+class Doubling:  # an attention-processor-like object, swapped in for one call
+    def __call__(self, x):
+        return x * 2
+
+
+class Plain:
+    def __call__(self, x):
+        return x
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.processor = Plain()
+
+    def forward(self, x):
+        return self.processor(self.lin(x))
+
+
+class SwappingPipeline:
+    """Like a PAG pipeline: swaps the block's processor for the length of its call, then puts the original back."""
+
+    def __init__(self):
+        self.block = Block()
+
+    def __call__(self, x):
+        original = self.block.processor
+        self.block.processor = Doubling()
+        try:
+            return self.block(x)
+        finally:
+            self.block.processor = original
+
+
+def test_the_export_is_of_the_module_as_the_recorded_call_saw_it(tmp_path):
+    torch.manual_seed(0)
+    pipe = SwappingPipeline()
+    with shapetrace.record(pipe):
+        pipe(torch.randn(2, 4))
+    assert type(pipe.block.processor) is Plain  # the pipeline put its processor back
+    result = shapetrace.export_all(pipe, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    assert result.manifest.graph("block").tools["recorded_state"] == {"restored": 1, "first": ["processor"]}
+    assert type(pipe.block.processor) is Plain  # and export put it back too
+    x = torch.randn(3, 4)
+    want = pipe(x)
+    with shapetrace.load(pipe, tmp_path / "o", backend="onnxruntime"):
+        torch.testing.assert_close(pipe(x), want, atol=1e-5, rtol=1e-5)  # doubled, as in the pipeline's call
