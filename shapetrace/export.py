@@ -218,9 +218,9 @@ def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) ->
              and c.bound is None}  # a quantized graph's SNR bound is not a dynamic-dim problem
     # the live model itself refuses every other size tried (a limit it checks in eager code only): not checkable
     wrong |= {c.graph for c in report.checks if c.backend == "torch" and c.input_set == "resized" and c.error}
-    # a runtime that cannot run the dynamic graph at all ("invalid expand shape": a size traced at 2 baked in)
-    wrong |= {c.graph for c in report.checks if c.backend != "torch" and c.input_set in ("example", "resized")
-              and c.error and c.bound is None}
+    # a runtime that cannot load or run the dynamic graph ("invalid expand shape", a Squeeze its shape inference
+    # refuses: a size traced at 2 baked in)
+    wrong |= {c.graph for c in report.checks if c.backend not in ("torch", "-") and c.error and c.bound is None}
     return [e.name for e in manifest.graphs if e.name in wrong and e.ok and e.dims and not e.quantization]
 
 
