@@ -214,7 +214,9 @@ def flattener_registry():
 
 
 def test_unknown_output_type_is_recorded_by_type_and_export_names_the_fix(tmp_path, flattener_registry):
-    class Box:
+    class Box:  # __slots__: not flattened by its attributes (a plain class holding tensors would be)
+        __slots__ = ("t",)
+
         def __init__(self, t):
             self.t = t
 
