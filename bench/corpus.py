@@ -72,7 +72,7 @@ def render(records: list[dict], meta: dict) -> str:
              "Each case: diffusers' tiny random-weight pipeline from its own fast test, run offline; then `record` → "
              "`export_all` (ONNX + IR, verify on ONNX Runtime and OpenVINO) → `load(backend=\"openvino\")` → final "
              "output PSNR ≥ 40 dB against PyTorch. Development families only (the held-out third is measured by the "
-             "maintainers).", "",
+             "maintainers).", "", *([meta["note"], ""] if meta.get("note") else []),
              f"**{passed} of {len(ran)} cases that run offline pass ({pct:.1f} %)**; {len(records)} cases listed, "
              + (", ".join(f"{k}: {v}" for k, v in sorted(not_run.items())) or "all run offline") + ".", "",
              "| stage | cases |", "|---|---|"]
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0, help="stop starting new cases after this many seconds")
     ap.add_argument("--filter", action="append", default=[])
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--note", default="", help="a paragraph printed under the header (how the records were made)")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     command = " ".join(["python", "bench/corpus.py", *sys.argv[1:]])
@@ -131,7 +132,7 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     meta = {"command": command, "date": dt.date.today().isoformat(), "commit": commit, "cpu": cpu, "isa": _isa(),
-            "cpus": len(os.sched_getaffinity(0))}
+            "cpus": len(os.sched_getaffinity(0)), "note": args.note}
     Path(args.markdown).write_text(render(records, meta))
     print(Path(args.markdown).read_text().split("\n## By family")[0])
 
