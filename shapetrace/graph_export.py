@@ -176,6 +176,8 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
         onnx_path = writers.write_onnx_or_skip(ir_plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
                                                can_skip="openvino" in formats and openvino_from != "onnx")
         d.timings["onnx"] = round(time.perf_counter() - t, 3)
+        d.constraints += tuple(f"{n} != 1" for n in d.tools.get("onnx_squeeze_assumes_not_one", ())
+                               if f"{n} != 1" not in d.constraints)
     if onnx_path is not None:
         d.files["onnx"] = onnx_path.name
         data = sorted(p.name for p in stage.iterdir() if p.name.startswith(f"{stem}.onnx") and p != onnx_path)

@@ -128,6 +128,11 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
             raise ExportError(_no_exporter(ep, tools["onnx_dynamo_error"], ts)) from ts
     if prog is not None:
         _rename_ir_dims(prog.model, info.symbols, info.input_shapes, info.output_shapes)
+        dropped, assumed = _drop_noop_squeezes(prog.model, {n: int(d["example"]) for n, d in info.dims.items()})
+        if dropped:
+            tools["onnx_noop_squeezes_removed"] = dropped
+        if assumed:  # as in the traced program: these dims are never 1 (graph_export adds the constraints)
+            tools["onnx_squeeze_assumes_not_one"] = sorted(assumed)
         # weights of large graphs go to external data next to the file (<graph>.onnx.data): a single-file proto is
         # serialised and later re-read whole (checker, OpenVINO), which costs its size again in memory
         large = sum(p.numel() * p.element_size() for p in plan.module.parameters()) > ONNX_EXTERNAL_DATA_ABOVE_BYTES
@@ -140,6 +145,37 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
     gc.collect()
     onnx.checker.check_model(str(path))
     return tools
+
+
+def _drop_noop_squeezes(model: Any, examples: Mapping[str, int] | None = None) -> tuple[int, set[str]]:
+    """Remove the ``Squeeze`` nodes whose axes are not 1: a fixed size other than 1, or a named dim recorded at
+    another size (torch.export traces dynamic dims as never 1, so ``squeeze(dim)`` is a no-op in its program, but
+    the exporter writes a Squeeze that ONNX Runtime refuses: "Dimension of input 1 must be 1 instead of 16").
+    Returns how many were removed and the dim names assumed not 1 (the caller adds ``name != 1`` constraints)."""
+    ir = require("onnx_ir", "onnx")
+    dropped, assumed = 0, set()
+    for node in list(model.graph):
+        if node.op_type != "Squeeze" or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        axes, shape = node.inputs[1].const_value, node.inputs[0].shape
+        if axes is None or shape is None:
+            continue
+        sizes = [shape[int(a) % len(shape)] for a in axes.numpy().reshape(-1)]
+        names = {getattr(d, "value", None) for d in sizes if not isinstance(d, int)}
+        if not sizes or any(isinstance(d, int) and d == 1 for d in sizes) or \
+                any(n is None or (examples or {}).get(n, 1) == 1 for n in names):
+            continue  # a dim that is (or was recorded) 1 is really squeezed
+        out = node.outputs[0]
+        if out in model.graph.outputs:
+            continue
+        axes_value = node.inputs[1]
+        ir.convenience.replace_all_uses_with(out, node.inputs[0])
+        model.graph.remove(node, safe=True)
+        if not axes_value.uses() and model.graph.initializers.get(axes_value.name) is axes_value:
+            del model.graph.initializers[axes_value.name]
+        dropped += 1
+        assumed |= names
+    return dropped, assumed
 
 
 def complex_ops(ep: Any) -> list[str]:

@@ -478,3 +478,28 @@ def test_an_ir_openvino_cannot_read_from_onnx_is_converted_from_the_torch_module
     assert entry.ok and entry.tools["openvino_from"] == "torch"
     assert "OpConversionFailure" in entry.tools["openvino_from_onnx_error"]
     assert (tmp_path / "o" / entry.file("openvino")).is_file() and entry.file("onnx")  # both files are there
+
+
+def test_a_squeeze_pytorch_leaves_alone_does_not_make_an_onnx_file_onnxruntime_refuses(tmp_path):
+    class Squeezer(torch.nn.Module):  # squeeze(1) on a dim of 16 is a no-op in PyTorch, a load error in ONNX Runtime
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(x.squeeze(1))
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Squeezer()
+    with shapetrace.record(h):
+        h.m(torch.randn(2, 16, 4))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result.parity)
+    entry = result.manifest.graph("m")
+    assert entry.tools["onnx_noop_squeezes_removed"] == 1 and entry.input("x").shape == ("batch", "sequence", 4)
+    assert "sequence != 1" in entry.constraints  # as torch.export traced it: at 1 the squeeze would not be a no-op
+    assert any(c.backend == "onnxruntime" and c.input_set == "resized" for c in result.parity.checks)
