@@ -178,9 +178,9 @@ class Recorder:
         None when it passes no tensor (``enable_slicing()``): not a graph."""
         info = method_info(type(module), method)
         leaves: dict[str, Any] = {}
-        bound = [(n, v) for n, _k, v in bind_call(info.signature, args, kwargs)]
-        params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]}
-                  for n, k, v in bind_call(info.signature, args, kwargs)]
+        call = bind_call(info.signature, args, kwargs)
+        bound = [(n, v) for n, _k, v in call]
+        params = [{"name": n, "kind": k, "node": tree.flatten(v, n, leaves)[0]} for n, k, v in call]
         tensors = {n: v for n, v in leaves.items() if isinstance(v, torch.Tensor)}
         if not tensors:
             return None
