@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-corpus clean
+.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-corpus clean
 
 setup: $(STAMP)
 
@@ -62,3 +62,7 @@ $(OPTIMUM_VENV)/.installed:
 
 bench-optimum: setup $(OPTIMUM_VENV)/.installed
 	$(PY) bench/optimum_compare.py --venv-optimum $(OPTIMUM_VENV)
+
+# same work as optimum-intel: plain SD 1.5 end to end, shapetrace's variants vs OVStableDiffusionPipeline's
+bench-optimum-infer: setup $(OPTIMUM_VENV)/.installed
+	$(PY) bench/optimum_infer.py --venv-optimum $(OPTIMUM_VENV)

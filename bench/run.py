@@ -744,15 +744,23 @@ def _jsonable(v: Any) -> Any:
 
 # ============================================================================================== RESULTS.md
 def _other_sections(folder: Path, suite: str) -> str:
-    """Sections other bench scripts keep in RESULTS.md (bench/generation.py: ``generation.json``), re-appended so
+    """Sections other bench scripts keep in RESULTS.md (bench/generation.py: ``generation.json``,
+    bench/optimum_infer.py: ``optimum_infer.json``), re-appended so
     that re-rendering this file keeps them."""
-    gen = folder / "generation.json"
-    if suite != "full" or not gen.exists():
+    gen, peer = folder / "generation.json", folder / "optimum_infer.json"
+    if suite != "full":
         return ""
-    import generation
+    text = ""
+    if gen.exists():
+        import generation
 
-    return "\n" + generation.render(json.loads(gen.read_text())) + generation.CAVEAT_IF_LOADED(
-        json.loads(gen.read_text()))
+        text += "\n" + generation.render(json.loads(gen.read_text())) + generation.CAVEAT_IF_LOADED(
+            json.loads(gen.read_text()))
+    if peer.exists():
+        import optimum_infer
+
+        text += "\n" + optimum_infer.render(json.loads(peer.read_text()))
+    return text
 
 
 def render_md(r: dict) -> str:
