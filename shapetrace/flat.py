@@ -10,6 +10,7 @@ wraps a live module for a manifest :class:`~shapetrace.manifest.GraphEntry` (ver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -27,7 +28,17 @@ from .recording import GraphRecord, Recording, TensorSpec, dtype_name
 from .standin import StandIn
 from .walker import parse_path, resolve
 
-__all__ = ["FlatModule", "ExportPlan", "prepare", "flat_module", "module_for", "recording_of", "weights_dtype"]
+__all__ = ["FlatModule", "ExportPlan", "MissingOutputsError", "prepare", "flat_module", "module_for", "recording_of",
+           "weights_dtype", "without_outputs"]
+
+
+class MissingOutputsError(ExportError):
+    """The wrapped call returned without some recorded outputs (``names``): under TorchScript tracing, some
+    transformers models build no KV cache (``use_cache and not torch.jit.is_tracing()``)."""
+
+    def __init__(self, names: Sequence[str], got: Sequence[str]) -> None:
+        super().__init__(f"output {names[0]!r} is missing from this call's output (got {', '.join(got)})")
+        self.names = tuple(names)
 
 
 class FlatModule(torch.nn.Module):
@@ -39,7 +50,7 @@ class FlatModule(torch.nn.Module):
 
     def __init__(self, module: torch.nn.Module, method: str, input_tree: Mapping[str, Any],
                  input_names: Sequence[str], output_names: Sequence[str], output_fields: Sequence[str] | None,
-                 frozen: Mapping[str, Any] | None = None) -> None:
+                 frozen: Mapping[str, Any] | None = None, complex_inputs: Sequence[str] = ()) -> None:
         super().__init__()
         self.module = module
         self.training = module.training  # exporters restore the wrapper's mode (recursively) after an eval() pass
@@ -49,10 +60,13 @@ class FlatModule(torch.nn.Module):
         self.output_names = list(output_names)
         self.output_fields = list(output_fields) if output_fields else None
         self._frozen = dict(frozen or {})
+        self.complex_inputs = frozenset(complex_inputs)  # taken in their view_as_real form (runtimes lack complex)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         leaves = dict(self._frozen)
         leaves.update(zip(self.input_names, tensors))
+        for n in self.complex_inputs:
+            leaves[n] = torch.view_as_complex(leaves[n].contiguous())
         values = tree.call_values(self.input_tree, leaves)
         args, kwargs = tree.split_call(self.input_tree, leaves, values)
         fn = self.module if self.method == "forward" else getattr(self.module, self.method)
@@ -64,7 +78,7 @@ class FlatModule(torch.nn.Module):
             flat.update({inplace.UPDATED + n: t for n, t in now.items() if isinstance(t, torch.Tensor)})
         missing = [n for n in self.output_names if n not in flat]
         if missing:
-            raise ExportError(f"output {missing[0]!r} is missing from this call's output (got {', '.join(flat)})")
+            raise MissingOutputsError(missing, list(flat))
         return tuple(flat[n] for n in self.output_names)
 
 
@@ -94,6 +108,7 @@ class ExportPlan:
     example_inputs: Mapping[str, torch.Tensor]  # the recorded (untiled) inputs
     promoted: tuple[str, ...] = ()  # scalar arguments that varied across calls, exported as 0-d inputs
     output_keys: tuple[str, ...] = ()  # flat output names in the output tree (== output_names unless renamed)
+    complex_inputs: tuple[str, ...] = ()  # complex inputs, taken (and listed in ``args``) as their view_as_real
 
     @property
     def openvino_input(self) -> list[tuple[str, list[int], Any]]:
@@ -153,6 +168,12 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
     specs = dict(g.inputs)
     for n in promoted:
         specs[n] = TensorSpec(tuple(examples[n].shape), examples[n].dtype)
+    complex_inputs = [n for n in input_names if examples[n].is_complex()]
+    for n in complex_inputs:  # ONNX and OpenVINO have no complex inputs: (..., 2) real, the last dim static
+        examples[n] = torch.view_as_real(examples[n].resolve_conj()).contiguous()
+        s = specs[n]
+        specs[n] = TensorSpec((*s.shape, 2), examples[n].dtype, s.device, None,
+                              tuple((*sh, 2) for sh in s.shapes_seen), s.varying_dims)
     candidates = dims_mod.candidate_dims({n: specs[n] for n in input_names}, dynamic,
                                          tree.cache_tensor_names(input_tree))
     for n, dims in (keep_static or {}).items():
@@ -170,12 +191,12 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
     taken = set(input_names)
     output_names = [f"output.{k}" if k in taken else k for k in output_keys]
     fields = dict(g.output_tree).get("fields")
-    flat = FlatModule(module, g.method, input_tree, input_names, output_keys, fields, frozen)
+    flat = FlatModule(module, g.method, input_tree, input_names, output_keys, fields, frozen, complex_inputs)
     # forward(*tensors) has one (var-positional) parameter: its dynamic_shapes entry is the tuple of per-input specs
     dyn = (tuple({d: torch.export.Dim.AUTO for d in candidates.get(n, {})} or None for n in input_names),)
     return ExportPlan(g.name, flat, tuple(args), dyn, tuple(input_names), tuple(output_names),
                       MappingProxyType(candidates), MappingProxyType({n: examples[n] for n in input_names}),
-                      tuple(promoted), tuple(output_keys))
+                      tuple(promoted), tuple(output_keys), tuple(complex_inputs))
 
 
 def flat_module(module: torch.nn.Module, entry: GraphEntry) -> FlatModule:
@@ -184,7 +205,34 @@ def flat_module(module: torch.nn.Module, entry: GraphEntry) -> FlatModule:
     frozen = {k: None for k, v in tree.constants_of(entry.input_tree).items()
               if isinstance(v, str) and v.startswith("<")}
     return FlatModule(module, entry.method, entry.input_tree, entry.input_names, [o.key for o in entry.outputs],
-                      entry.output_tree.get("fields"), frozen)
+                      entry.output_tree.get("fields"), frozen, entry.tools.get("complex_inputs") or ())
+
+
+def without_outputs(plan: ExportPlan, output_tree: Mapping[str, Any], names: set[str]) -> tuple[ExportPlan, dict]:
+    """``plan`` and ``output_tree`` without the outputs ``names``: each cache object (a node flagged ``cache``)
+    whose tensors are all among them becomes the constant None in the tree, and its tensors leave the plan.
+    Returns the plan unchanged when ``names`` are not whole cache objects."""
+    dropped: set[str] = set()
+
+    def walk(node: dict) -> dict:
+        leaves = tree.tensor_names(node) if node["t"] != "args" else []
+        if node.get("cache") and leaves and set(leaves) <= names:
+            dropped.update(leaves)
+            return {"t": "const", "type": "NoneType", "value": None, "dropped": True}
+        out = dict(node)
+        if "items" in node:
+            out["items"] = [walk(c) for c in node["items"]]
+        return out
+
+    spec = walk(json.loads(json.dumps(dict(output_tree))))
+    if dropped != names:
+        return plan, dict(output_tree)
+    keep = [i for i, k in enumerate(plan.output_keys) if k not in dropped]
+    m = plan.module
+    module = FlatModule(m.module, m.method, m.input_tree, m.input_names, [m.output_names[i] for i in keep],
+                        m.output_fields, m._frozen, m.complex_inputs)
+    return dataclasses.replace(plan, module=module, output_names=tuple(plan.output_names[i] for i in keep),
+                               output_keys=tuple(plan.output_keys[i] for i in keep)), spec
 
 
 def _promote_varying_scalars(input_tree: dict, g: GraphRecord, examples: dict) -> list[str]:

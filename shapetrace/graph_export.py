@@ -25,7 +25,7 @@ from . import stateful as stateful_mod
 from . import decomplex, tracing, writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
-from .flat import ExportPlan, module_for, weights_dtype
+from .flat import ExportPlan, module_for, weights_dtype, without_outputs
 from .manifest import Dim, GraphEntry, GraphError, InputSpec, OutputSpec
 from .recording import GraphRecord, dtype_name, file_stem, to_numpy
 
@@ -73,6 +73,7 @@ class _Draft:
     def __init__(self, g: GraphRecord) -> None:
         self.g = g
         self.input_tree: Mapping[str, Any] = dict(g.input_tree)
+        self.output_tree: Mapping[str, Any] = dict(g.output_tree)
         self.constants = {k: json_value(v) for k, v in g.constants.items()}
         self.files: dict[str, Any] = dict(_NO_FILES)
         self.inputs: tuple[InputSpec, ...] = ()
@@ -92,7 +93,7 @@ class _Draft:
     def entry(self, seconds: float, peak: int) -> GraphEntry:
         g = self.g
         return GraphEntry(g.name, g.module_path, g.method, g.module_class, MappingProxyType(self.files), self.inputs,
-                          self.outputs, MappingProxyType(self.constants), self.input_tree, dict(g.output_tree),
+                          self.outputs, MappingProxyType(self.constants), self.input_tree, dict(self.output_tree),
                           MappingProxyType(self.dims), self.constraints, self.guards, self.specialized,
                           self.promoted, MappingProxyType(self.tools), MappingProxyType(self.timings), seconds, peak,
                           self.weights_bytes, MappingProxyType(self.sizes), self.error, g.variant_of,
@@ -145,9 +146,13 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
         except Exception as e:  # left complex: ONNX is then skipped, the IR comes from the torch module
             d.tools["complex_rewrite_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
     d.input_tree = plan.module.input_tree
+    if dropped := d.tools.get("dropped_outputs"):  # cache objects the trace does not return: None in the tree
+        _, d.output_tree = without_outputs(plan, g.output_tree, set(dropped["outputs"]))
     if ep is not None and (bounds := dims_mod.index_bounds(ep, plan.input_names)):
         d.tools["index_bounds"] = bounds  # load refuses an index past a table (some runtimes read another row)
     d.promoted = tuple(plan.promoted)
+    if plan.complex_inputs:  # taken as view_as_real: load converts a complex argument the same way
+        d.tools["complex_inputs"] = list(plan.complex_inputs)
     d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}
     d.weights_bytes = int(sum(p.numel() * p.element_size() for p in plan.module.parameters())
                           + sum(b.numel() * b.element_size() for b in plan.module.buffers()))

@@ -85,6 +85,9 @@ class ServedGraph:
     def match(self, nodes: Mapping[str, dict], leaves: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any]:
         """Check the call against the recorded one; return (feed, device of the tensor inputs)."""
         feed, problems = match_call(self.params, nodes, leaves, self.defaults, self.inputs)
+        for n in self.entry.tools.get("complex_inputs") or ():  # exported as its (..., 2) real view
+            if isinstance(feed.get(n), torch.Tensor) and feed[n].is_complex():
+                feed[n] = torch.view_as_real(feed[n].resolve_conj())
         device = next((v.device for v in feed.values() if isinstance(v, torch.Tensor)), None)
         if not problems:
             problems.extend(self._check_tensors(feed))

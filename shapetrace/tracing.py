@@ -8,7 +8,7 @@ torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of anot
 and dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2.
 
 Everything given up is written into ``tools``: ``dynamic_error`` (why the full export failed),
-``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static`` and ``torch_export_error``.
+``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``, ``torch_export_error`` and ``dropped_outputs``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import torch
 
 from . import dims as dims_mod
-from .flat import ExportPlan, prepare
+from . import tree
+from .flat import ExportPlan, MissingOutputsError, prepare, without_outputs
 from .recording import GraphRecord
 
 __all__ = ["trace", "export_program", "describe"]
@@ -38,7 +39,7 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         raise
     except Exception as e:
         tools["torch_export_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
-        plan = prepare(obj, g, dynamic="static")
+        plan = _traceable_outputs(prepare(obj, g, dynamic="static"), g, tools)
         shapes = {n: list(a.shape) for n, a in zip(plan.input_names, plan.args)}
         return plan, None, dims_mod.DimInfo(shapes, {}, {}, (), ())
     info = describe(plan, ep)
@@ -52,6 +53,34 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         plan, ep = _degrading(obj, g, dynamic, keep, tools, timings)
         info = describe(plan, ep)
     return plan, ep, info
+
+
+def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) -> ExportPlan:
+    """The plan for the exporters that trace the module by running it (TorchScript): some transformers models
+    build no KV cache under ``torch.jit.trace`` (``use_cache and not torch.jit.is_tracing()``), so a cache object
+    the eager call returned is not in the trace. One probe trace finds out; such outputs leave the graph and the
+    output tree holds None there (``tools.dropped_outputs``: load gives None where the recorded call gave the
+    cache; a pipeline that reads it fails there, which the end-to-end check shows)."""
+    caches = tree.cache_tensor_names(dict(g.output_tree)) & set(plan.output_keys)
+    if not caches:
+        return plan
+    try:
+        with torch.no_grad():
+            torch.jit.trace(plan.module, plan.args, check_trace=False, strict=False)
+        return plan
+    except MissingOutputsError as e:
+        missing = set(e.names)
+    except Exception:  # any other trace failure: the exporters report it
+        return plan
+    if not missing <= caches:
+        return plan
+    smaller, _ = without_outputs(plan, g.output_tree, missing)
+    if smaller is not plan:
+        tools["dropped_outputs"] = {
+            "outputs": sorted(missing),
+            "why": "the module returns no cache object under TorchScript tracing (torch.export could not trace it: "
+                   "torch_export_error); load gives None in its place"}
+    return smaller
 
 
 def export_program(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:

@@ -290,3 +290,53 @@ def test_without_openvino_in_formats_the_onnx_failure_is_the_graphs_error(rotary
     assert error.startswith("ExportError: the graph computes complex-valued tensors (view_as_complex, "), error
     assert "buffer module_freqs_cis" in error or "buffer freqs_cis" in error
     assert "dynamo exporter: " in error and "TorchScript exporter: " in error
+
+
+class TakesRotaryTable(torch.nn.Module):
+    """A transformer block whose rotary table comes in as a complex argument (computed by the pipeline)."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.proj = torch.nn.Linear(dim * heads, dim * heads)
+
+    def forward(self, hidden_states, freqs_cis):
+        b, s, _ = hidden_states.shape
+        q = self.proj(hidden_states).view(b, s, self.heads, -1, 2)
+        rotated = torch.view_as_real(torch.view_as_complex(q) * freqs_cis[None, :, None, :])
+        return rotated.reshape(b, s, -1)
+
+
+class TablePipe:
+    def __init__(self):
+        torch.manual_seed(0)
+        self.block = TakesRotaryTable().eval()
+
+    @staticmethod
+    def table(s):
+        freqs = torch.outer(torch.arange(s).float(), 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)))
+        return torch.polar(torch.ones_like(freqs), freqs)
+
+    @torch.no_grad()
+    def __call__(self, x):
+        return self.block(x, self.table(x.shape[1]))
+
+
+def test_a_complex_graph_input_is_exported_as_its_real_view_and_load_converts_the_argument(tmp_path):
+    pipe = TablePipe()
+    with shapetrace.record(pipe):
+        pipe(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)))
+    result = shapetrace.export_all(pipe, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    block = result.manifest.graph("block")
+    assert block.tools["complex_inputs"] == ["freqs_cis"]
+    spec = block.input("freqs_cis")
+    assert spec.dtype == "float32" and spec.example_shape == (5, 4, 2)  # the (..., 2) view of complex64 (5, 4)
+    assert block.file("onnx") == "block.onnx"  # the complex arithmetic inside is rewritten: ONNX too
+    assert {(c.backend, c.input_set) for c in result.parity.checks if c.graph == "block"} >= {
+        ("onnxruntime", "example"), ("onnxruntime", "resized"), ("openvino", "example"), ("openvino", "resized")}
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(2))  # another batch and sequence length
+    want = pipe(x)
+    for backend in ("onnxruntime", "openvino"):
+        with shapetrace.load(pipe, tmp_path / "o", backend=backend):
+            torch.testing.assert_close(pipe(x), want, atol=1e-4, rtol=1e-3)

@@ -503,3 +503,45 @@ def test_a_squeeze_pytorch_leaves_alone_does_not_make_an_onnx_file_onnxruntime_r
     assert entry.tools["onnx_noop_squeezes_removed"] == 1 and entry.input("x").shape == ("batch", "sequence", 4)
     assert "sequence != 1" in entry.constraints  # as torch.export traced it: at 1 the squeeze would not be a no-op
     assert any(c.backend == "onnxruntime" and c.input_set == "resized" for c in result.parity.checks)
+
+
+def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_load_gives_none(tmp_path):
+    from transformers import DynamicCache
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    class Encoder(torch.nn.Module):  # like a transformers LLM used as a text encoder: no cache under jit tracing
+        def __init__(self):
+            super().__init__()
+            self.k, self.v, self.out = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            if bool(torch.isnan(x).any()):  # data-dependent: torch.export fails, the TorchScript route takes it
+                raise ValueError("NaN in the input")
+            cache = None
+            if not torch.jit.is_tracing():
+                cache = DynamicCache()
+                cache.update(self.k(x)[:, None], self.v(x)[:, None], 0)
+            return BaseModelOutputWithPast(last_hidden_state=self.out(x), cache=cache)
+
+    class Holder:
+        pass
+
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Encoder()
+    x = torch.randn(2, 5, 8)
+    with shapetrace.record(h):
+        want = h.m(x)
+    assert isinstance(want.cache, DynamicCache)  # the eager call does return the cache
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest.graph("m")
+    dropped = entry.tools["dropped_outputs"]
+    assert dropped["outputs"] == ["cache.layers.0.keys", "cache.layers.0.values"]
+    assert [o.key for o in entry.outputs] == ["last_hidden_state"]
+    cache_node = entry.output_tree["items"][entry.output_tree["keys"].index("cache")]
+    assert cache_node["t"] == "const" and cache_node["value"] is None and cache_node["dropped"]
+    with shapetrace.load(h, tmp_path / "o", backend="openvino"):
+        got = h.m(x)
+    assert isinstance(got, BaseModelOutputWithPast) and got.cache is None
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
