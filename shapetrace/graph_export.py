@@ -151,6 +151,8 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     if ep is not None and (bounds := dims_mod.index_bounds(ep, plan.input_names)):
         d.tools["index_bounds"] = bounds  # load refuses an index past a table (some runtimes read another row)
     d.promoted = tuple(plan.promoted)
+    if g.direct_calls:  # the module calls itself (generate): load serves its own forward too
+        d.tools["calls_without_proxy"] = g.direct_calls
     if plan.complex_inputs:  # taken as view_as_real: load converts a complex argument the same way
         d.tools["complex_inputs"] = list(plan.complex_inputs)
     d.constants = {k: v for k, v in d.constants.items() if k not in plan.promoted}

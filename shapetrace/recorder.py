@@ -43,7 +43,8 @@ class _GraphBuilder:
     """Mutable per-graph accumulator; turned into a frozen :class:`GraphRecord` by ``freeze``."""
 
     __slots__ = ("name", "module_path", "method", "module_class", "calls", "input_tree", "output_tree",
-                 "input_specs", "output_specs", "input_shapes", "output_shapes", "consts", "examples", "base", "state")
+                 "input_specs", "output_specs", "input_shapes", "output_shapes", "consts", "examples", "base", "state",
+                 "direct_calls")
 
     def __init__(self, name: str, module_path: str, method: str, module_class: str) -> None:
         self.name, self.module_path, self.method, self.module_class = name, module_path, method, module_class
@@ -58,6 +59,7 @@ class _GraphBuilder:
         self.examples: dict[str, Any] = {}
         self.state: dict = {}
         self.base = name
+        self.direct_calls = 0
 
     def freeze(self, variant_of: str | None = None) -> GraphRecord:
         def specs(first: dict[str, TensorSpec], seen: dict[str, dict]) -> MappingProxyType:
@@ -76,7 +78,7 @@ class _GraphBuilder:
                                                                                                   "type": "NoneType",
                                                                                                   "value": None},
                            MappingProxyType(varying_consts), MappingProxyType(dict(self.examples)), variant_of,
-                           MappingProxyType(self.state))
+                           MappingProxyType(self.state), self.direct_calls)
 
 
 class Recorder:
@@ -148,7 +150,8 @@ class Recorder:
         """Forward hooks on the module at ``path``: they record the calls that reach it without its proxy (the
         module calling itself from ``generate``, another path to the same module), once each."""
         def before(mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            pending = None if id(mod) in self._active_ids() else self.begin(path, mod, "forward", args, kwargs)
+            pending = None if id(mod) in self._active_ids() else self.begin(path, mod, "forward", args, kwargs,
+                                                                            direct=True)
             self._stack(mod).append(pending)
 
         def after(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -173,7 +176,7 @@ class Recorder:
         return stacks.setdefault(id(module), [])
 
     def begin(self, path: str, module: torch.nn.Module, method: str, args: tuple,
-              kwargs: dict) -> "_Pending | None":
+              kwargs: dict, direct: bool = False) -> "_Pending | None":
         """Flatten a call's inputs before it runs (a cache the call updates in place is seen as it was passed);
         None when it passes no tensor (``enable_slicing()``): not a graph."""
         info = method_info(type(module), method)
@@ -196,7 +199,7 @@ class Recorder:
                 sample = examples if examples is not None else {
                     n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in leaves.items()}
         return _Pending(base, path, method, module, info.output_fields, params, leaves, tensors, skeleton, examples,
-                        sample, bound)
+                        sample, bound, direct=direct)
 
     def _next_call(self, base: str, skeleton: str) -> tuple[str, int]:
         """The graph (variant) a call of this structure belongs to, and the index it will have there."""
@@ -236,6 +239,7 @@ class Recorder:
                     {n: (_copy(v) if isinstance(v, torch.Tensor) else v) for n, v in p.leaves.items()}
             call = b.calls
             b.calls += 1
+            b.direct_calls += p.direct
             for n, t in p.tensors.items():
                 b.input_shapes.setdefault(n, {})[tuple(t.shape)] = None
             for n, t in out_leaves.items():
@@ -278,6 +282,7 @@ class _Pending:
     sample: dict | None = None  # CPU copies of the inputs, when this call is to be kept as a calibration sample
     bound: list = dataclasses.field(default_factory=list)  # (parameter, value): the containers the call may fill
     settled: tuple | None = None  # (tensors, constants) it left in them, read when it returned
+    direct: bool = False  # reached the module without its proxy (its hooks saw it)
 
 
 class _LoopWatch:
@@ -319,7 +324,7 @@ class _LoopWatch:
             return
         self.depth += 1
         if self.depth == 1:
-            self.started.append(self.recorder.begin(path, module, "forward", args, kwargs))
+            self.started.append(self.recorder.begin(path, module, "forward", args, kwargs, direct=True))
 
     def _leave_call(self, path: str, output: Any) -> None:
         if threading.get_ident() != self.thread:
@@ -382,6 +387,6 @@ class _SubmoduleWatch:
             return
         self.depth -= 1
         if self.depth == 0 and id(module) != self.own and output is not None:
-            pending = self.recorder.begin(self.names[id(module)], module, "forward", args, kwargs)
+            pending = self.recorder.begin(self.names[id(module)], module, "forward", args, kwargs, direct=True)
             if pending is not None:
                 self.recorder.finish(pending, output)

@@ -113,6 +113,9 @@ class GraphRecord:
     variant_of: str | None = None  # set when calls of one method came in several structures (see record())
     #: the module's plain attributes at the first call (:mod:`shapetrace.modstate`); in memory only, like examples
     state: Mapping[tuple[str, str], Any] = field(default_factory=dict, repr=False, compare=False)
+    #: calls that reached the module without going through the object's attribute (``self(...)`` inside its own
+    #: ``generate``, seen by the module's hooks): load then serves the module's own ``forward`` too
+    direct_calls: int = 0
 
     @property
     def constants(self) -> dict[str, Any]:
@@ -139,7 +142,8 @@ class GraphRecord:
                 "input_tree": self.input_tree, "output_tree": self.output_tree,
                 "constants": self.constants,
                 "varying_constants": {k: list(v) for k, v in self.varying_constants.items()},
-                "examples": f"{file_stem(self.name)}.inputs.npz", "variant_of": self.variant_of}
+                "examples": f"{file_stem(self.name)}.inputs.npz", "variant_of": self.variant_of,
+                "direct_calls": self.direct_calls}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], examples: Mapping[str, Any] | None = None) -> "GraphRecord":
@@ -150,7 +154,8 @@ class GraphRecord:
                    input_tree=d["input_tree"], output_tree=d["output_tree"],
                    varying_constants=MappingProxyType({k: tuple(v) for k, v in
                                                        d.get("varying_constants", {}).items()}),
-                   examples=MappingProxyType(dict(examples or {})), variant_of=d.get("variant_of"))
+                   examples=MappingProxyType(dict(examples or {})), variant_of=d.get("variant_of"),
+                   direct_calls=int(d.get("direct_calls", 0)))
 
 
 def _fmt_specs(specs: Mapping[str, TensorSpec]) -> list[str]:

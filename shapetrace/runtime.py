@@ -147,14 +147,17 @@ class Runtime:
         for path, methods in groups.items():
             module = plan.modules[path][1]
             served = {m: self._method(module, entries, make_runner, static_shapes) for m, entries in methods.items()}
-            swaps.append((plan.modules[path][0], module, served))
-        swaps += [(steps, module, {}) for steps, module in plan.others]
-        for steps, module, methods in swaps:
+            direct = any(e.tools.get("calls_without_proxy") for e in methods.get("forward", ()))
+            swaps.append((plan.modules[path][0], module, served, direct))
+        swaps += [(steps, module, {}, False) for steps, module in plan.others]
+        for steps, module, methods, direct in swaps:
             proxy = RuntimeProxy(module, format_path(steps), self, methods)
             for where in [steps, *plan.aliases.get(id(module), ())]:  # served at every path that reaches it
                 replace(self._obj, where, proxy)
                 self._installed.append((where, module, proxy))
-            if "forward" in methods:  # calls that reach the module itself (self(...) inside generate) too
+            # calls that reach the module itself (self(...) inside generate) too, where the recording saw such calls:
+            # the override is on the module, so whatever else holds it is served too while loaded
+            if "forward" in methods and direct:
                 self._override_forward(module, methods["forward"])
 
     def _method(self, module: torch.nn.Module, entries: list[GraphEntry], make_runner: Callable[[GraphEntry], Runner],

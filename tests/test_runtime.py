@@ -100,6 +100,26 @@ def test_stand_in_is_transparent_and_restored(cn):
     assert rt.closed
 
 
+def test_loading_one_object_leaves_another_object_sharing_its_modules_on_pytorch(cn):
+    ex, pipe, out = cn
+    from diffusers import ControlNetModel
+
+    other = type("Other", (), {})()  # holds the same ControlNet module, not loaded
+    other.controlnet = pipe.controlnet
+    args = _cn_inputs()
+    want = other.controlnet(*args, return_dict=False)
+    with shapetrace.load(pipe, out) as rt:
+        assert type(other.controlnet) is ControlNetModel and "forward" not in other.controlnet.__dict__
+        got = other.controlnet(*args, return_dict=False)  # PyTorch: bit-identical, and not counted as served
+        served = pipe.controlnet(*args, return_dict=False)
+        assert {s.graph: s.calls for s in rt.stats()}["controlnet"] == 1
+    for g, w, s in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want),
+                       torch.utils._pytree.tree_leaves(served)):
+        assert torch.equal(g, w)
+        torch.testing.assert_close(s, w, atol=1e-4, rtol=1e-3)
+    assert "calls_without_proxy" not in json.loads((out / "manifest.json").read_text())["graphs"][0]["tools"]
+
+
 def test_outputs_match_torch_in_both_return_dict_forms(cn):
     ex, pipe, out = cn
     from diffusers.models.controlnets.controlnet import ControlNetOutput
