@@ -127,3 +127,22 @@ def input_sizes(entry: GraphEntry, feed: Mapping[str, np.ndarray]) -> dict[str, 
             if isinstance(s, str) and d < arr.ndim:
                 sizes.setdefault(s, int(arr.shape[d]))
     return sizes
+
+
+#: Noise a sensitivity probe adds to float inputs, relative to max(rms, 1): about 8 float32 ulps at magnitude 1.
+PROBE_NOISE = 2.0 ** -20
+
+
+def perturbed(feed: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """``feed`` with tiny Gaussian noise on its float inputs (:data:`PROBE_NOISE` x max(rms, 1); integer and bool
+    inputs unchanged): how much PyTorch's own output moves under it says how well float32 determines the output
+    at these inputs (a normalisation of an exactly constant input -- an all-zero masked image -- amplifies any
+    rounding: two runtimes that round differently may then disagree by O(1) while both are right)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n, a in feed.items():
+        if np.issubdtype(a.dtype, np.floating) and a.size:
+            scale = PROBE_NOISE * max(float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))), 1.0)
+            a = (a + rng.standard_normal(a.shape) * scale).astype(a.dtype)
+        out[n] = a
+    return out

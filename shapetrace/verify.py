@@ -25,6 +25,7 @@ rtol=5e-2``, float64 ``atol=1e-7, rtol=1e-6``. Per-graph / per-output overrides:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -41,7 +42,7 @@ from .compare import (DEFAULT_TOLERANCES, OutputComparison, Tolerance, check_tol
 from .errors import RunnerError, VerifyError
 from .files import load_npz
 from .flat import flat_module
-from .inputs import input_sizes, resized_inputs
+from .inputs import input_sizes, perturbed, resized_inputs
 from .manifest import GraphEntry, Manifest
 from .quality import held_out_checks, judge, quantized_bound
 from .report import ParityCheck, ParityReport, render_report
@@ -229,9 +230,23 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
             if bound is not None and backend == "openvino" and not result.exact:  # quantized: an SNR, not atol
                 result, held_to = judge(result, got[o.name], ref[o.name], bound, str(entry.quantization["mode"]),
                                         binding=set_name != "resized")
+            elif not result.passed and reference == "torch" and backend != "torch" and not result.exact:
+                result = _within_sensitivity(result, o.name, probe(set_name), ref, got[o.name], name, backend,
+                                             set_name, notes)
             checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes, held_to))
             if on_check is not None:
                 on_check(checks[-1], got[o.name], ref[o.name])
+
+    probes: dict[str, Any] = {}  # set name -> PyTorch's outputs on the perturbed feed (when a check failed)
+    feeds: dict[str, Mapping[str, np.ndarray]] = {}
+
+    def probe(set_name: str) -> Mapping[str, np.ndarray] | None:
+        if set_name not in probes:
+            try:
+                probes[set_name] = torch_runner.infer(perturbed(feeds[set_name], seed)) if torch_runner else None
+            except Exception:  # the probe is a refinement: without it the check stays failed
+                probes[set_name] = None
+        return probes[set_name]
 
     stateful = None
     if "openvino" in backends and entry.file(STATEFUL_FILE):
@@ -244,6 +259,7 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
             torch_runner = None
         runners = [r for r in runners if _open(stack, r, name, checks)]
         for set_name, feed in sets:
+            feeds[set_name] = feed
             set_sizes = input_sizes(entry, feed)
             reference_name, reference = None, None
             if torch_runner is not None:
@@ -258,6 +274,7 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                             notes.append(f"{name}: PyTorch refused the resized sizes {dict(set_sizes)} "
                                          f"({short_error(e)[:160]}); resized to {input_sizes(entry, smaller)} instead")
                             feed, set_sizes = smaller, input_sizes(entry, smaller)
+                            feeds[set_name] = feed
                         except Exception:
                             pass
                     if reference is None:
@@ -288,6 +305,26 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
             for backend, got in results:
                 compare(backend, reference_name or "-", set_name, got, reference, set_sizes)
             del results, reference
+            probes.pop(set_name, None)
+
+
+def _within_sensitivity(result: OutputComparison, output: str, probe: Mapping[str, np.ndarray] | None,
+                        ref: Mapping[str, np.ndarray], got: np.ndarray, graph: str, backend: str, set_name: str,
+                        notes: list[str]) -> OutputComparison:
+    """A failed float comparison re-judged by PyTorch's own sensitivity at these inputs: it passes when the
+    runtime's largest difference is no larger than how far PyTorch's output moves when its float inputs get
+    ~1e-6 noise (``inputs.perturbed``), and nothing is NaN. Said in a note: such inputs (an exactly constant
+    image through a normalisation) cannot tell a right export from a wrong one by their values."""
+    if probe is None or output not in probe or np.shape(probe[output]) != np.shape(ref[output]) or result.nan_count:
+        return result
+    moved = float(np.max(np.abs(probe[output].astype(np.float32) - ref[output].astype(np.float32)), initial=0.0))
+    if not (result.max_abs <= moved) or not np.isfinite(moved):
+        return result
+    notes.append(f"{graph}: output {output!r} on {backend} ({set_name} inputs) differs from PyTorch by "
+                 f"{result.max_abs:.3g}, within how far PyTorch's own output moves ({moved:.3g}) when its float "
+                 f"inputs get ~1e-6 noise: float32 does not determine the output better at these inputs (e.g. a "
+                 f"normalisation of a constant input); passed on that bound, the values prove little here")
+    return dataclasses.replace(result, passed=True, message="", atol=max(result.atol, moved))
 
 
 #: Above this many bytes of example outputs, the resized set tries smaller sizes first.

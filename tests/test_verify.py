@@ -7,6 +7,7 @@ import re
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 import shapetrace
@@ -582,3 +583,46 @@ def test_a_dynamic_graph_a_runtime_cannot_run_falls_back_to_static(tmp_path, mon
     assert result.ok and result.parity, str(result.parity)
     entry = result.manifest.graph("m")
     assert not entry.dims and "invalid expand shape" in entry.tools["static_fallback"]["because"]
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)  # one channel per GroupNorm group: a constant input map stays exactly constant
+    return AutoencoderKL(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+                         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=32,
+                         layers_per_block=1).eval()
+
+
+def test_an_ill_conditioned_input_is_judged_by_pytorchs_own_sensitivity_and_said(tmp_path):
+    class H:
+        pass
+
+    h = H()
+    h.vae = _tiny_vae()
+    with torch.no_grad(), shapetrace.record(h):
+        h.vae.encode(torch.zeros(1, 3, 32, 32))  # an all-zero masked image: normalising a constant amplifies rounding
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result.parity)
+    notes = [n for n in result.parity.notes if "within how far PyTorch's own output moves" in n]
+    assert {n.split(" on ")[1].split(" ")[0] for n in notes} == {"onnxruntime", "openvino"}
+    judged = [c for c in result.parity.checks if c.backend != "torch" and c.result.atol > 1e-4]
+    assert judged and all(c.result.max_abs > 1e-4 and c.result.max_abs <= c.result.atol for c in judged)
+
+
+def test_the_sensitivity_bound_does_not_excuse_a_wrong_graph_at_well_conditioned_inputs(tmp_path):
+    class H:
+        pass
+
+    h = H()
+    h.vae = _tiny_vae()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad(), shapetrace.record(h):
+        h.vae.encode(x)
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity and not any("PyTorch's own output moves" in n for n in result.parity.notes)
+    with torch.no_grad():
+        h.vae.encoder.conv_out.bias += 1e-3  # the live module no longer computes what was exported
+    report = shapetrace.verify(tmp_path / "o", h, backends=("openvino",))
+    failed = [c for c in report.checks if c.backend == "openvino" and not c]
+    assert failed and not any("PyTorch's own output moves" in n for n in report.notes)
