@@ -271,9 +271,9 @@ def main() -> None:
     import onnx
     import openvino
 
-    from shapetrace import graph_export
+    from shapetrace import tracing
 
-    phases.wrap(graph_export, "prepare", "prepare")
+    phases.wrap(tracing, "prepare", "prepare")  # flat.prepare as the export calls it (tracing.trace)
     phases.wrap(torch.export, "export", "torch.export")
     phases.wrap(writers_mod, "write_onnx", "onnx (total)")
     phases.wrap(torch.onnx, "export", "torch.onnx.export")
