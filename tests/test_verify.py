@@ -626,3 +626,43 @@ def test_the_sensitivity_bound_does_not_excuse_a_wrong_graph_at_well_conditioned
     report = shapetrace.verify(tmp_path / "o", h, backends=("openvino",))
     failed = [c for c in report.checks if c.backend == "openvino" and not c]
     assert failed and not any("PyTorch's own output moves" in n for n in report.notes)
+
+
+def test_a_left_padded_tokens_undefined_output_does_not_fail_an_llm_encoder(tmp_path):
+    from transformers import LlamaConfig, LlamaModel
+
+    class H:
+        pass
+
+    torch.manual_seed(0)
+    h = H()
+    h.enc = LlamaModel(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2)).eval()
+    ids, mask = torch.randint(3, 64, (1, 8)), torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])  # left padding
+    with torch.no_grad(), shapetrace.record(h):
+        want = h.enc(input_ids=ids, attention_mask=mask).last_hidden_state
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result.parity)
+    padded = [n for n in result.parity.notes if "only at positions input 'attention_mask' marks 0" in n]
+    assert any("'last_hidden_state' on onnxruntime" in n for n in padded)
+    with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
+        got = h.enc(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (got[0, 0] - want[0, 0]).abs().max() > 1e-3  # the padded token really differs ...
+    torch.testing.assert_close(got[:, 2:], want[:, 2:], atol=1e-5, rtol=1e-4)  # ... every real one matches
+
+
+def test_the_padding_rule_excuses_only_the_padded_positions():
+    from shapetrace.compare import compare_arrays, resolve_tolerance
+    from shapetrace.verify import _padding_only
+
+    tol = resolve_tolerance("g", "o", "float32")
+    mask = np.array([[0, 1, 1, 1]])
+    ref = np.random.default_rng(0).random((1, 2, 4, 3)).astype(np.float32)  # (batch, heads, sequence, dim)
+    got = ref.copy()
+    got[:, :, 0] += 1  # the padded position differs: excused, said
+    notes: list[str] = []
+    assert _padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
+                         notes).passed and len(notes) == 1
+    got[:, :, 2] += 1e-2  # a real position differs too: still a failure
+    assert not _padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
+                             notes).passed
