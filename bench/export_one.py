@@ -323,7 +323,7 @@ def main() -> None:
         st.sort_stats("tottime").print_stats(30)
         Path(a.profile).write_text(buf.getvalue())
 
-    entry = dict(result.graphs[a.graph].entry)
+    entry = result.graphs[a.graph].entry.to_json()  # the manifest entry as JSON (keys as in manifest.json)
     phase_rows = []
     for p in sorted(phases.log, key=lambda p: p["start"]):
         phase_rows.append({"phase": p["phase"], "seconds": round(p["end"] - p["start"], 3),
