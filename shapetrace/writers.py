@@ -133,6 +133,8 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
             tools["onnx_noop_squeezes_removed"] = dropped
         if assumed:  # as in the traced program: these dims are never 1 (graph_export adds the constraints)
             tools["onnx_squeeze_assumes_not_one"] = sorted(assumed)
+        if rewritten := _bool_where_as_logic(prog.model):
+            tools["onnx_bool_where_rewritten"] = rewritten
         # weights of large graphs go to external data next to the file (<graph>.onnx.data): a single-file proto is
         # serialised and later re-read whole (checker, OpenVINO), which costs its size again in memory
         large = sum(p.numel() * p.element_size() for p in plan.module.parameters()) > ONNX_EXTERNAL_DATA_ABOVE_BYTES
@@ -176,6 +178,35 @@ def _drop_noop_squeezes(model: Any, examples: Mapping[str, int] | None = None) -
         dropped += 1
         assumed |= names
     return dropped, assumed
+
+
+def _bool_where_as_logic(model: Any) -> int:
+    """``Where(c, x, y)`` on bool tensors (``masked_fill`` of a bool mask) as ``Or(And(c, x), And(Not(c), y))``:
+    ONNX allows bool there, ONNX Runtime's CPU kernel does not ("Could not find an implementation for Where(16)")
+    and refuses to load the file. Same values, ops every runtime has. Returns how many were rewritten."""
+    ir = require("onnx_ir", "onnx")
+    count = 0
+    for node in list(model.graph):
+        if node.op_type != "Where" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 3 or \
+                any(v is None or v.dtype != ir.DataType.BOOL for v in node.inputs):
+            continue
+        c, x, y = node.inputs
+        keep = ir.Node("", "And", [c, x], name=f"{node.name}_then")
+        other = ir.Node("", "Not", [c], name=f"{node.name}_not")
+        alt = ir.Node("", "And", [other.outputs[0], y], name=f"{node.name}_else")
+        both = ir.Node("", "Or", [keep.outputs[0], alt.outputs[0]], name=f"{node.name}_or")
+        out = node.outputs[0]
+        new = both.outputs[0]
+        new.dtype, new.shape = out.dtype, out.shape
+        model.graph.insert_before(node, [keep, other, alt, both])
+        is_output = out in model.graph.outputs
+        name = out.name
+        ir.convenience.replace_all_uses_with(out, new, replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        if is_output:
+            new.name = name
+        count += 1
+    return count
 
 
 def complex_ops(ep: Any) -> list[str]:

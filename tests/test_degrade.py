@@ -340,3 +340,39 @@ def test_a_complex_graph_input_is_exported_as_its_real_view_and_load_converts_th
     for backend in ("onnxruntime", "openvino"):
         with shapetrace.load(pipe, tmp_path / "o", backend=backend):
             torch.testing.assert_close(pipe(x), want, atol=1e-4, rtol=1e-3)
+
+
+class BoolMasked(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x, score):
+        keep = torch.ones(x.shape[:2], dtype=torch.bool).masked_fill(score > 0.5, False)  # Where on bools in ONNX
+        return self.lin(x) * keep[..., None]
+
+
+def test_a_where_on_bool_tensors_is_rewritten_so_onnx_runtime_loads_the_file(tmp_path):
+    class H:
+        pass
+
+    torch.manual_seed(0)
+    h = H()
+    h.m = BoolMasked()
+    with torch.no_grad(), shapetrace.record(h):
+        h.m(torch.randn(2, 5, 4), torch.rand(2, 5))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result.parity)
+    entry = result.manifest.graph("m")
+    assert entry.tools["onnx_bool_where_rewritten"] == 1
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "o" / "m.onnx")).graph.node]
+    assert "Where" not in ops and {"And", "Or", "Not"} <= set(ops)
+    assert any(c.backend == "onnxruntime" and c.input_set == "resized" and c for c in result.parity.checks)
+    x, score = torch.randn(3, 5, 4), torch.rand(3, 5)  # another batch
+    with torch.no_grad():
+        want = h.m(x, score)
+        with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
+            got = h.m(x, score)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
