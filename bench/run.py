@@ -191,6 +191,11 @@ class Bench:
         if section and section not in self.r["sections_done"]:
             self.r["sections_done"].append(section)
         self.r["elapsed_s"] = round(time.time() - self.started, 1)
+        peer = self.md_path.parent / "optimum_infer.json"
+        if self.suite == "full" and peer.exists():  # bench/optimum_infer.py's headline, kept across runs
+            import optimum_infer
+
+            self.r["peer_optimum_sd15"] = optimum_infer.summary(json.loads(peer.read_text()))
         self.json_path.write_text(json.dumps(self.r, indent=1, default=_jsonable))
         self.md_path.write_text(render_md(self.r) + _other_sections(self.md_path.parent, self.suite))
         self.log(f"wrote {self.md_path.name} / {self.json_path.name} ({section or 'partial'})")
