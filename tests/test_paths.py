@@ -69,8 +69,10 @@ def test_a_module_reached_by_two_paths_is_one_graph_recorded_from_both(tmp_path)
     with shapetrace.load(h, tmp_path / "o", backend="onnxruntime") as rt:
         assert type(h.inner.lin) is RuntimeProxy and h.inner.lin is h.a  # served at both paths
         torch.testing.assert_close(h.inner.lin(x), ref)
-        torch.testing.assert_close(lin(x), ref)  # even called on the module itself
-        assert {s.graph: s.calls for s in rt.stats()} == {"a": 2}
+        # the module object itself, called past the object (no recorded call did that): PyTorch, not counted --
+        # load must not serve whatever else holds the module (tools.calls_without_proxy decides)
+        assert torch.equal(lin(x), ref) and "forward" not in lin.__dict__
+        assert {s.graph: s.calls for s in rt.stats()} == {"a": 1}
     assert h.a is lin and h.inner.lin is lin and "forward" not in lin.__dict__
 
 
