@@ -215,8 +215,8 @@ def without_outputs(plan: ExportPlan, output_tree: Mapping[str, Any], names: set
     dropped: set[str] = set()
 
     def walk(node: dict) -> dict:
-        leaves = tree.tensor_names(node) if node["t"] != "args" else []
-        if node.get("cache") and leaves and set(leaves) <= names:
+        leaves = tree.tensor_names(node) if node.get("cache") else []
+        if leaves and set(leaves) <= names:
             dropped.update(leaves)
             return {"t": "const", "type": "NoneType", "value": None, "dropped": True}
         out = dict(node)

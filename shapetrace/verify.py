@@ -234,8 +234,8 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 result = _padding_only(result, o.name, got[o.name], ref[o.name], feeds.get(set_name, {}), tol,
                                        name, backend, set_name, notes)
                 if not result.passed:
-                    result = _within_sensitivity(result, o.name, probe(set_name), ref, got[o.name], name, backend,
-                                                 set_name, notes)
+                    result = _within_sensitivity(result, o.name, probe(set_name), got[o.name], ref[o.name], name,
+                                                 backend, set_name, notes)
             checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes, held_to))
             if on_check is not None:
                 on_check(checks[-1], got[o.name], ref[o.name])
@@ -339,15 +339,15 @@ def _padding_only(result: OutputComparison, output: str, got: np.ndarray, ref: n
 
 
 def _within_sensitivity(result: OutputComparison, output: str, probe: Mapping[str, np.ndarray] | None,
-                        ref: Mapping[str, np.ndarray], got: np.ndarray, graph: str, backend: str, set_name: str,
+                        got: np.ndarray, ref: np.ndarray, graph: str, backend: str, set_name: str,
                         notes: list[str]) -> OutputComparison:
     """A failed float comparison re-judged by PyTorch's own sensitivity at these inputs: it passes when the
     runtime's largest difference is no larger than how far PyTorch's output moves when its float inputs get
     ~1e-6 noise (``inputs.perturbed``), and nothing is NaN. Said in a note: such inputs (an exactly constant
     image through a normalisation) cannot tell a right export from a wrong one by their values."""
-    if probe is None or output not in probe or np.shape(probe[output]) != np.shape(ref[output]) or result.nan_count:
+    if probe is None or output not in probe or np.shape(probe[output]) != np.shape(ref) or result.nan_count:
         return result
-    moved = float(np.max(np.abs(probe[output].astype(np.float32) - ref[output].astype(np.float32)), initial=0.0))
+    moved = float(np.max(np.abs(probe[output].astype(np.float32) - ref.astype(np.float32)), initial=0.0))
     if not (result.max_abs <= moved) or not np.isfinite(moved):
         return result
     notes.append(f"{graph}: output {output!r} on {backend} ({set_name} inputs) differs from PyTorch by "

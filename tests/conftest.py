@@ -13,6 +13,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
 
+@pytest.fixture
+def record_export(tmp_path):
+    """``record_export(call, **modules)``: a plain holder with ``modules`` as its attributes, recorded (no grad) while
+    ``call(holder)`` runs, then exported to ``tmp_path / "o"`` (verify on); returns (holder, call's output, result)."""
+    import shapetrace
+    import torch
+
+    def run(call, **modules):
+        holder = type("Holder", (), {})()
+        for name, module in modules.items():
+            setattr(holder, name, module)
+        with torch.no_grad(), shapetrace.record(holder):
+            out = call(holder)
+        return holder, out, shapetrace.export_all(holder, tmp_path / "o", progress=False)
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _quiet_warnings():
     with warnings.catch_warnings():

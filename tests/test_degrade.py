@@ -352,16 +352,9 @@ class BoolMasked(torch.nn.Module):
         return self.lin(x) * keep[..., None]
 
 
-def test_a_where_on_bool_tensors_is_rewritten_so_onnx_runtime_loads_the_file(tmp_path):
-    class H:
-        pass
-
+def test_a_where_on_bool_tensors_is_rewritten_so_onnx_runtime_loads_the_file(tmp_path, record_export):
     torch.manual_seed(0)
-    h = H()
-    h.m = BoolMasked()
-    with torch.no_grad(), shapetrace.record(h):
-        h.m(torch.randn(2, 5, 4), torch.rand(2, 5))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 5, 4), torch.rand(2, 5)), m=BoolMasked())
     assert result.ok and result.parity, str(result.parity)
     entry = result.manifest.graph("m")
     assert entry.tools["onnx_bool_where_rewritten"] == 1

@@ -505,7 +505,8 @@ def test_a_squeeze_pytorch_leaves_alone_does_not_make_an_onnx_file_onnxruntime_r
     assert any(c.backend == "onnxruntime" and c.input_set == "resized" for c in result.parity.checks)
 
 
-def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_load_gives_none(tmp_path):
+def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_load_gives_none(tmp_path,
+                                                                                             record_export):
     from transformers import DynamicCache
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -523,17 +524,10 @@ def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_loa
                 cache.update(self.k(x)[:, None], self.v(x)[:, None], 0)
             return BaseModelOutputWithPast(last_hidden_state=self.out(x), cache=cache)
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Encoder()
     x = torch.randn(2, 5, 8)
-    with shapetrace.record(h):
-        want = h.m(x)
+    h, want, result = record_export(lambda h: h.m(x), m=Encoder())
     assert isinstance(want.cache, DynamicCache)  # the eager call does return the cache
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
     assert result.ok and result.parity, str(result)
     entry = result.manifest.graph("m")
     dropped = entry.tools["dropped_outputs"]

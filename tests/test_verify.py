@@ -594,15 +594,9 @@ def _tiny_vae():
                          layers_per_block=1).eval()
 
 
-def test_an_ill_conditioned_input_is_judged_by_pytorchs_own_sensitivity_and_said(tmp_path):
-    class H:
-        pass
-
-    h = H()
-    h.vae = _tiny_vae()
-    with torch.no_grad(), shapetrace.record(h):
-        h.vae.encode(torch.zeros(1, 3, 32, 32))  # an all-zero masked image: normalising a constant amplifies rounding
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+def test_an_ill_conditioned_input_is_judged_by_pytorchs_own_sensitivity_and_said(record_export):
+    # an all-zero masked image: normalising a constant amplifies rounding
+    _, _, result = record_export(lambda h: h.vae.encode(torch.zeros(1, 3, 32, 32)), vae=_tiny_vae())
     assert result.ok and result.parity, str(result.parity)
     notes = [n for n in result.parity.notes if "within how far PyTorch's own output moves" in n]
     assert {n.split(" on ")[1].split(" ")[0] for n in notes} == {"onnxruntime", "openvino"}
@@ -610,16 +604,9 @@ def test_an_ill_conditioned_input_is_judged_by_pytorchs_own_sensitivity_and_said
     assert judged and all(c.result.max_abs > 1e-4 and c.result.max_abs <= c.result.atol for c in judged)
 
 
-def test_the_sensitivity_bound_does_not_excuse_a_wrong_graph_at_well_conditioned_inputs(tmp_path):
-    class H:
-        pass
-
-    h = H()
-    h.vae = _tiny_vae()
+def test_the_sensitivity_bound_does_not_excuse_a_wrong_graph_at_well_conditioned_inputs(tmp_path, record_export):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    with torch.no_grad(), shapetrace.record(h):
-        h.vae.encode(x)
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, _, result = record_export(lambda h: h.vae.encode(x), vae=_tiny_vae())
     assert result.ok and result.parity and not any("PyTorch's own output moves" in n for n in result.parity.notes)
     with torch.no_grad():
         h.vae.encoder.conv_out.bias += 1e-3  # the live module no longer computes what was exported
@@ -628,20 +615,15 @@ def test_the_sensitivity_bound_does_not_excuse_a_wrong_graph_at_well_conditioned
     assert failed and not any("PyTorch's own output moves" in n for n in report.notes)
 
 
-def test_a_left_padded_tokens_undefined_output_does_not_fail_an_llm_encoder(tmp_path):
+def test_a_left_padded_tokens_undefined_output_does_not_fail_an_llm_encoder(tmp_path, record_export):
     from transformers import LlamaConfig, LlamaModel
 
-    class H:
-        pass
-
     torch.manual_seed(0)
-    h = H()
-    h.enc = LlamaModel(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2)).eval()
+    enc = LlamaModel(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2)).eval()
     ids, mask = torch.randint(3, 64, (1, 8)), torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])  # left padding
-    with torch.no_grad(), shapetrace.record(h):
-        want = h.enc(input_ids=ids, attention_mask=mask).last_hidden_state
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, out, result = record_export(lambda h: h.enc(input_ids=ids, attention_mask=mask), enc=enc)
+    want = out.last_hidden_state
     assert result.ok and result.parity, str(result.parity)
     padded = [n for n in result.parity.notes if "only at positions input 'attention_mask' marks 0" in n]
     assert any("'last_hidden_state' on onnxruntime" in n for n in padded)
