@@ -23,10 +23,11 @@ import numpy as np
 
 from .compare import OutputComparison
 from .errors import VerifyError
+from .isa import CpuIsa
 from .manifest import GraphEntry
 from .report import ParityCheck
 
-__all__ = ["DEFAULT_MIN_SNR_DB", "OutputQuality", "QualityMeter", "snr_db", "bound_text", "quantized_bound",
+__all__ = ["DEFAULT_MIN_SNR_DB", "OutputQuality", "isa_notes", "QualityMeter", "snr_db", "bound_text", "quantized_bound",
            "judge", "held_out_checks"]
 
 #: The bound a quantized graph's output SNR vs the float graph must reach (dB); override per export / verify.
@@ -163,9 +164,29 @@ def held_out_checks(entry: GraphEntry, min_snr_db: float) -> list[ParityCheck]:
         mx = oq.max_abs
         result = OutputComparison(ok, mx, float("nan"), float("nan"), oq.cosine, mx, float("inf"), None, 0.0, 0.0,
                                   message="" if ok else f"output SNR {oq.snr_db:.1f} dB < {min_snr_db:g} dB on "
-                                                        f"held-out calls {q['held_out']['calls']} (measured at export)")
+                                                        f"held-out calls {q['held_out']['calls']} (measured at export"
+                                                        f" on {_isa_name(q)})")
         calls = q.get("held_out", {}).get("calls", [])
         bound = {"min_snr_db": min_snr_db, "snr_db": _num(oq.snr_db), "cosine": _num(oq.cosine), "calls": calls,
                  "why": bound_text(min_snr_db, str(q.get("mode")))}
         checks.append(ParityCheck(entry.name, "openvino", "float IR", "held-out", name, result, None, {}, bound))
     return checks
+
+
+def _isa_name(q: Mapping[str, Any]) -> str:
+    return str((q.get("calibration_isa") or {}).get("name") or "an unrecorded instruction set")
+
+
+def isa_notes(entry: GraphEntry, isa: CpuIsa) -> list[str]:
+    """What verify says of a quantized graph and the instruction set it ran with here: where each of its SNR
+    figures was measured and, when the IR was quantized with full 8-bit weights (no overflow fix) and runs here
+    without VNNI, that its int8 kernels saturate and how to re-export."""
+    q = entry.quantization or {}
+    notes = [f"{entry.name}: quantized ({q.get('mode')}); its example / resized SNR measured here with OpenVINO on "
+             f"{isa}, its held-out rows at export on {_isa_name(q)}"]
+    fix = (q.get("parameters") or {}).get("overflow_fix")
+    if q.get("mode") in ("int8", "hybrid") and fix != "enable" and isa.vnni is False:
+        notes.append(f"{entry.name}: quantized with full 8-bit weights (overflow fix {fix or 'first layer only'}) "
+                     f"and run here without VNNI, where int8 kernels saturate on them: re-export with "
+                     f"QuantizeOptions(overflow_fix='enable') (the default) for an IR that holds on every x86 CPU")
+    return notes

@@ -13,11 +13,13 @@ was written:
 
    - ``int8``: ``nncf.quantize`` -- int8 weights and activations, calibrated on the calibration calls
      (``model_type=TRANSFORMER`` when the graph has a Softmax, i.e. attention: NNCF then keeps the attention
-     arithmetic it should not quantize in float).
+     arithmetic it should not quantize in float), with NNCF's overflow fix on every layer: weights take 7 bits, so
+     the IR keeps its quality on CPUs without VNNI, whose int8 kernels saturate a 16-bit intermediate on full
+     8-bit weights (:mod:`shapetrace.isa`; an IR calibrated on a VNNI machine is deployed on AVX2 ones too).
    - ``hybrid``: optimum-intel's scheme for diffusion models (``_hybrid_quantization``): the weights of MatMul and
      embedding (Gather) ops compressed to int8 (data-free, ``nncf.compress_weights``, Convolutions left out), then
      ``nncf.quantize`` of everything else -- the convolutions' weights *and* activations -- with those MatMul /
-     Gather ops in the ignored scope, ``model_type=TRANSFORMER``, SmoothQuant off.
+     Gather ops in the ignored scope, ``model_type=TRANSFORMER``, SmoothQuant off, the overflow fix as for int8.
    - ``int8-weights``: ``nncf.compress_weights`` INT8_ASYM per channel, data-free (activations stay float).
    - ``int4-weights``: ``nncf.compress_weights`` INT4_ASYM, group size 64 (adjusted where a channel count does not
      divide), ratio 0.8: data-aware -- the calibration calls' activations choose which 20 % of the weights stay
@@ -34,7 +36,9 @@ separate calibration (``nncf.quantize`` on the ONNX model) that could not be pro
 runs and verifies the float graph. The manifest's ``quantization`` per graph: ``mode``, ``nncf`` (version),
 ``parameters``, ``calibration`` (``samples``, ``calls``), ``held_out`` (``calls``, ``note``), ``skipped_calls``,
 ``quality`` (per output ``snr_db``, ``cosine``, ``max_abs``, ``calls``), ``min_snr_db``, ``passed``,
-``kept_float``, ``float_ir_bytes``, ``ir_bytes``, ``seconds`` and ``peak_rss_bytes`` of the calibration.
+``kept_float``, ``calibration_isa`` (:meth:`shapetrace.isa.CpuIsa.to_json` of the machine that calibrated and
+measured it: ``name``, ``vnni``, ``cpu``, ``cap``), ``float_ir_bytes``, ``ir_bytes``, ``seconds`` and
+``peak_rss_bytes`` of the calibration.
 """
 
 from __future__ import annotations
@@ -55,17 +59,20 @@ from ._optional import require
 from .backends.openvino_backend import OpenVINORunner
 from .errors import ExportError
 from .graph_export import PeakRSS
+from .isa import cpu_isa
 from .manifest import GraphEntry
 from .quality import DEFAULT_MIN_SNR_DB, QualityMeter
 from .recording import GraphRecord, Recording
 from .samples import arrays_of
 
-__all__ = ["MODES", "QuantizeOptions", "RecordedCall", "plan_modes", "quantize_entries", "quantize_graph",
-           "recorded_calls", "split", "weighted_matmuls"]
+__all__ = ["MODES", "OVERFLOW_FIXES", "QuantizeOptions", "RecordedCall", "plan_modes", "quantize_entries",
+           "quantize_graph", "recorded_calls", "split", "weighted_matmuls"]
 
 MODES = ("int8", "hybrid", "int8-weights", "int4-weights")
 #: Modes that use no calibration data: every recorded call is held out to measure the quality.
 DATA_FREE = ("int8-weights",)
+#: NNCF's ``OverflowFix`` values (``QuantizeOptions.overflow_fix``).
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 
 
 @dataclass(frozen=True)
@@ -73,18 +80,24 @@ class QuantizeOptions:
     """``held_out``: the fraction of recorded calls kept aside to measure quality (at least one when there are
     two or more); ``max_calibration``: at most this many calls calibrate (default: all the others);
     ``min_snr_db``: the bound written into the manifest for verify; ``keep_float_below``: keep the float IR of a
-    graph whose held-out SNR is below ``min_snr_db``."""
+    graph whose held-out SNR is below ``min_snr_db``; ``overflow_fix``: NNCF's overflow fix for ``int8`` /
+    ``hybrid`` (``"enable"``, the default: 7-bit weights everywhere, exact on CPUs with and without VNNI;
+    ``"first_layer_only"`` / ``"disable"``: full 8-bit weights, only for IRs that will run on VNNI CPUs alone)."""
 
     held_out: float = 0.25
     max_calibration: int | None = None
     min_snr_db: float = DEFAULT_MIN_SNR_DB
     keep_float_below: bool = False
+    overflow_fix: str = "enable"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.held_out < 1.0:
             raise ExportError(f"QuantizeOptions(held_out={self.held_out!r}): a fraction between 0 and 1")
         if self.max_calibration is not None and self.max_calibration < 1:
             raise ExportError(f"QuantizeOptions(max_calibration={self.max_calibration!r}): at least 1, or None")
+        if self.overflow_fix not in OVERFLOW_FIXES:
+            raise ExportError(f"QuantizeOptions(overflow_fix={self.overflow_fix!r}): one of "
+                              f"{', '.join(map(repr, OVERFLOW_FIXES))} ('enable' keeps int8 exact without VNNI)")
 
 
 def plan_modes(quantize: Any, names: Sequence[str], formats: Sequence[str]) -> dict[str, str | None]:
@@ -195,16 +208,18 @@ def weighted_matmuls(model: Any) -> list[str]:
     return names
 
 
-def _nncf_apply(model: Any, mode: str, dataset: Any, n_calib: int) -> tuple[Any, dict]:
+def _nncf_apply(model: Any, mode: str, dataset: Any, n_calib: int, options: QuantizeOptions) -> tuple[Any, dict]:
     nncf = require("nncf", "quantize", "export_all(quantize=...)")
     has_attention = any(op.get_type_name() == "Softmax" for op in model.get_ops())
     transformer = nncf.ModelType.TRANSFORMER
+    overflow_fix = nncf.OverflowFix(options.overflow_fix)
     if mode == "int8":
         model_type = transformer if has_attention else None
-        q = nncf.quantize(model, dataset, subset_size=n_calib, model_type=model_type)
+        q = nncf.quantize(model, dataset, subset_size=n_calib, model_type=model_type,
+                          advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow_fix))
         return q, {"function": "nncf.quantize", "subset_size": n_calib,
                    "model_type": model_type.value if model_type else None, "preset": "default",
-                   "fast_bias_correction": True}
+                   "fast_bias_correction": True, "overflow_fix": overflow_fix.value}
     if mode == "hybrid":
         names = weighted_matmuls(model)
         types = ["Convolution"] if any(op.get_type_name() == "Convolution" for op in model.get_ops()) else []
@@ -213,10 +228,12 @@ def _nncf_apply(model: Any, mode: str, dataset: Any, n_calib: int) -> tuple[Any,
         q = nncf.quantize(model, dataset, subset_size=n_calib, model_type=transformer,
                           ignored_scope=nncf.IgnoredScope(names=names, validate=False),
                           advanced_parameters=nncf.AdvancedQuantizationParameters(
+                              overflow_fix=overflow_fix,
                               smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)))
         return q, {"function": "nncf.compress_weights + nncf.quantize", "weights": "int8_asym (MatMul, Gather)",
                    "weights_ignored_types": types, "activations_ignored_ops": len(names), "subset_size": n_calib,
-                   "model_type": "transformer", "smooth_quant_alpha": -1, "scheme": "optimum-intel hybrid"}
+                   "model_type": "transformer", "smooth_quant_alpha": -1, "scheme": "optimum-intel hybrid",
+                   "overflow_fix": overflow_fix.value}
     if mode == "int8-weights":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM), {
             "function": "nncf.compress_weights", "mode": "int8_asym", "data": "data-free"}
@@ -254,7 +271,7 @@ def quantize_graph(stage: Path, entry: GraphEntry, calls: Sequence[RecordedCall]
         model = ov.Core().read_model(str(xml))
         types = {n: np.dtype(p.get_element_type().to_dtype()) for p in model.inputs for n in entry.input_names
                  if n in p.get_names()}
-        q, params = _nncf_apply(model, mode, nncf.Dataset(_Feeds(calib, types)), len(calib))
+        q, params = _nncf_apply(model, mode, nncf.Dataset(_Feeds(calib, types)), len(calib), options)
         out_xml = xml.with_name(f"{xml.stem}.quantized.xml")
         ov.save_model(q, str(out_xml), compress_to_fp16=False)
         del q, model
@@ -280,7 +297,8 @@ def quantize_graph(stage: Path, entry: GraphEntry, calls: Sequence[RecordedCall]
         "held_out": {"calls": [c.call for c in held], "note": note}, "skipped_calls": skipped,
         "quality": {n: q.to_json() for n, q in quality.items()},
         "min_snr_db": options.min_snr_db, "worst_snr_db": worst if np.isfinite(worst) else repr(float(worst)),
-        "passed": passed, "kept_float": keep_float, "float_ir_bytes": float_bytes,
+        "passed": passed, "kept_float": keep_float, "calibration_isa": cpu_isa().to_json(),
+        "float_ir_bytes": float_bytes,
         "ir_bytes": float_bytes if keep_float else q_bytes, "seconds": seconds, "peak_rss_bytes": rss.peak}
     sizes = dict(entry.sizes)
     sizes["openvino"] = record["ir_bytes"]

@@ -87,6 +87,8 @@ class ParityReport:
     out_dir: str = ""
     backends: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: The instruction set OpenVINO ran with (:func:`shapetrace.isa.cpu_isa`), "" when OpenVINO did not run.
+    isa: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.checks) and all(self.checks)
@@ -134,12 +136,12 @@ class ParityReport:
     def to_json(self) -> dict:
         return {"passed": bool(self), "backends": list(self.backends), "num_checks": len(self.checks),
                 "num_failures": len(self.failures), "summary": self.summary(), "notes": list(self.notes),
-                "checks": [c.to_json() for c in self.checks]}
+                "isa": self.isa, "checks": [c.to_json() for c in self.checks]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], out_dir: str = "") -> "ParityReport":
         return cls(tuple(ParityCheck.from_json(c) for c in d.get("checks", ())), out_dir,
-                   tuple(d.get("backends", ())), tuple(d.get("notes", ())))
+                   tuple(d.get("backends", ())), tuple(d.get("notes", ())), str(d.get("isa") or ""))
 
 
 # =============================================================================================== rendering

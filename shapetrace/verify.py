@@ -44,7 +44,8 @@ from .files import load_npz
 from .flat import flat_module
 from .inputs import input_sizes, perturbed, resized_inputs
 from .manifest import GraphEntry, Manifest
-from .quality import held_out_checks, judge, quantized_bound
+from .isa import cpu_isa
+from .quality import held_out_checks, isa_notes, judge, quantized_bound
 from .report import ParityCheck, ParityReport, render_report
 from .stateful import STATEFUL_FILE, StatefulRunner
 from .tree import qualname
@@ -139,9 +140,12 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
         raise VerifyError(f"nothing to compare in {out}: no graph has a file for {', '.join(backends)}")
     _check_files_present(out, entries, usable)
 
+    isa = cpu_isa() if "openvino" in usable else None
     checks: list[ParityCheck] = []
     for entry in entries:
         bound = quantized_bound(entry, min_snr_db)
+        if bound is not None and isa is not None:
+            notes.extend(isa_notes(entry, isa))
         checks.extend(_verify_graph(out, entry, obj, usable, atol, rtol, tolerances, device, threads, seed, notes,
                                     on_check, bound))
         if bound is not None and "openvino" in usable:
@@ -149,7 +153,7 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
             if 0 in ((entry.quantization or {}).get("calibration") or {}).get("calls", []):
                 notes.append(f"{entry.name}: its example inputs (call 0) also calibrated it; the held-out rows are "
                              f"measured on calls it never saw")
-    report = ParityReport(tuple(checks), str(out), tuple(usable), tuple(notes))
+    report = ParityReport(tuple(checks), str(out), tuple(usable), tuple(notes), str(isa) if isa else "")
     if write:
         manifest_mod.store_parity(out, report.to_json())
     return report
