@@ -5,10 +5,13 @@ with one group of dims static at a time (a group: the dims of one role, such as 
 the first that exports; only when no single group helps is every dim static. Then two corrections, each a second
 trace with some size-1 dims kept at their recorded size 1 instead of being traced at 2 (the trick against
 torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of another recorded size (they broadcast),
-and dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2.
+dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2, and dims
+named in a guard that the recorded call's own sizes break (a dim that follows the doubled one was not doubled).
 
 Everything given up is written into ``tools``: ``dynamic_error`` (why the full export failed),
-``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``, ``torch_export_error`` and ``dropped_outputs``.
+``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``,
+``size1_static_broken_guard`` (size-1 dims named in a guard the recorded call broke when traced at 2),
+``torch_export_error`` and ``dropped_outputs``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any, Mapping
 
 import torch
 
+from . import constraints
 from . import dims as dims_mod
 from . import tree
+from .constraints.expr import names as constraint_names
 from .flat import ExportPlan, MissingOutputsError, prepare, without_outputs
 from .recording import GraphRecord
 
@@ -44,6 +49,10 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         return plan, None, dims_mod.DimInfo(shapes, {}, {}, (), ())
     info = describe(plan, ep)
     broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
+    broken = _broken_at_recorded(info, plan)
+    if broken:  # a guard drawn at 2 refuses the recorded call itself (a mask no longer cache + tokens long)
+        tools["size1_static_broken_guard"] = [{"input": n, "dims": sorted(dims)} for n, dims in broken.items()]
+        pinned = {n: pinned.get(n, set()) | broken.get(n, set()) for n in {*pinned, *broken}}
     if broadcast:  # a size-1 dim traced at 2 got tied to a real dim it only broadcasts against: keep it at 1
         tools["broadcast_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in broadcast.items()]
     if pinned:  # a size-1 dim traced at 2 came out static: at 2 it would refuse the recorded call; keep it at 1
@@ -154,6 +163,34 @@ def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[i
             for (inp, k), size in sizes.items():
                 if size == 1:
                     out.setdefault(inp, set()).add(k)
+    return out
+
+
+def _broken_at_recorded(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:
+    """Size-1 dims traced at 2 named in a guard that the recorded call's own sizes break. Doubling one dim leaves
+    the dims that follow it unchanged: a decoder step's attention mask, recorded one longer than its cache (past +
+    1 token), is traced next to 2 tokens, and the guard torch.export draws there (``sequence + past_sequence -
+    attention_mask_sequence > 0``) refuses the recorded call and every later one. Those dims stay at 1."""
+    values: dict[str, int] = {}
+    for name, dim in info.dims.items():
+        sizes = set()
+        for src in dim.get("sources", ()):
+            inp, k = src.rsplit(".", 1)
+            if inp in plan.example_inputs and k.isdigit():
+                sizes.add(int(plan.example_inputs[inp].shape[int(k)]))
+        if len(sizes) == 1:
+            values[name] = sizes.pop()
+    out: dict[str, set[int]] = {}
+    for c in info.constraints:
+        names = constraint_names(c)
+        if not names or not names <= values.keys() or not constraints.check([c], values):
+            continue
+        for name in names:
+            for src in info.dims[name].get("sources", ()):
+                inp, k = src.rsplit(".", 1)
+                if inp in plan.example_inputs and k.isdigit() and int(k) in plan.candidates.get(inp, {}) \
+                        and int(plan.example_inputs[inp].shape[int(k)]) == 1:
+                    out.setdefault(inp, set()).add(int(k))
     return out
 
 

@@ -281,3 +281,37 @@ def test_a_position_past_the_models_table_is_refused_not_answered(generation):
                         gen("a b", max_new_tokens=130, do_sample=False)
     else:
         assert bounds == {}
+
+
+def test_a_decoder_step_with_an_attention_mask_serves_every_later_step(tmp_path):
+    """``generate(input_ids, attention_mask=...)`` held by a plain object: the decoder step's mask is one longer
+    than its cache. Traced with its one token doubled (against torch.export's 0/1 specialisation) but the mask
+    left as recorded, the step drew a guard (``sequence + past_sequence - attention_mask_sequence > 0``) that its
+    own recorded call breaks, and load refused every step. The token dim stays at 1 there instead."""
+    torch.manual_seed(0)
+    h = _Holder()
+    h.model = _llama(_tokenizer())
+    vocab = h.model.config.vocab_size
+    ids = torch.randint(5, vocab, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding: the mask is a real input, not dropped as all ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.record(h):
+            h.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        result = shapetrace.export_all(h, tmp_path / "out", progress=False, backends=("openvino",))
+    assert result.ok, str(result)
+    step = read(tmp_path / "out").graph("model@2")
+    assert {"input": "input_ids", "dims": [1]} in step.tools["size1_static_broken_guard"]
+    assert step.input("input_ids").shape[1] == 1 and isinstance(step.input("attention_mask").shape[1], str)
+    longer = torch.randint(5, vocab, (2, 11))
+    longer_mask = torch.ones_like(longer)
+    longer_mask[0, :3] = 0
+    want = h.model.generate(input_ids=longer, attention_mask=longer_mask, max_new_tokens=8, do_sample=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.load(h, tmp_path / "out", backend="openvino") as rt:
+            got = h.model.generate(input_ids=longer, attention_mask=longer_mask, max_new_tokens=8, do_sample=False)
+            calls = {s.graph: (s.calls, s.ran_on) for s in rt.stats()}
+    assert torch.equal(got, want)
+    assert calls["model@2"][0] == 7 and calls["model@2"][1].startswith("openvino")

@@ -47,6 +47,14 @@ def parse(text: str) -> tuple[str, ast.expr, frozenset[str]]:
     return norm, tree.body, frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in funcs)
 
 
+def names(text: str) -> frozenset[str]:
+    """The dim names a constraint reads (empty when it cannot be read)."""
+    try:
+        return parse(text)[2]
+    except ValueError:
+        return frozenset()
+
+
 def _pow(a: int, b: int) -> int:
     if not 0 <= b <= 64 or abs(a).bit_length() * b > 4096:
         raise ValueError(f"{a} ** {b} is outside what a constraint may compute")
