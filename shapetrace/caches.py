@@ -12,11 +12,12 @@ Nothing is imported from transformers until a value of one of its classes is fla
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from typing import Any
+from typing import Any, ContextManager
 
-__all__ = ["knows", "leaf_names", "is_cache_node"]
+__all__ = ["knows", "leaf_names", "is_cache_node", "export_patches"]
 
 _TRANSFORMERS_EXPORT = "transformers.exporters.exporter_dynamo"
 
@@ -28,6 +29,22 @@ def _exporter() -> Any:
         return importlib.import_module(_TRANSFORMERS_EXPORT)
     except ImportError:  # a transformers without exporters: caches stay opaque, as before
         return None
+
+
+def export_patches(stage: str = "dynamo") -> ContextManager[Any]:
+    """``transformers.exporters``' own reversible patches for ``stage`` (``"dynamo"``: what ``torch.export`` of any
+    transformers model needs -- a sliding-window cache layer traced as a plain one instead of baking its Python
+    token counter into the graph, attention through SDPA's math path on CPU, chunked vision attention as one batched
+    call, optional kernels off), installed for the block; a no-op when transformers (or its exporters) is not
+    loaded. The patches are the library's: shapetrace names no model here."""
+    exporter = _exporter()
+    if exporter is None:
+        return contextlib.nullcontext()
+    try:
+        utils = importlib.import_module("transformers.exporters.utils")
+    except ImportError:
+        return contextlib.nullcontext()
+    return utils.apply_patches(stage)
 
 
 def knows(cls: type) -> bool:

@@ -24,6 +24,7 @@ import torch
 from . import constraints
 from . import dims as dims_mod
 from . import tree
+from .caches import export_patches
 from .constraints.expr import names as constraint_names
 from .flat import ExportPlan, MissingOutputsError, prepare, without_outputs
 from .recording import GraphRecord
@@ -93,10 +94,11 @@ def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) 
 
 
 def export_program(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:
-    """``torch.export`` of ``plan`` (its dynamic shapes unless ``dynamic=False``), timed into ``timings``."""
+    """``torch.export`` of ``plan`` (its dynamic shapes unless ``dynamic=False``), timed into ``timings``, under
+    ``transformers.exporters``' tracing patches (:func:`shapetrace.caches.export_patches`)."""
     t = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), export_patches("dynamo"):
             return torch.export.export(plan.module, plan.args,
                                        dynamic_shapes=plan.dynamic_shapes if dynamic else None)
     finally:

@@ -29,7 +29,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -274,16 +274,17 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                     reference_name, reference = "torch", torch_runner.infer(feed)
                 except Exception as e:  # the live module cannot run the flat call: say so, fall back
                     reference_name, reference = None, None
-                    smaller = _smaller_set(entry, sets[0][1], seed) if set_name == "resized" else None
-                    if smaller is not None:  # the model refuses larger sizes (a position table): try smaller ones
-                        try:
-                            reference_name, reference = "torch", torch_runner.infer(smaller)
-                            notes.append(f"{name}: PyTorch refused the resized sizes {dict(set_sizes)} "
-                                         f"({short_error(e)[:160]}); resized to {input_sizes(entry, smaller)} instead")
-                            feed, set_sizes = smaller, input_sizes(entry, smaller)
-                            feeds[set_name] = feed
+                    for how, other in _other_sets(entry, sets[0][1], seed) if set_name == "resized" else ():
+                        try:  # the model refuses these sizes (a position table, dims tied in Python): try others
+                            reference_name, reference = "torch", torch_runner.infer(other)
                         except Exception:
-                            pass
+                            continue
+                        notes.append(f"{name}: PyTorch refused the resized sizes {dict(set_sizes)} "
+                                     f"({short_error(e)[:160]}); resized to {input_sizes(entry, other)} ({how}) "
+                                     f"instead")
+                        feed, set_sizes = other, input_sizes(entry, other)
+                        feeds[set_name] = feed
+                        break
                     if reference is None:
                         checks.append(ParityCheck(name, "torch", "-", set_name, "*", None, short_error(e), set_sizes))
                 if reference is not None and set_name == "example":  # the live module still computes the export
@@ -366,9 +367,16 @@ LARGE_OUTPUTS_BYTES = 256 << 20
 _NP_SIZES = {"bfloat16": "float16", "bool": "bool"}
 
 
-def _smaller_set(entry: GraphEntry, example: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray] | None:
-    sizes = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
-    return resized_inputs(entry, example, sizes, seed) if sizes else None
+def _other_sets(entry: GraphEntry, example: Mapping[str, np.ndarray],
+                seed: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Resized input sets to try when PyTorch refuses the first: smaller sizes (a fixed position table), then every
+    dim moved together by one (dims the model ties in Python: a mask one longer than the cache)."""
+    smaller = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
+    if smaller:
+        yield "smaller sizes", resized_inputs(entry, example, smaller, seed)
+    shifted = constraints.shifted_sizes(entry.dims, entry.constraints)
+    if shifted and shifted != smaller:
+        yield "every dim moved by one", resized_inputs(entry, example, shifted, seed)
 
 
 def _check_files_present(out: Path, entries: Sequence[GraphEntry], backends: Sequence[str]) -> None:

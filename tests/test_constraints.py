@@ -284,6 +284,22 @@ def test_alternative_sizes_change_every_dim_and_respect_constraints():
     assert check(cs, sizes, dims) == []
 
 
+def test_shifted_sizes_move_every_dim_together_so_offsets_the_model_keeps_still_hold():
+    # a decoder step: the mask (8) is one longer than each layer's cache (7); the token dim is 1. The graph states
+    # no tie between the two caches, so the solver moves them apart; shifted, every offset of the example holds
+    dims = _dims({"batch": (1, None, 2), "mask": (3, None, 8), "past": (1, None, 7), "past_1": (1, None, 7),
+                  "token": (1, None, 1)})
+    cs = ["1 + past - mask <= 0"]
+    shifted = constraints.shifted_sizes(dims, cs)
+    assert shifted == {"batch": 3, "mask": 9, "past": 8, "past_1": 8, "token": 1}  # 1 stays: one new token
+    assert shifted["mask"] - shifted["past"] == 8 - 7 and not check(cs, shifted, dims)
+    capped = _dims({"batch": (1, 2, 2), "seq": (1, None, 5)})  # +1 leaves batch's range: every dim moves -1
+    assert constraints.shifted_sizes(capped, []) == {"batch": 1, "seq": 4}
+    assert constraints.shifted_sizes(_dims({"batch": (2, 2, 2)}), []) is None  # nothing can move
+    assert constraints.shifted_sizes(_dims({"x": (1, None, 4), "y": (1, None, 4)}), ["x == 4"]) is None
+    assert constraints.shifted_sizes(_dims({"token": (1, None, 1)}), []) is None  # only dims at 1: nothing to move
+
+
 def test_alternative_sizes_keep_a_dim_that_cannot_change():
     assert alternative_sizes(_dims({"batch": (1, None, 1), "seq": (4, 4, 4)}), []) == {"batch": 2, "seq": 4}
     assert alternative_sizes(_dims({"seq": (4, 4, 4)}), ["seq == 4"]) is None

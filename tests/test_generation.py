@@ -283,14 +283,27 @@ def test_a_position_past_the_models_table_is_refused_not_answered(generation):
         assert bounds == {}
 
 
-def test_a_decoder_step_with_an_attention_mask_serves_every_later_step(tmp_path):
+def _sliding(tok):  # a sliding-window cache layer beside a full one: a Python token counter in the cache
+    config = transformers.VaultGemmaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, head_dim=8,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                           initializer_range=0.5, max_position_embeddings=128, sliding_window=64,
+                                           pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+                                           eos_token_id=None)
+    return transformers.VaultGemmaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("build", [_llama, _sliding], ids=["full-attention", "sliding-window"])
+def test_a_decoder_step_with_an_attention_mask_serves_every_later_step(tmp_path, build):
     """``generate(input_ids, attention_mask=...)`` held by a plain object: the decoder step's mask is one longer
     than its cache. Traced with its one token doubled (against torch.export's 0/1 specialisation) but the mask
     left as recorded, the step drew a guard (``sequence + past_sequence - attention_mask_sequence > 0``) that its
-    own recorded call breaks, and load refused every step. The token dim stays at 1 there instead."""
+    own recorded call breaks, and load refused every step: the token dim stays at 1 there instead. A sliding-window
+    cache layer keeps a Python token counter: traced as is it fixed the cache length (transformers.exporters'
+    patches trace it as a plain layer), and PyTorch, fed the cache rebuilt from its recorded context at another
+    length, refused verify's resized inputs, which made the step static."""
     torch.manual_seed(0)
     h = _Holder()
-    h.model = _llama(_tokenizer())
+    h.model = build(_tokenizer())
     vocab = h.model.config.vocab_size
     ids = torch.randint(5, vocab, (2, 7))
     mask = torch.ones_like(ids)
@@ -304,6 +317,8 @@ def test_a_decoder_step_with_an_attention_mask_serves_every_later_step(tmp_path)
     step = read(tmp_path / "out").graph("model@2")
     assert {"input": "input_ids", "dims": [1]} in step.tools["size1_static_broken_guard"]
     assert step.input("input_ids").shape[1] == 1 and isinstance(step.input("attention_mask").shape[1], str)
+    assert "static_fallback" not in step.tools and not step.specialized  # every cache length stays dynamic
+    assert all(isinstance(i.shape[2], str) for i in step.inputs if i.name.endswith(("keys", "values")))
     longer = torch.randint(5, vocab, (2, 11))
     longer_mask = torch.ones_like(longer)
     longer_mask[0, :3] = 0

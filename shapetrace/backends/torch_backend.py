@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..caches import export_patches
 from ..errors import RunnerError
 from ..recording import dtype_from_name, from_numpy, to_numpy
 from .base import Runner
@@ -15,7 +16,9 @@ __all__ = ["TorchRunner"]
 
 
 class TorchRunner(Runner):
-    """Runs ``module(*inputs in order)`` under ``torch.inference_mode``; inputs are cast to the manifest dtypes.
+    """Runs ``module(*inputs in order)`` under ``torch.inference_mode``; inputs are cast to the manifest dtypes. A
+    call the module refuses is run again under the patches the graph was traced with
+    (:func:`shapetrace.caches.export_patches`) before the error stands.
 
     ``module`` must return a tensor or a tuple / list of tensors in ``output_names`` order (export.py's
     ``flat_module`` does).
@@ -35,8 +38,15 @@ class TorchRunner(Runner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [from_numpy(feed[n], self._dtypes.get(n)).to(self.device) for n in self.input_names]
-        with torch.inference_mode():
-            out: Any = self.module(*args)
+        try:
+            with torch.inference_mode():
+                out: Any = self.module(*args)
+        except Exception:
+            # as the graph was traced: under transformers.exporters' tracing patches. A cache rebuilt from its
+            # recorded context keeps the recorded Python token counter (a sliding-window layer's), which eager
+            # code then holds against tensors of another length; traced, the layer reads the length off them
+            with torch.inference_mode(), export_patches("dynamo"):
+                out = self.module(*args)
         if isinstance(out, torch.Tensor):
             out = (out,)
         out = list(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .expr import Expr, compile_expr, dim_attr
+from .expr import Expr, check, compile_expr, dim_attr
 
 if TYPE_CHECKING:
     from ..manifest import Dim
@@ -99,3 +99,19 @@ def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
         return None
     return {n: result[n] for n in dims}
 
+
+
+def shifted_sizes(dims: Mapping[str, Dim], constraints: Iterable[str], step: int = 1) -> dict[str, int] | None:
+    """Every dim above 1 moved by the same amount from its example (``+step``, else ``-step``; a dim at 1 -- one
+    new token, a broadcast -- stays), or None when neither keeps every range and constraint. Dims that differ by a
+    constant in the recorded call still do: a decoder step's attention mask stays one longer than every layer's
+    cache, a relation the model holds in Python that the graph need not state (and :func:`alternative_sizes`'
+    independent choices then break)."""
+    examples = {n: int(dim_attr(d, "example")) for n, d in dims.items()}
+    if not any(v > 1 for v in examples.values()):
+        return None
+    for delta in (step, -step):
+        sizes = {n: v + delta if v > 1 else v for n, v in examples.items()}
+        if not check(constraints, sizes, dims):
+            return sizes
+    return None
