@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-corpus clean
+.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-corpus bench-corpus-transformers clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,12 @@ bench-quick: setup
 bench-corpus: setup
 	$(PY) -m pip install -q pytest parameterized requests-mock ftfy torchsde
 	$(PY) bench/corpus.py $(if $(BUDGET),--budget $(BUDGET),)
+
+# transformers' own model tests through record -> export -> verify -> load (needs TRANSFORMERS_MIRROR; the first run
+# also OVERLAY=<transformers sdist>, see ../shared/corpus/README.md; resumable: BUDGET=3600, KIND=generate)
+bench-corpus-transformers: setup
+	$(PY) -m pip install -q pytest parameterized httpx
+	$(PY) bench/corpus_transformers.py $(if $(BUDGET),--budget $(BUDGET),) $(if $(KIND),--kind $(KIND),) $(if $(OVERLAY),--overlay $(OVERLAY),)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
