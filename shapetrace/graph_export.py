@@ -109,6 +109,7 @@ def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], 
     d = _Draft(g)
     t0 = time.perf_counter()
     modes = _training_modes(obj, g)
+    before = set(stage.iterdir())  # graphs are staged one after another: what appears is this graph's
     with PeakRSS() as rss:
         try:
             _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from,
@@ -124,10 +125,9 @@ def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], 
             for m, training in modes:  # exporters switch modes (eval() and back): leave every module as it was
                 m.training = training
             gc.collect()  # free the graph before the next one
-    if d.error is not None:
-        for f in stage.iterdir():
-            if f.name.startswith(f"{stem}."):
-                f.unlink()
+    if d.error is not None:  # only this graph's files: "model." also begins "model.model.vision_tower.inputs.npz"
+        for f in set(stage.iterdir()) - before:
+            f.unlink()
         d.files = dict(_NO_FILES)
     return d.entry(round(time.perf_counter() - t0, 3), rss.peak)
 

@@ -369,3 +369,37 @@ def test_a_where_on_bool_tensors_is_rewritten_so_onnx_runtime_loads_the_file(tmp
         with shapetrace.load(h, tmp_path / "o", backend="onnxruntime"):
             got = h.m(x, score)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class Untraceable(torch.nn.Module):
+    """``forward`` refuses every tracer (no exporter can take it); its public ``decode`` exports as usual. The
+    graphs are ``model`` and ``model.decode``: files ``model.*`` and ``model.decode.*`` share a prefix."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            raise RuntimeError("this forward cannot be traced")
+        return self.lin(x) * 2
+
+    def decode(self, x):
+        return self.lin(x) - 1
+
+
+def test_a_failed_graph_removes_only_its_own_files(tmp_path, record_export):
+    """A graph that fails to export leaves the folder without its files -- and only its: the files of ``model``
+    were deleted by prefix, which took ``model.decode.*`` (another graph, exported and listed) with them, and the
+    export's own verify then raised for the whole folder instead of reporting one failed graph."""
+    torch.manual_seed(0)
+    # decode is called (and exported) first, as a vision tower's call comes before the language model's
+    _, _, result = record_export(lambda h: (h.model.decode(torch.randn(2, 4)), h.model(torch.randn(2, 4))),
+                                 model=Untraceable())
+    assert list(result.manifest.names) == ["model.decode", "model"]
+    m = result.manifest
+    assert m.graph("model").error is not None and not list(m.graph("model").file_names())
+    decode = m.graph("model.decode")
+    assert decode.ok and list(decode.file_names())
+    assert all((tmp_path / "o" / f).is_file() for f in decode.file_names())  # still there, as listed
+    assert all(c for c in result.parity.checks if c.graph == "model.decode")  # verified, not raised
