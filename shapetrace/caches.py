@@ -17,7 +17,7 @@ import importlib
 import sys
 from typing import Any, ContextManager
 
-__all__ = ["knows", "leaf_names", "is_cache_node", "export_patches"]
+__all__ = ["knows", "leaf_names", "is_cache_node", "export_patches", "onnx_translations"]
 
 _TRANSFORMERS_EXPORT = "transformers.exporters.exporter_dynamo"
 
@@ -35,16 +35,32 @@ def export_patches(stage: str = "dynamo") -> ContextManager[Any]:
     """``transformers.exporters``' own reversible patches for ``stage`` (``"dynamo"``: what ``torch.export`` of any
     transformers model needs -- a sliding-window cache layer traced as a plain one instead of baking its Python
     token counter into the graph, attention through SDPA's math path on CPU, chunked vision attention as one batched
-    call, optional kernels off), installed for the block; a no-op when transformers (or its exporters) is not
-    loaded. The patches are the library's: shapetrace names no model here."""
+    call, optional kernels off; ``"openvino"``: ops OpenVINO's frontend has no rule for swapped for convertible
+    ones), installed for the block; a no-op when transformers (or its exporters) is not loaded. The patches are the
+    library's: shapetrace names no model here."""
     exporter = _exporter()
     if exporter is None:
         return contextlib.nullcontext()
     try:
+        if stage != "dynamo":  # each stage's patches are registered when its exporter module is imported
+            importlib.import_module(f"transformers.exporters.exporter_{stage}")
         utils = importlib.import_module("transformers.exporters.utils")
     except ImportError:
         return contextlib.nullcontext()
     return utils.apply_patches(stage)
+
+
+def onnx_translations() -> dict:
+    """``transformers.exporters``' ONNX lowerings of the aten ops torchlib lowers wrongly or not at all (a
+    mixture-of-experts grouped matmul, ``index_put``, ``bincount``, ...), for ``torch.onnx.export``'s
+    ``custom_translation_table``; empty when transformers' exporters are not loaded."""
+    if _exporter() is None:
+        return {}
+    try:
+        module = importlib.import_module("transformers.exporters.exporter_onnx")
+    except ImportError:
+        return {}
+    return dict(getattr(module, "_ONNX_TRANSLATION_TABLE", None) or {})
 
 
 def knows(cls: type) -> bool:

@@ -14,6 +14,7 @@ the graph degrades to OpenVINO only rather than failing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 from importlib import metadata
@@ -24,6 +25,7 @@ import torch
 
 from . import dims as dims_mod
 from ._optional import require
+from .caches import export_patches, onnx_translations
 from .errors import ExportError
 from .flat import ExportPlan
 
@@ -106,9 +108,20 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
     try:
         if ep is None:  # no torch.export program (tracing.trace): only the TorchScript exporter can do it
             raise ExportError("torch.export could not trace this graph")
-        prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
-                                 output_names=list(plan.output_names), opset_version=opset, optimize=True,
-                                 verbose=False)
+        try:
+            prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
+                                     output_names=list(plan.output_names), opset_version=opset, optimize=True,
+                                     verbose=False)
+        except MemoryError:
+            raise
+        except Exception:  # ops torchlib lowers wrongly or not at all: transformers.exporters' own lowerings
+            table = onnx_translations()
+            if not table:
+                raise
+            prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
+                                     output_names=list(plan.output_names), opset_version=opset, optimize=True,
+                                     verbose=False, custom_translation_table=table)
+            tools["onnx_translations"] = "transformers.exporters"
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=True)"
     except MemoryError:
         raise
@@ -281,30 +294,39 @@ OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
 
 
 def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool,
-                    source: str = "auto", weights_bytes: int = 0) -> dict:
+                   source: str = "auto", weights_bytes: int = 0) -> dict:
+    """Convert one graph to ``xml_path`` from ``source``: ``"onnx"`` (the file just written), ``"torch"`` (the torch
+    module, traced by OpenVINO's PyTorch frontend), ``"torch-patched"`` (the same under ``transformers.exporters``'
+    OpenVINO patches: a mixture-of-experts router, FFTs and other ops the frontend has no rule for, swapped for
+    convertible equivalents while it traces), or ``"auto"``: the preferred one of the first two, then the other,
+    then the patched one; every source that failed is noted (``openvino_from_<source>_error``). Returns the tools."""
     ov = require("openvino", "openvino")
-    if source == "auto":  # the preferred source; if OpenVINO cannot convert from it, the other one (noted)
+    if source == "auto":
         first = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
-        try:
-            return write_openvino(onnx_path, plan, xml_path, compress_to_fp16, first, weights_bytes)
-        except (MemoryError, ImportError, OSError):
-            raise
-        except Exception as e:
-            if first == "torch" and onnx_path is None:
+        order = [first, *(x for x in ("onnx", "torch") if x != first and (x != "onnx" or onnx_path is not None)),
+                 "torch-patched"]
+        errors: dict[str, str] = {}
+        raised: Exception | None = None
+        for x in order:
+            try:
+                return {**write_openvino(onnx_path, plan, xml_path, compress_to_fp16, x, weights_bytes), **errors}
+            except (MemoryError, ImportError, OSError):
                 raise
-            tools = write_openvino(onnx_path, plan, xml_path, compress_to_fp16,
-                                   "torch" if first == "onnx" else "onnx", weights_bytes)
-            return {**tools, f"openvino_from_{first}_error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
+            except Exception as e:
+                errors[f"openvino_from_{x.replace('-', '_')}_error"] = \
+                    f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
+                raised = e if raised is None or x != "torch-patched" else raised
+        assert raised is not None
+        raise raised
     if source == "onnx" and onnx_path is None:
         raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
     if source == "onnx":
         # read_model, not convert_model(str): the latter splits a path on commas
         model = ov.Core().read_model(str(onnx_path))
-        source = "onnx"
     else:
         shapes = [(shape, dtype) for _, shape, dtype in plan.openvino_input]
-        model = ov.convert_model(plan.module, example_input=plan.args, input=shapes)
-        source = "torch"
+        with export_patches("openvino") if source == "torch-patched" else contextlib.nullcontext():
+            model = ov.convert_model(plan.module, example_input=plan.args, input=shapes)
         for port, name in zip(model.inputs, plan.input_names):
             port.get_tensor().set_names({name})
         for port, name in zip(model.outputs, plan.output_names):

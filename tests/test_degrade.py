@@ -403,3 +403,59 @@ def test_a_failed_graph_removes_only_its_own_files(tmp_path, record_export):
     assert decode.ok and list(decode.file_names())
     assert all((tmp_path / "o" / f).is_file() for f in decode.file_names())  # still there, as listed
     assert all(c for c in result.parity.checks if c.graph == "model.decode")  # verified, not raised
+
+
+class Windows(torch.nn.Module):
+    """``Tensor.unfold``: OpenVINO's PyTorch frontend has no rule for it; transformers.exporters' OpenVINO patches
+    swap it for a convertible equivalent."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x.unfold(-1, 4, 4).sum(-2))
+
+
+def test_an_ir_the_frontend_cannot_convert_comes_from_the_patched_trace(tmp_path):
+    """IR only (no ONNX file to fall back on): the IR-from-torch path degrades to a trace under transformers'
+    OpenVINO patches, says so, and the graph verifies and serves on OpenVINO."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    h = type("Holder", (), {})()
+    h.m = Windows()
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad(), shapetrace.record(h):
+        h.m(x)
+    result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), progress=False)
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result.parity)
+    assert entry.tools["openvino_from"] == "torch-patched"
+    assert "No conversion rule" in entry.tools["openvino_from_torch_error"] or \
+        "unfold" in entry.tools["openvino_from_torch_error"]
+    y = torch.randn(3, 5, 8)  # another batch and length
+    with torch.no_grad():
+        want = h.m(y)
+        with shapetrace.load(h, tmp_path / "o", backend="openvino") as rt:
+            got = h.m(y)
+    assert rt.stats()[0].ran_on.startswith("openvino")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_mixture_of_experts_model_exports_to_onnx_with_transformers_lowerings(tmp_path, record_export):
+    """A mixture-of-experts layer's grouped matmul (transformers' own op) has no torchlib lowering: the dynamo
+    ONNX export is retried with transformers.exporters' translation table instead of falling to the TorchScript
+    exporter (which cannot take the router's histc) or to no ONNX at all; parity holds on both runtimes."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                        num_experts_per_tok=2, max_position_embeddings=64, initializer_range=0.5)
+    ids = torch.randint(0, 64, (2, 9))
+    _, _, result = record_export(lambda h: h.model(input_ids=ids, use_cache=False),
+                                 model=transformers.MixtralModel(config).eval())
+    entry = result.manifest.graph("model")
+    assert result.ok and result.parity, str(result.parity)
+    assert entry.tools["onnx_translations"] == "transformers.exporters"
+    assert entry.tools["onnx_exporter"] == "torch.onnx.export(dynamo=True)" and entry.files["onnx"]
+    assert {c.backend for c in result.parity.checks} >= {"onnxruntime", "openvino"}
