@@ -3,7 +3,9 @@
 Float inputs are drawn from a normal distribution with the example's mean and std; integer inputs (token ids,
 timesteps) uniformly within the recorded ``value_range``; constant inputs stay constant; masks (0/1 inputs named
 ``*mask*``) are ones followed by zeros, like padding. Seeded by the graph's name: the same folder always gives the
-same inputs. The sizes themselves come from :func:`shapetrace.constraints.alternative_sizes`.
+same inputs. The sizes themselves come from :func:`shapetrace.constraints.alternative_sizes`. When PyTorch refuses
+such a set, verify tries others, the last one keeping the example's integer inputs and extending them
+(:func:`extended`): a multimodal prompt keeps its placeholder tokens, their count still that of its features.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ _FLOAT_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float3
 
 
 def resized_inputs(entry: GraphEntry, example: Mapping[str, np.ndarray], sizes: Mapping[str, int],
-                   seed: int = 0) -> dict[str, np.ndarray]:
-    """A new input set for ``entry`` with dynamic dims set to ``sizes`` (rules in the module docstring)."""
+                   seed: int = 0, keep_pattern: bool = False) -> dict[str, np.ndarray]:
+    """A new input set for ``entry`` with dynamic dims set to ``sizes`` (rules in the module docstring).
+    ``keep_pattern``: integer inputs are the example's, extended (:func:`extended`) instead of drawn anew."""
     rng = np.random.default_rng([seed, zlib.crc32(entry.name.encode())])
     feed: dict[str, np.ndarray] = {}
     for spec in entry.inputs:
@@ -37,8 +40,38 @@ def resized_inputs(entry: GraphEntry, example: Mapping[str, np.ndarray], sizes: 
                 shape.append(int(sizes[s]))
             else:  # an unnamed / expression dim: keep the example's size
                 shape.append(int(spec.example_shape[d]))
-        feed[name] = _draw(rng, name, dtype, tuple(shape), ex, spec.value_range)
+        integer = dtype not in _FLOAT_NP and dtype != "bool"
+        if keep_pattern and integer and ex is not None and ex.ndim == len(shape) and ex.size:
+            feed[name] = extended(ex, tuple(shape), mask=_is_mask(name, ex.astype(np.float64)))
+        else:
+            feed[name] = _draw(rng, name, dtype, tuple(shape), ex, spec.value_range)
     return feed
+
+
+def extended(ex: np.ndarray, shape: tuple[int, ...], mask: bool = False) -> np.ndarray:
+    """``ex`` cut or grown to ``shape`` keeping what it holds: new rows (every axis but the last) copy existing
+    ones in turn; new positions on the last axis are 1 in a mask (attended), continue a count (position ids), and
+    are otherwise the example's rarest values (ordinary tokens: an image or audio placeholder token repeats, and a
+    model that counts them against its features refuses a prompt with more or fewer of them)."""
+    out = ex
+    for axis, n in enumerate(shape):
+        cur = out.shape[axis]
+        if n <= cur:
+            out = np.take(out, range(n), axis=axis)
+        elif axis < len(shape) - 1:
+            out = np.concatenate([out, np.take(out, [i % cur for i in range(n - cur)], axis=axis)], axis=axis)
+        else:
+            tail_shape = (*out.shape[:-1], n - cur)
+            if mask:
+                tail = np.ones(tail_shape, ex.dtype)
+            elif cur > 1 and bool((np.diff(out, axis=-1) == 1).all()):  # a count: go on counting
+                tail = out[..., -1:] + np.arange(1, n - cur + 1, dtype=ex.dtype)
+            else:
+                values, counts = np.unique(ex, return_counts=True)
+                tail = np.resize(values[counts == counts.min()], tail_shape).astype(ex.dtype)
+            out = np.concatenate([out, tail], axis=-1)
+    return np.ascontiguousarray(out)
+
 
 
 def _draw(rng: np.random.Generator, name: str, dtype: str, shape: tuple[int, ...], ex: np.ndarray | None,

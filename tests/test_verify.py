@@ -648,3 +648,57 @@ def test_the_padding_rule_excuses_only_the_padded_positions():
     got[:, :, 2] += 1e-2  # a real position differs too: still a failure
     assert not _padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
                              notes).passed
+
+
+class Placeholders(torch.nn.Module):
+    """A multimodal prompt in miniature: token ids with placeholder tokens (id 7) that the features replace, and
+    the eager check transformers' vision-language models make (skipped while tracing, as theirs is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.out = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, features):
+        slots = input_ids == 7
+        if not (torch.compiler.is_exporting() or torch.jit.is_tracing()) and int(slots.sum()) != features.shape[0] * \
+                features.shape[1]:
+            raise ValueError(f"Image features and image tokens do not match, tokens: {int(slots.sum())}, "
+                             f"features: {features.shape[0] * features.shape[1]}")
+        x = self.embed(input_ids).masked_scatter(slots.unsqueeze(-1), features)
+        return self.out(x)
+
+
+def test_resized_inputs_keep_the_placeholder_tokens_a_multimodal_prompt_needs(tmp_path, record_export):
+    """Random token ids hold no placeholder, so PyTorch refused the resized set and the prompt graph fell back to
+    static (its length fixed: every longer prompt refused at load). Verify now tries the example's ids extended --
+    rows copied with their placeholders, as many rows of features -- and the graph stays dynamic."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 7, 7, 7, 3, 4], [2, 7, 7, 7, 5, 6]])
+    h, _, result = record_export(lambda h: h.m(ids, torch.randn(2, 3, 8)), m=Placeholders())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result.parity)
+    assert "static_fallback" not in entry.tools and isinstance(entry.input("input_ids").shape[0], str)
+    note = next(n for n in result.parity.notes if "PyTorch refused the resized sizes" in n)
+    assert "integer inputs extended" in note and "image tokens do not match" in note
+    assert any(c.input_set == "resized" and c.backend == "openvino" and c for c in result.parity.checks)
+    more = torch.tensor([[1, 7, 7, 7, 3, 4]] * 3)  # three rows: another batch, served by the same graph
+    feats = torch.randn(3, 3, 8)
+    with torch.no_grad():
+        want = h.m(more, feats)
+        with shapetrace.load(h, tmp_path / "o", backend="openvino"):
+            got = h.m(more, feats)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_extended_token_ids_keep_rows_counts_and_masks():
+    from shapetrace.inputs import extended
+
+    ids = np.array([[5, 9, 9, 9, 3], [7, 9, 9, 9, 4]])
+    grown = extended(ids, (3, 7))
+    assert grown[2].tolist()[:5] == ids[0].tolist()  # a new row copies an existing one, placeholders and all
+    assert ((grown == 9).sum(axis=1) == 3).all()  # the repeated (placeholder) id is never added
+    assert set(grown[:, 5:].ravel()) <= {3, 4, 5, 7}  # new positions: the example's rarest ids
+    assert extended(np.array([[0, 1, 2]]), (1, 5)).tolist() == [[0, 1, 2, 3, 4]]  # a count goes on counting
+    assert extended(np.array([[0, 1, 1]]), (2, 4), mask=True).tolist() == [[0, 1, 1, 1]] * 2  # attended
+    assert extended(ids, (1, 3)).tolist() == [[5, 9, 9]]  # cut

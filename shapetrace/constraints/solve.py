@@ -101,17 +101,19 @@ def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
 
 
 
-def shifted_sizes(dims: Mapping[str, Dim], constraints: Iterable[str], step: int = 1) -> dict[str, int] | None:
+def shifted_sizes(dims: Mapping[str, Dim], constraints: Iterable[str], step: int = 1,
+                  only: Iterable[str] | None = None) -> dict[str, int] | None:
     """Every dim above 1 moved by the same amount from its example (``+step``, else ``-step``; a dim at 1 -- one
     new token, a broadcast -- stays), or None when neither keeps every range and constraint. Dims that differ by a
     constant in the recorded call still do: a decoder step's attention mask stays one longer than every layer's
     cache, a relation the model holds in Python that the graph need not state (and :func:`alternative_sizes`'
-    independent choices then break)."""
+    independent choices then break). ``only``: move just these dims (the others keep their example)."""
     examples = {n: int(dim_attr(d, "example")) for n, d in dims.items()}
-    if not any(v > 1 for v in examples.values()):
+    moving = {n for n, v in examples.items() if v > 1 and (only is None or n in set(only))}
+    if not moving:
         return None
     for delta in (step, -step):
-        sizes = {n: v + delta if v > 1 else v for n, v in examples.items()}
+        sizes = {n: v + delta if n in moving else v for n, v in examples.items()}
         if not check(constraints, sizes, dims):
             return sizes
     return None
