@@ -191,13 +191,13 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
         if data:
             d.files["onnx_data"] = data
         d.sizes["onnx"] = sum((stage / f).stat().st_size for f in [onnx_path.name, *data])
-    del ep
     gc.collect()
     if "openvino" in formats:
         t = time.perf_counter()
         xml = stage / f"{stem}.xml"
         d.tools.update(writers.write_openvino(onnx_path, ir_plan, xml, compress_to_fp16, openvino_from,
-                                              d.weights_bytes or 0))
+                                              d.weights_bytes or 0, ep))
+        ep = None  # the program is a source of last resort; free it before the stateful conversion
         d.files["openvino"] = xml.name
         d.timings["openvino"] = round(time.perf_counter() - t, 3)
         d.sizes["openvino"] = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size

@@ -294,35 +294,51 @@ OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
 
 
 def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool,
-                   source: str = "auto", weights_bytes: int = 0) -> dict:
+                   source: str = "auto", weights_bytes: int = 0, ep: Any = None) -> dict:
     """Convert one graph to ``xml_path`` from ``source``: ``"onnx"`` (the file just written), ``"torch"`` (the torch
-    module, traced by OpenVINO's PyTorch frontend), ``"torch-patched"`` (the same under ``transformers.exporters``'
-    OpenVINO patches: a mixture-of-experts router, FFTs and other ops the frontend has no rule for, swapped for
-    convertible equivalents while it traces), or ``"auto"``: the preferred one of the first two, then the other,
-    then the patched one; every source that failed is noted (``openvino_from_<source>_error``). Returns the tools."""
+    module, traced by OpenVINO's PyTorch frontend with TorchScript), ``"program"`` (``ep``, the graph's
+    ``torch.export`` program: no second trace), ``"torch-patched"`` (the torch module under
+    ``transformers.exporters``' OpenVINO patches: a mixture-of-experts router, FFTs and other ops the frontend has
+    no rule for, swapped for convertible equivalents while it traces), or ``"auto"``: the preferred one of the first
+    two, then the other, then the program, then the patched trace; every source that failed is noted
+    (``openvino_from_<source>_error``). Returns the tools."""
     ov = require("openvino", "openvino")
     if source == "auto":
         first = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
         order = [first, *(x for x in ("onnx", "torch") if x != first and (x != "onnx" or onnx_path is not None)),
-                 "torch-patched"]
+                 *(["program"] if ep is not None else []), "torch-patched"]
         errors: dict[str, str] = {}
         raised: Exception | None = None
         for x in order:
             try:
-                return {**write_openvino(onnx_path, plan, xml_path, compress_to_fp16, x, weights_bytes), **errors}
+                return {**write_openvino(onnx_path, plan, xml_path, compress_to_fp16, x, weights_bytes, ep), **errors}
             except (MemoryError, ImportError, OSError):
                 raise
             except Exception as e:
                 errors[f"openvino_from_{x.replace('-', '_')}_error"] = \
                     f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
-                raised = e if raised is None or x != "torch-patched" else raised
+                raised = e if raised is None or x == "torch" else raised
         assert raised is not None
-        raise raised
+        raise ExportError(f"OpenVINO could not convert this graph from any source ({', '.join(order)}): "
+                          + "; ".join(f"{k.removeprefix('openvino_from_').removesuffix('_error')}: {v[:300]}"
+                                      for k, v in errors.items())) from raised
     if source == "onnx" and onnx_path is None:
         raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
     if source == "onnx":
         # read_model, not convert_model(str): the latter splits a path on commas
         model = ov.Core().read_model(str(onnx_path))
+    elif source == "program":
+        if ep is None:
+            raise ExportError("openvino_from='program' needs the graph's torch.export program")
+        model = ov.convert_model(ep)
+        if len(model.inputs) != len(plan.input_names) or len(model.outputs) != len(plan.output_names):
+            raise ExportError(f"the IR converted from the exported program has {len(model.inputs)} inputs / "
+                              f"{len(model.outputs)} outputs, the graph {len(plan.input_names)} / "
+                              f"{len(plan.output_names)}")
+        for port, name in zip(model.inputs, plan.input_names):
+            port.get_tensor().set_names({name})
+        for port, name in zip(model.outputs, plan.output_names):
+            port.get_tensor().set_names({name})
     else:
         shapes = [(shape, dtype) for _, shape, dtype in plan.openvino_input]
         with export_patches("openvino") if source == "torch-patched" else contextlib.nullcontext():

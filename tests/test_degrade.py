@@ -459,3 +459,42 @@ def test_a_mixture_of_experts_model_exports_to_onnx_with_transformers_lowerings(
     assert entry.tools["onnx_translations"] == "transformers.exporters"
     assert entry.tools["onnx_exporter"] == "torch.onnx.export(dynamo=True)" and entry.files["onnx"]
     assert {c.backend for c in result.parity.checks} >= {"onnxruntime", "openvino"}
+
+
+class NoTorchScript(torch.nn.Module):
+    """Traceable by ``torch.export`` but not by TorchScript (which OpenVINO's PyTorch frontend uses on a module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            raise RuntimeError("Expected cond to be True, but got False.")
+        return torch.relu(self.lin(x))
+
+
+def test_an_ir_torchscript_cannot_trace_comes_from_the_exported_program(tmp_path):
+    """IR only: the torch module cannot be traced by TorchScript, so the IR comes from the graph's torch.export
+    program (``openvino_from: "program"``), dynamic dims kept; when no source works the graph's error names each."""
+    torch.manual_seed(0)
+    h = type("Holder", (), {})()
+    h.m = NoTorchScript()
+    with torch.no_grad(), shapetrace.record(h):
+        h.m(torch.randn(2, 3, 4))
+    result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), progress=False)
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result.parity)
+    assert entry.tools["openvino_from"] == "program" and "TorchScript" in entry.tools["openvino_from_torch_error"]
+    assert entry.input("x").shape[:2] == ("batch", "sequence")
+    y = torch.randn(3, 5, 4)
+    with torch.no_grad():
+        want = h.m(y)
+        with shapetrace.load(h, tmp_path / "o", backend="openvino"):
+            got = h.m(y)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    h.u = Untraceable()  # no tracer at all takes this one: one error naming every source tried
+    with torch.no_grad(), shapetrace.record(h, include=["u"]):
+        h.u(torch.randn(2, 4))
+    failed = shapetrace.export_all(h, tmp_path / "u", formats=("openvino",), progress=False).manifest.graph("u")
+    assert "from any source (torch, torch-patched)" in failed.error.message
