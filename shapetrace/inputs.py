@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import constraints
 from .manifest import GraphEntry
 
-__all__ = ["resized_inputs", "input_sizes"]
+__all__ = ["resized_inputs", "input_sizes", "other_sets", "extended"]
 
 _FLOAT_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32, "float64": np.float64}
 
@@ -179,3 +180,24 @@ def perturbed(feed: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray
             a = (a + rng.standard_normal(a.shape) * scale).astype(a.dtype)
         out[n] = a
     return out
+
+
+def other_sets(entry: GraphEntry, example: Mapping[str, np.ndarray],
+                seed: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Resized input sets to try when PyTorch refuses the first: smaller sizes (a fixed position table), then every
+    dim moved together by one (dims the model ties in Python: a mask one longer than the cache), then that -- and
+    the batch dims alone, and the others alone -- with the example's token ids extended, not drawn (a multimodal
+    prompt keeps as many placeholder tokens as it has features: more rows of both, or a longer prompt)."""
+    smaller = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
+    if smaller:
+        yield "smaller sizes", resized_inputs(entry, example, smaller, seed)
+    shifted = constraints.shifted_sizes(entry.dims, entry.constraints)
+    if shifted and shifted != smaller:
+        yield "every dim moved by one", resized_inputs(entry, example, shifted, seed)
+    leading = {n for n, d in entry.dims.items() if d.sources and all(s.endswith(".0") for s in d.sources)}
+    for how, only in (("every dim", None), ("the batch dims", leading), ("every dim but the batch's",
+                                                                         set(entry.dims) - leading)):
+        sizes = constraints.shifted_sizes(entry.dims, entry.constraints, only=only)
+        if sizes:
+            yield f"{how} moved by one, the example's integer inputs extended", \
+                resized_inputs(entry, example, sizes, seed, keep_pattern=True)

@@ -29,7 +29,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from .compare import (DEFAULT_TOLERANCES, OutputComparison, Tolerance, check_tol
 from .errors import RunnerError, VerifyError
 from .files import load_npz
 from .flat import flat_module
-from .inputs import input_sizes, perturbed, resized_inputs
+from .inputs import input_sizes, other_sets, perturbed, resized_inputs
 from .manifest import GraphEntry, Manifest
 from .isa import cpu_isa
 from .quality import held_out_checks, isa_notes, judge, quantized_bound
@@ -274,7 +274,7 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                     reference_name, reference = "torch", torch_runner.infer(feed)
                 except Exception as e:  # the live module cannot run the flat call: say so, fall back
                     reference_name, reference = None, None
-                    for how, other in _other_sets(entry, sets[0][1], seed) if set_name == "resized" else ():
+                    for how, other in other_sets(entry, sets[0][1], seed) if set_name == "resized" else ():
                         try:  # the model refuses these sizes (a position table, dims tied in Python): try others
                             reference_name, reference = "torch", torch_runner.infer(other)
                         except Exception:
@@ -365,27 +365,6 @@ def _within_sensitivity(result: OutputComparison, output: str, probe: Mapping[st
 #: Above this many bytes of example outputs, the resized set tries smaller sizes first.
 LARGE_OUTPUTS_BYTES = 256 << 20
 _NP_SIZES = {"bfloat16": "float16", "bool": "bool"}
-
-
-def _other_sets(entry: GraphEntry, example: Mapping[str, np.ndarray],
-                seed: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """Resized input sets to try when PyTorch refuses the first: smaller sizes (a fixed position table), then every
-    dim moved together by one (dims the model ties in Python: a mask one longer than the cache), then that -- and
-    the batch dims alone, and the others alone -- with the example's token ids extended, not drawn (a multimodal
-    prompt keeps as many placeholder tokens as it has features: more rows of both, or a longer prompt)."""
-    smaller = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
-    if smaller:
-        yield "smaller sizes", resized_inputs(entry, example, smaller, seed)
-    shifted = constraints.shifted_sizes(entry.dims, entry.constraints)
-    if shifted and shifted != smaller:
-        yield "every dim moved by one", resized_inputs(entry, example, shifted, seed)
-    leading = {n for n, d in entry.dims.items() if d.sources and all(s.endswith(".0") for s in d.sources)}
-    for how, only in (("every dim", None), ("the batch dims", leading), ("every dim but the batch's",
-                                                                         set(entry.dims) - leading)):
-        sizes = constraints.shifted_sizes(entry.dims, entry.constraints, only=only)
-        if sizes:
-            yield f"{how} moved by one, the example's integer inputs extended", \
-                resized_inputs(entry, example, sizes, seed, keep_pattern=True)
 
 
 def _check_files_present(out: Path, entries: Sequence[GraphEntry], backends: Sequence[str]) -> None:

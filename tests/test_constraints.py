@@ -488,4 +488,4 @@ def test_prune_drops_most_of_the_unet_noise():
     dims, cs = REAL["unet"]
     assert len(cs) == 24 and len(prune(cs, dims)) == 11
     assert constraints.__all__ == ["normalize", "Expr", "compile_expr", "evaluate", "check", "checkable",
-                                   "alternative_sizes", "prune"]
+                                   "alternative_sizes", "shifted_sizes", "prune"]
