@@ -131,6 +131,10 @@ def main() -> None:
             sys.exit("set TRANSFORMERS_MIRROR to the transformers git mirror (see ../shared/corpus/README.md)")
         before = {json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()} \
             if out.exists() else set()
+        commit = _commit()  # the code the cases run with (a commit made during the sweep is not theirs)
+        if subprocess.run(["git", "status", "--porcelain", "shapetrace"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip():
+            commit += "+dirty"
         cmd = [sys.executable, str(corpus / "transformers_corpus.py"), "--check",
                f"{corpus / 'tf_corpus_check.py'}:check", "--check-timeout", "600", "--jobs", str(args.jobs),
                "--resume", "--out", str(out), "--kind", args.kind]
@@ -144,7 +148,7 @@ def main() -> None:
             subprocess.run(cmd, check=True, cwd=ROOT)
         finally:
             if out.exists():
-                _stamp(out, before, _commit())
+                _stamp(out, before, commit)
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
