@@ -74,7 +74,6 @@ def extended(ex: np.ndarray, shape: tuple[int, ...], mask: bool = False) -> np.n
     return np.ascontiguousarray(out)
 
 
-
 def _draw(rng: np.random.Generator, name: str, dtype: str, shape: tuple[int, ...], ex: np.ndarray | None,
           value_range: Sequence[float] | None) -> np.ndarray:
     if dtype in _FLOAT_NP:
@@ -191,13 +190,13 @@ def other_sets(entry: GraphEntry, example: Mapping[str, np.ndarray],
     smaller = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
     if smaller:
         yield "smaller sizes", resized_inputs(entry, example, smaller, seed)
-    shifted = constraints.shifted_sizes(entry.dims, entry.constraints)
-    if shifted and shifted != smaller:
-        yield "every dim moved by one", resized_inputs(entry, example, shifted, seed)
     leading = {n for n, d in entry.dims.items() if d.sources and all(s.endswith(".0") for s in d.sources)}
-    for how, only in (("every dim", None), ("the batch dims", leading), ("every dim but the batch's",
-                                                                         set(entry.dims) - leading)):
+    for how, only in (("every dim", None), ("the batch dims", leading),
+                      ("every dim but the batch's", set(entry.dims) - leading)):
         sizes = constraints.shifted_sizes(entry.dims, entry.constraints, only=only)
-        if sizes:
-            yield f"{how} moved by one, the example's integer inputs extended", \
-                resized_inputs(entry, example, sizes, seed, keep_pattern=True)
+        if not sizes:
+            continue
+        if only is None and sizes != smaller:
+            yield "every dim moved by one", resized_inputs(entry, example, sizes, seed)
+        yield f"{how} moved by one, the example's integer inputs extended", \
+            resized_inputs(entry, example, sizes, seed, keep_pattern=True)

@@ -27,8 +27,8 @@ from .isa import CpuIsa
 from .manifest import GraphEntry
 from .report import ParityCheck
 
-__all__ = ["DEFAULT_MIN_SNR_DB", "OutputQuality", "isa_notes", "QualityMeter", "snr_db", "bound_text", "quantized_bound",
-           "judge", "held_out_checks"]
+__all__ = ["DEFAULT_MIN_SNR_DB", "OutputQuality", "QualityMeter", "snr_db", "bound_text", "quantized_bound",
+           "judge", "held_out_checks", "isa_notes"]
 
 #: The bound a quantized graph's output SNR vs the float graph must reach (dB); override per export / verify.
 DEFAULT_MIN_SNR_DB = 20.0

@@ -18,4 +18,5 @@ from .expr import Expr, check, checkable, compile_expr, evaluate, normalize
 from .prune import prune
 from .solve import alternative_sizes, shifted_sizes
 
-__all__ = ["normalize", "Expr", "compile_expr", "evaluate", "check", "checkable", "alternative_sizes", "shifted_sizes", "prune"]
+__all__ = ["normalize", "Expr", "compile_expr", "evaluate", "check", "checkable", "alternative_sizes", "shifted_sizes",
+           "prune"]

@@ -100,7 +100,6 @@ def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
     return {n: result[n] for n in dims}
 
 
-
 def shifted_sizes(dims: Mapping[str, Dim], constraints: Iterable[str], step: int = 1,
                   only: Iterable[str] | None = None) -> dict[str, int] | None:
     """Every dim above 1 moved by the same amount from its example (``+step``, else ``-step``; a dim at 1 -- one
