@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import gc
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -22,7 +23,7 @@ import torch
 from . import constraints
 from . import dims as dims_mod
 from . import stateful as stateful_mod
-from . import decomplex, tracing, writers
+from . import datachecks, decomplex, tracing, writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
 from .flat import ExportPlan, module_for, weights_dtype, without_outputs
@@ -89,6 +90,7 @@ class _Draft:
         self.weights_bytes: int | None = None
         self.weights_dtype: str | None = None
         self.error: GraphError | None = None
+        self.created: set[str] = set()  # the files this attempt wrote to the stage
 
     def entry(self, seconds: float, peak: int) -> GraphEntry:
         g = self.g
@@ -105,31 +107,77 @@ _NO_FILES = {"onnx": None, "openvino": None, "inputs": None, "outputs": None}
 
 def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dynamic: Any, opset: int | None,
                   compress_to_fp16: bool, openvino_from: str = "auto", stateful: bool = False) -> GraphEntry:
+    """Export one graph. A graph that failed, or lost its ONNX file, is tried once more with the model code's
+    data-dependent assertions off (:mod:`shapetrace.datachecks`); the better of the two is kept and the manifest
+    says which (``tools["data_checks"]``). What failed leaves no file behind."""
+    args = (obj, g, stage, formats, dynamic, opset, compress_to_fp16, openvino_from, stateful)
+    t0 = time.perf_counter()
+    with PeakRSS() as rss:
+        d = _attempt(*args)
+        if _lost(d, formats) and datachecks.can_turn_off():
+            d = _with_checks_off(d, args, formats)
+    return d.entry(round(time.perf_counter() - t0, 3), rss.peak)
+
+
+def _lost(d: _Draft, formats: Sequence[str]) -> int:
+    """How much of what was asked a draft lacks: 2 for a failed graph, 1 for one without its ONNX file."""
+    return 2 if d.error is not None else int("onnx" in formats and d.files.get("onnx") is None)
+
+
+def _with_checks_off(first: _Draft, args: tuple, formats: Sequence[str]) -> _Draft:
+    """The graph exported again, with the checks off, in a folder of its own; the better attempt's files stay."""
+    stage: Path = args[2]
+    retry_dir = stage / ".checks-off"
+    retry_dir.mkdir()
+    try:
+        with datachecks.off():
+            second = _attempt(*args[:2], retry_dir, *args[3:])
+        if _lost(second, formats) >= _lost(first, formats):
+            first.tools["data_checks_off_error"] = _why(second)
+            return first
+        for name in first.created:
+            (stage / name).unlink()
+        for f in retry_dir.iterdir():
+            f.rename(stage / f.name)
+        second.tools["data_checks"] = "off"
+        second.tools["data_checks_on_error"] = _why(first)
+        return second
+    finally:
+        shutil.rmtree(retry_dir, ignore_errors=True)
+
+
+def _why(d: _Draft) -> str:
+    if d.error is not None:
+        return f"{d.error.type}: {' '.join(d.error.message.split())[:300]}"
+    return str(d.tools.get("no_onnx", "no ONNX file"))[:300]
+
+
+def _attempt(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dynamic: Any, opset: int | None,
+             compress_to_fp16: bool, openvino_from: str, stateful: bool) -> _Draft:
     stem = file_stem(g.name)
     d = _Draft(g)
-    t0 = time.perf_counter()
     modes = _training_modes(obj, g)
     before = set(stage.iterdir())  # graphs are staged one after another: what appears is this graph's
-    with PeakRSS() as rss:
-        try:
-            _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from,
-                          stateful)
-        except (KeyboardInterrupt, MemoryError, OSError) as e:
-            if isinstance(e, OSError) and not _is_disk_error(e):
-                d.error = _graph_error(e)
-            else:
-                raise
-        except Exception as e:  # one graph failing never stops the others
+    try:
+        _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from, stateful)
+    except (KeyboardInterrupt, MemoryError, OSError) as e:
+        if isinstance(e, OSError) and not _is_disk_error(e):
             d.error = _graph_error(e)
-        finally:
-            for m, training in modes:  # exporters switch modes (eval() and back): leave every module as it was
-                m.training = training
-            gc.collect()  # free the graph before the next one
+        else:
+            raise
+    except Exception as e:  # one graph failing never stops the others
+        d.error = _graph_error(e)
+    finally:
+        for m, training in modes:  # exporters switch modes (eval() and back): leave every module as it was
+            m.training = training
+        gc.collect()  # free the graph before the next one
+    d.created = {f.name for f in set(stage.iterdir()) - before}
     if d.error is not None:  # only this graph's files: "model." also begins "model.model.vision_tower.inputs.npz"
-        for f in set(stage.iterdir()) - before:
-            f.unlink()
+        for name in d.created:
+            (stage / name).unlink()
+        d.created = set()
         d.files = dict(_NO_FILES)
-    return d.entry(round(time.perf_counter() - t0, 3), rss.peak)
+    return d
 
 
 def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],

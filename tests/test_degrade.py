@@ -498,3 +498,52 @@ def test_an_ir_torchscript_cannot_trace_comes_from_the_exported_program(tmp_path
         h.u(torch.randn(2, 4))
     failed = shapetrace.export_all(h, tmp_path / "u", formats=("openvino",), progress=False).manifest.graph("u")
     assert "from any source (torch, torch-patched)" in failed.error.message
+
+
+class MergesImageFeatures(torch.nn.Module):
+    """A vision-language merge: image features scattered over the prompt's image tokens, after transformers' own
+    data-dependent assertion that there are as many tokens as features. One image token per row: the trace tiles
+    the features' size-1 dim to 2 (so that it stays dynamic), the assertion then fails in every tracer."""
+
+    IMAGE_TOKEN = 3
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 16)
+
+    def forward(self, input_ids, image_features):
+        from transformers.utils.import_utils import torch_compilable_check
+
+        embeds = self.embed(input_ids)
+        mask = input_ids == self.IMAGE_TOKEN
+        torch_compilable_check(mask.sum() * embeds.shape[-1] == image_features.numel(), "tokens != features")
+        return self.head(embeds.masked_scatter(mask.unsqueeze(-1), image_features))
+
+
+def _prompt(batch, length, images=1):
+    ids = torch.randint(4, 16, (batch, length))
+    ids[:, 1:1 + images] = MergesImageFeatures.IMAGE_TOKEN
+    return ids, torch.randn(batch, images, 8)
+
+
+def test_a_graph_only_its_data_dependent_assertions_stop_exports_with_them_off(tmp_path, record_export):
+    """The graph fails with the checks on (every exporter trips on the assertion), is exported again with
+    transformers' switch set, says so, verifies against PyTorch (where the check runs) and serves other prompts."""
+    from shapetrace import datachecks
+
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: h.m(*_prompt(2, 7)), m=MergesImageFeatures())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result.parity)
+    assert entry.tools["data_checks"] == "off" and entry.tools["data_checks_on_error"]
+    assert {c.backend for c in result.parity.checks} >= {"onnxruntime", "openvino"}
+    assert datachecks.ENV not in __import__("os").environ  # the switch does not outlive the export
+    ids, feats = _prompt(3, 11)
+    with torch.no_grad():
+        want = h.m(ids, feats)
+        with shapetrace.load(h, result.out_dir, backend="openvino") as rt:
+            got = h.m(ids, feats)
+        assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
