@@ -84,7 +84,21 @@ def candidate_dims(inputs: Mapping[str, Any], dynamic: Any = "auto",
         for d in getattr(spec, "varying_dims", ()):
             dims[d] = None
         out[name] = dims
+    _align_with_the_prompt(inputs, out, cache_inputs)
     return out
+
+
+def _align_with_the_prompt(inputs: Mapping[str, Any], out: dict[str, dict[int, str | None]],
+                           cache_inputs: frozenset[str] | set[str]) -> None:
+    """Integer tensors of other ranks laid along the prompt (multimodal rotary positions ``[sections, batch,
+    sequence]``, per-token type ids in 3-D) keep the prompt's dims dynamic too: a dim of such a tensor as long as a
+    dynamic dim of a ``[batch, sequence]`` id tensor is asked dynamic (else the rank rule fixes the prompt length)."""
+    prompt = {inputs[n].shape[d] for n, dims in out.items() if n not in cache_inputs and len(inputs[n].shape) == 2
+              and not inputs[n].dtype.is_floating_point for d in dims} - {0, 1}
+    for name, spec in inputs.items():
+        if name in cache_inputs or spec.dtype.is_floating_point or spec.dtype.is_complex or len(spec.shape) < 3:
+            continue
+        out[name].update({d: None for d, size in enumerate(spec.shape) if size in prompt and d not in out[name]})
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def extended(ex: np.ndarray, shape: tuple[int, ...], mask: bool = False) -> np.n
                 values, counts = np.unique(ex, return_counts=True)
                 tail = np.resize(values[counts == counts.min()], tail_shape).astype(ex.dtype)
             out = np.concatenate([out, tail], axis=-1)
-    return np.ascontiguousarray(out)
+    return np.array(out, copy=True, order="C")  # ascontiguousarray would turn a 0-d input 1-d
 
 
 def _draw(rng: np.random.Generator, name: str, dtype: str, shape: tuple[int, ...], ex: np.ndarray | None,
@@ -185,14 +185,19 @@ def other_sets(entry: GraphEntry, example: Mapping[str, np.ndarray],
                 seed: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Resized input sets to try when PyTorch refuses the first: smaller sizes (a fixed position table), then every
     dim moved together by one (dims the model ties in Python: a mask one longer than the cache), then that -- and
-    the batch dims alone, and the others alone -- with the example's token ids extended, not drawn (a multimodal
-    prompt keeps as many placeholder tokens as it has features: more rows of both, or a longer prompt)."""
+    the batch dims alone, the others alone, and the dims only integer inputs have (the prompt's length, the features
+    as recorded) -- with the example's token ids extended, not drawn (a multimodal prompt keeps as many placeholder
+    tokens as it has features: more rows of both, or a longer prompt around the same images)."""
     smaller = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=True)
     if smaller:
         yield "smaller sizes", resized_inputs(entry, example, smaller, seed)
-    leading = {n for n, d in entry.dims.items() if d.sources and all(s.endswith(".0") for s in d.sources)}
+    leading = {n for n, d in entry.dims.items() if any(s.endswith(".0") for s in d.sources)}  # batch-like
+    integer = {i.name for i in entry.inputs if not i.dtype.startswith(("float", "bfloat", "complex"))}
+    prompt = {n for n, d in entry.dims.items() if d.sources and all(s.rsplit(".", 1)[0] in integer
+                                                                      for s in d.sources)} - leading
     for how, only in (("every dim", None), ("the batch dims", leading),
-                      ("every dim but the batch's", set(entry.dims) - leading)):
+                      ("every dim but the batch's", set(entry.dims) - leading),
+                      ("the prompt's length alone (features kept)", prompt)):
         sizes = constraints.shifted_sizes(entry.dims, entry.constraints, only=only)
         if not sizes:
             continue

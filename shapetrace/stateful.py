@@ -153,7 +153,7 @@ class StatefulRunner:
         self.request.reset_state()
         states = {st.name: st for st in self.request.query_state()}
         for inp, out in self.pairs.items():
-            states[f"{inp}{out}"].state = self.ov.Tensor(np.ascontiguousarray(feed[inp]))
+            states[f"{inp}{out}"].state = self.ov.Tensor(np.array(feed[inp], copy=True, order="C"))
         plain = {n: feed[n] for n in self.entry.input_names if n not in self.pairs}
         plain["beam_idx"] = np.arange(next(iter(plain.values())).shape[0], dtype=np.int32)
         result = self.request.infer(plain)

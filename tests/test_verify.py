@@ -702,3 +702,38 @@ def test_extended_token_ids_keep_rows_counts_and_masks():
     assert extended(np.array([[0, 1, 2]]), (1, 5)).tolist() == [[0, 1, 2, 3, 4]]  # a count goes on counting
     assert extended(np.array([[0, 1, 1]]), (2, 4), mask=True).tolist() == [[0, 1, 1, 1]] * 2  # attended
     assert extended(ids, (1, 3)).tolist() == [[5, 9, 9]]  # cut
+    assert extended(np.array(4096), ()).shape == ()  # a 0-d input stays 0-d (a cache's window size)
+
+
+class RotaryPlaceholders(Placeholders):
+    """Placeholders with multimodal rotary positions: integer ``[sections, batch, sequence]``, which the rank rule
+    alone would export with the prompt's length fixed."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = torch.nn.Embedding(64, 8)
+
+    def forward(self, input_ids, positions, features):
+        return super().forward(input_ids, features) + self.pos(positions).sum(0)
+
+
+def test_a_prompt_with_rotary_sections_stays_dynamic_in_batch_and_length(tmp_path, record_export):
+    """The positions' batch and sequence dims are asked dynamic too (they are as long as the ids' dims), and the
+    batch, read at dim 1 of the positions, is told from the others when verify resizes the prompt around its
+    features: the graph serves a longer prompt at load instead of falling back to static."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 7, 7, 7, 3, 4, 5, 6], [2, 7, 7, 7, 5, 6, 3, 2]])
+    positions = torch.arange(8).expand(3, 2, 8)
+    h, _, result = record_export(lambda h: h.m(ids, positions, torch.randn(2, 3, 8)), m=RotaryPlaceholders())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result.parity)
+    assert "static_fallback" not in entry.tools
+    assert entry.input("positions").shape[1:] == entry.input("input_ids").shape == ("batch", "sequence")
+    longer = torch.tensor([[1, 7, 7, 7, 3, 4, 5, 6, 3, 4, 5]] * 2)
+    args = (longer, torch.arange(11).expand(3, 2, 11), torch.randn(2, 3, 8))
+    with torch.no_grad():
+        want = h.m(*args)
+        with shapetrace.load(h, tmp_path / "o", backend="openvino") as rt:
+            got = h.m(*args)
+        assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
