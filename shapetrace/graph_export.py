@@ -207,11 +207,13 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     d.weights_bytes = int(sum(p.numel() * p.element_size() for p in plan.module.parameters())
                           + sum(b.numel() * b.element_size() for b in plan.module.buffers()))
     d.weights_dtype = weights_dtype(plan.module.module)
-    with torch.no_grad():  # reference outputs on the recorded inputs
-        ref = plan.module(*(plan.example_inputs[n] for n in plan.input_names))
+    # the inputs as recorded, before anything runs the module: a call that updates its cache in place (a
+    # convolution or recurrent state) would otherwise leave the state after the call in the inputs file
+    save_npz(stage / f"{stem}.inputs.npz", {n: to_numpy(plan.example_inputs[n]) for n in plan.input_names})
+    with torch.no_grad():  # reference outputs on the recorded inputs (copies: the call may update them in place)
+        ref = plan.module(*(plan.example_inputs[n].clone() for n in plan.input_names))
     if ep is None:  # no program to read the outputs' shapes from: all static, as run
         info = dataclasses.replace(info, output_shapes={n: list(r.shape) for n, r in zip(plan.output_names, ref)})
-    save_npz(stage / f"{stem}.inputs.npz", {n: to_numpy(plan.example_inputs[n]) for n in plan.input_names})
     save_npz(stage / f"{stem}.outputs.npz", {n: to_numpy(t) for n, t in zip(plan.output_names, ref)})
     d.files.update(inputs=f"{stem}.inputs.npz", outputs=f"{stem}.outputs.npz")
     example_shapes = {n: tuple(plan.example_inputs[n].shape) for n in plan.input_names}

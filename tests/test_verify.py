@@ -737,3 +737,28 @@ def test_a_prompt_with_rotary_sections_stays_dynamic_in_batch_and_length(tmp_pat
             got = h.m(*args)
         assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class RollsItsState(torch.nn.Module):
+    """A convolution cache as linear-attention and state-space decoders keep it: updated in place by the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Linear(8, 8)
+
+    def forward(self, x, conv_state):
+        conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.transpose(1, 2)], dim=-1))
+        return self.mix(conv_state.sum(-1)), conv_state
+
+
+def test_a_step_that_updates_its_state_in_place_is_exported_with_the_state_it_was_given(record_export):
+    """The inputs file holds the state as the recorded call received it, and the reference outputs come from a
+    copy: before, the reference run rolled the state first, so PyTorch itself failed against the recorded outputs."""
+    torch.manual_seed(0)
+    state = torch.randn(2, 8, 4)
+    given = state.clone()
+    _, _, result = record_export(lambda h: h.m(torch.randn(2, 1, 8), state), m=RollsItsState())
+    assert result.ok and result.parity, str(result.parity)
+    saved = np.load(result.out_dir / result.manifest.graph("m").files["inputs"])
+    np.testing.assert_array_equal(saved["conv_state"], given.numpy())
+    assert any(c.backend == "torch" and c.reference == "recorded" and c for c in result.parity.checks)

@@ -45,8 +45,9 @@ class TorchRunner(Runner):
             # as the graph was traced: under transformers.exporters' tracing patches. A cache rebuilt from its
             # recorded context keeps the recorded Python token counter (a sliding-window layer's), which eager
             # code then holds against tensors of another length; traced, the layer reads the length off them
-            with torch.inference_mode(), export_patches("dynamo"):
-                out = self.module(*args)
+            args = [from_numpy(feed[n], self._dtypes.get(n)).to(self.device) for n in self.input_names]
+            with torch.inference_mode(), export_patches("dynamo"):  # fresh arguments: the failed call may have
+                out = self.module(*args)  # updated some in place
         if isinstance(out, torch.Tensor):
             out = (out,)
         out = list(out)
