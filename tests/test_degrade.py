@@ -547,3 +547,35 @@ def test_a_graph_only_its_data_dependent_assertions_stop_exports_with_them_off(t
             got = h.m(ids, feats)
         assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class SameTensorTwice(torch.nn.Module):
+    """A vision tower whose pooled output is its last hidden state (no pooling head): one tensor, two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return {"last_hidden_state": h, "pooler_output": h}
+
+
+def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(tmp_path):
+    """In an IR converted from the torch module, OpenVINO's compiled model merges the names of two results of one
+    tensor (both called pooler_output): the runner maps the outputs by the IR's own names, in port order."""
+    torch.manual_seed(0)
+    h = type("Holder", (), {})()
+    h.m = SameTensorTwice()
+    with torch.no_grad(), shapetrace.record(h):
+        h.m(torch.randn(2, 3, 4))
+    result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), openvino_from="torch", progress=False)
+    assert result.ok and result.parity, str(result.parity)
+    x = torch.randn(3, 5, 4)
+    with torch.no_grad():
+        want = h.m(x)
+        with shapetrace.load(h, result.out_dir, backend="openvino") as rt:
+            got = h.m(x)
+        assert [(s.graph, s.ran_on) for s in rt.stats()] == [("m", "openvino:CPU")]
+    for key in ("last_hidden_state", "pooler_output"):
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)

@@ -76,7 +76,9 @@ class OpenVINORunner(Runner):
         self._request = self._compiled.create_infer_request()
         self._in_index = in_index
         self._in_types = [self._np_type(p.get_element_type()) for p in self._compiled.inputs]
-        out_ports = [set(p.get_names()) for p in self._compiled.outputs]
+        # names as the IR has them: compiling merges the names of two outputs that are one tensor (a vision
+        # tower returning the same features as last_hidden_state and pooler_output); the ports keep their order
+        out_ports = [set(p.get_names()) for p in model.outputs]
         self._out_index = by_name_or_position(self.output_names, out_ports, "output", self.label)
 
     @staticmethod
