@@ -87,17 +87,18 @@ def parse_path(text: str) -> tuple:
 
     steps: list = []
     pos = 0
-    token = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[(-?\d+)\]|\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
+    # ".0": a child as torch's named_modules() names it (a ModuleList item, reached as an attribute)
+    token = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\.(\d+)|\[(-?\d+)\]|\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
     while pos < len(text):
         m = token.match(text, pos)
         if m is None:
             raise ValueError(f"cannot parse module path {text!r} at position {pos}")
-        if m.group(1) is not None:
-            steps.append(Attr(m.group(1)))
-        elif m.group(2) is not None:
-            steps.append(Index(int(m.group(2))))
+        if m.group(1) is not None or m.group(2) is not None:
+            steps.append(Attr(m.group(1) or m.group(2)))
+        elif m.group(3) is not None:
+            steps.append(Index(int(m.group(3))))
         else:
-            steps.append(Key(ast.literal_eval(m.group(3))))
+            steps.append(Key(ast.literal_eval(m.group(4))))
         pos = m.end()
     return tuple(steps)
 

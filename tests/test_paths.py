@@ -135,3 +135,36 @@ def test_gpt2_generate_without_a_cache_is_token_identical_at_another_prompt_leng
             got = h.model.generate(prompt, max_new_tokens=7, **kw)
             assert {s.graph: s.calls for s in rt.stats()} == {"model": 7}
         assert torch.equal(got, want), (backend, got, want)
+
+
+class Stacked(torch.nn.Module):
+    """``generate`` loops over a ``ModuleList``: its items are graphs named as torch names them (``m.steps.0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+
+    def generate(self, x: torch.Tensor, rounds: int = 2) -> torch.Tensor:
+        for _ in range(rounds):
+            for step in self.steps:
+                x = torch.tanh(step(x))
+        return x
+
+
+def test_a_loop_over_a_module_list_exports_and_serves_its_items(tmp_path):
+    """The items' paths come from ``named_modules()`` (``m.steps.0``); export resolved only ``m.steps[0]`` and
+    raised for the whole object."""
+    torch.manual_seed(0)
+    h = Holder()
+    h.m = Stacked()
+    with shapetrace.record(h) as rec:
+        h.m.generate(torch.randn(2, 4))
+    assert sorted(rec.graphs) == ["m.steps.0", "m.steps.1"]
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    assert result.ok and result.parity, str(result)
+    x = torch.randn(3, 4)
+    want = h.m.generate(x, rounds=3)
+    with shapetrace.load(h, tmp_path / "o", backend="onnxruntime") as rt:
+        torch.testing.assert_close(h.m.generate(x, rounds=3), want, atol=1e-5, rtol=1e-5)
+        calls = {s.graph: (s.ran_on, s.calls) for s in rt.stats() if s.graph.startswith("m.steps")}
+    assert calls == {"m.steps.0": ("onnxruntime:CPU", 3), "m.steps.1": ("onnxruntime:CPU", 3)}
