@@ -225,6 +225,8 @@ def test_expr_is_normalised_and_names_its_dims_only():
     "__import__('os').system('true')", "height.bit_length() > 2", "().__class__", "1.5 * height", "height / 2",
     "open('f')", "abs(height)", "max(a, b, key=f)", "max()", "max(*a)", "'a' == a", "[a for a in b]",
     "lambda: 1", "a if b else c", "~a", "a[0]", "a @ b", "height ==", "", "a; b", "f'{a}'", "1j * a",
+    "math.pi", "math.ceil", "math.sqrt(a)", "os.ceil(a / 2)", "math.ceil(a / 2, b)", "math.ceil(a / 2) / 2",
+    "height.real",
 ])
 def test_the_evaluator_refuses_anything_but_integer_arithmetic(text):
     assert compile_expr(text) is None
@@ -251,6 +253,19 @@ def test_evaluate_follows_python_on_integers():
             evaluate(big, v)
     with pytest.raises(ValueError, match="not an integer"):
         evaluate("h + 1", {"h": 1.5})
+
+
+def test_rounded_divisions_as_torch_prints_them_are_exact_integers():
+    """``math.ceil(a / b)``: a padded chunk count (an audio encoder's 200-frame blocks); before, every such
+    constraint counted as broken, so verify found no other sizes and the graph fell back to static."""
+    v = {"s": 128, "t": 200, "b": 2}
+    assert evaluate("math.ceil(s / 200)", v) == 1 and evaluate("math.ceil(t / 200)", v) == 1
+    assert evaluate("math.floor(s / 200)", v) == 0 and evaluate("math.ceil((t + 1) / 200)", v) == 2
+    assert evaluate("math.ceil((-s) / 200)", v) == 0  # towards +inf, as Python's math.ceil
+    big = {"s": 10 ** 30 + 1}
+    assert evaluate("math.ceil(s / 3)", big) == (10 ** 30 + 1 + 2) // 3  # exact: no float rounding
+    assert compile_expr("(b*math.ceil(s / 200)) == b").names == frozenset({"b", "s"})
+    assert check(["(b*math.ceil(s / 200)) == b"], v) == [] and check(["math.ceil(s / 200) == 2"], v)
 
 
 # ================================================================================================= checks

@@ -4,9 +4,11 @@ never ``eval`` or ``compile``), and the checks made with it."""
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -19,7 +21,20 @@ _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, 
 _CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
         ast.GtE: operator.ge}
 _NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Name, ast.Constant, ast.Call,
-          ast.Load, ast.And, ast.Or, ast.USub, ast.UAdd, ast.Not, ast.Pow, *_ARITH, *_CMP)
+          ast.Load, ast.And, ast.Or, ast.USub, ast.UAdd, ast.Not, ast.Pow, ast.Div, ast.Attribute, *_ARITH, *_CMP)
+#: ``math.ceil(a / b)`` / ``math.floor(a / b)``: how torch prints a rounded true division of sizes (a padded chunk
+#: count); evaluated exactly (``a / b`` as a fraction), never in floating point
+_ROUNDING = {"ceil": math.ceil, "floor": math.floor}
+
+
+def _call_name(func: ast.expr) -> str | None:
+    """``max`` / ``min`` / ``ceil`` / ``floor`` for the calls a constraint may make, else None."""
+    if isinstance(func, ast.Name) and func.id in ("max", "min"):
+        return func.id
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "math" \
+            and func.attr in _ROUNDING:
+        return func.attr
+    return None
 
 
 def normalize(text: str) -> str:
@@ -36,12 +51,19 @@ def parse(text: str) -> tuple[str, ast.expr, frozenset[str]]:
         tree = None
     if tree is None:
         raise ValueError(f"{text!r} is not an expression over dim names")
-    funcs = set()
+    funcs, rounded = set(), set()
     for n in ast.walk(tree):
         bad = not isinstance(n, _NODES) or (isinstance(n, ast.Constant) and type(n.value) not in (int, bool))
         if isinstance(n, ast.Call):
-            bad = bad or not (isinstance(n.func, ast.Name) and n.func.id in ("max", "min") and n.args) or n.keywords
-            funcs.add(id(n.func))
+            bad = bad or _call_name(n.func) is None or not n.args or bool(n.keywords)
+            funcs.update({id(n.func), id(getattr(n.func, "value", None))})
+            if _call_name(n.func) in _ROUNDING:  # the one place a true division may stand
+                bad = bad or len(n.args) != 1
+                rounded.add(id(n.args[0]))
+        elif isinstance(n, ast.Attribute) and id(n) not in funcs:
+            bad = True  # only math.ceil / math.floor, called
+        elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and id(n) not in rounded:
+            bad = True  # a bare true division is not a size
         if bad:
             raise ValueError(f"{text!r}: {type(n).__name__} is not supported in a constraint")
     return norm, tree.body, frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in funcs)
@@ -72,6 +94,8 @@ def _eval(node: ast.expr, values: Mapping[str, int]) -> Any:
             raise ValueError(f"{node.id} = {v!r} is not an integer") from None
     if isinstance(node, ast.BinOp):
         a, b = _eval(node.left, values), _eval(node.right, values)
+        if isinstance(node.op, ast.Div):
+            return Fraction(a) / b
         return _pow(a, b) if isinstance(node.op, ast.Pow) else _ARITH[type(node.op)](a, b)
     if isinstance(node, ast.UnaryOp):
         v = _eval(node.operand, values)
@@ -91,8 +115,11 @@ def _eval(node: ast.expr, values: Mapping[str, int]) -> Any:
                 return False
             left = right
         return True
-    args = [_eval(a, values) for a in node.args]  # a validated call: max / min
-    return max(args) if node.func.id == "max" else min(args)
+    args = [_eval(a, values) for a in node.args]  # a validated call: max / min / math.ceil / math.floor
+    name = _call_name(node.func)
+    if name in _ROUNDING:
+        return int(_ROUNDING[name](args[0]))
+    return max(args) if name == "max" else min(args)
 
 
 @dataclass(frozen=True)
