@@ -266,6 +266,9 @@ def test_rounded_divisions_as_torch_prints_them_are_exact_integers():
     assert evaluate("math.ceil(s / 3)", big) == (10 ** 30 + 1 + 2) // 3  # exact: no float rounding
     assert compile_expr("(b*math.ceil(s / 200)) == b").names == frozenset({"b", "s"})
     assert check(["(b*math.ceil(s / 200)) == b"], v) == [] and check(["math.ceil(s / 200) == 2"], v)
+    dims = {"s": Dim("s", 1, None, 128, ("x.1",)), "b": Dim("b", 1, None, 2, ("x.0",))}
+    kept = prune(["(b*math.ceil(s / 200)) == b", "math.ceil(s / 200) >= 1", "math.floor(s / 200) >= 0"], dims)
+    assert kept == ("(b*math.ceil(s / 200)) == b",)  # the prover reads them too: the tautologies go
 
 
 # ================================================================================================= checks

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 from .poly import (REL, Empty, Unprovable, add, at_least, atoms, divexact, freeze, junction, mul, negate, num, power,
                    value)
+from .expr import call_name
 
 
 class Case:
@@ -162,8 +163,15 @@ class Case:
                 return self.div("fd" if op is ast.FloorDiv else "md", a, b)
             if op is ast.Mult or (op is ast.Pow and value(b) is not None and 0 <= value(b) <= 16):
                 return mul(a, b) if op is ast.Mult else power(a, value(b))
-        if isinstance(node, ast.Call):  # validated: max / min
-            return self.maxmin("mx" if node.func.id == "max" else "mn", [self.term(x) for x in node.args])
+        if isinstance(node, ast.Call):  # validated: max / min, or math.ceil / math.floor of one true division
+            name = call_name(node.func)
+            if name in ("ceil", "floor"):
+                arg = node.args[0]
+                a, b = self.term(arg.left), self.term(arg.right)
+                if name == "floor":
+                    return self.div("fd", a, b)
+                return {m: -c for m, c in self.div("fd", {m: -c for m, c in a.items()}, b).items()}  # -(-a // b)
+            return self.maxmin("mx" if name == "max" else "mn", [self.term(x) for x in node.args])
         raise Unprovable
 
     def formula(self, node: ast.expr) -> tuple:

@@ -27,7 +27,7 @@ _NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.N
 _ROUNDING = {"ceil": math.ceil, "floor": math.floor}
 
 
-def _call_name(func: ast.expr) -> str | None:
+def call_name(func: ast.expr) -> str | None:
     """``max`` / ``min`` / ``ceil`` / ``floor`` for the calls a constraint may make, else None."""
     if isinstance(func, ast.Name) and func.id in ("max", "min"):
         return func.id
@@ -55,9 +55,9 @@ def parse(text: str) -> tuple[str, ast.expr, frozenset[str]]:
     for n in ast.walk(tree):
         bad = not isinstance(n, _NODES) or (isinstance(n, ast.Constant) and type(n.value) not in (int, bool))
         if isinstance(n, ast.Call):
-            bad = bad or _call_name(n.func) is None or not n.args or bool(n.keywords)
+            bad = bad or call_name(n.func) is None or not n.args or bool(n.keywords)
             funcs.update({id(n.func), id(getattr(n.func, "value", None))})
-            if _call_name(n.func) in _ROUNDING:  # the one place a true division may stand
+            if call_name(n.func) in _ROUNDING:  # the one place a true division may stand
                 bad = bad or len(n.args) != 1
                 rounded.add(id(n.args[0]))
         elif isinstance(n, ast.Attribute) and id(n) not in funcs:
@@ -116,7 +116,7 @@ def _eval(node: ast.expr, values: Mapping[str, int]) -> Any:
             left = right
         return True
     args = [_eval(a, values) for a in node.args]  # a validated call: max / min / math.ceil / math.floor
-    name = _call_name(node.func)
+    name = call_name(node.func)
     if name in _ROUNDING:
         return int(_ROUNDING[name](args[0]))
     return max(args) if name == "max" else min(args)
