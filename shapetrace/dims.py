@@ -128,6 +128,19 @@ def _sym_str(x: Any) -> str | int:
 _SYM = re.compile(r"\b[su]\d+\b")
 
 
+def _offset_of_unnamed(size: Any, symbols: Mapping[str, str]) -> tuple[str, int] | None:
+    """``(symbol, c)`` when ``size`` is ``symbol + c`` for a symbol no dim is named after yet, else None."""
+    expr = getattr(getattr(size, "node", None), "expr", None)
+    free = getattr(expr, "free_symbols", ())
+    if expr is None or len(free) != 1:
+        return None
+    (sym,) = free
+    rest = expr - sym
+    if str(sym) in symbols or not _SYM.fullmatch(str(sym)) or not getattr(rest, "is_Integer", False):
+        return None
+    return str(sym), int(rest)
+
+
 def symbol_map_rename(text: str, symbols: Mapping[str, str]) -> str:
     return _SYM.sub(lambda m: symbols.get(m.group(0), m.group(0)), text)
 
@@ -145,6 +158,7 @@ def describe_program(ep: "torch.export.ExportedProgram", input_names: Sequence[s
     sources: dict[str, list[str]] = {}
     input_shapes: dict[str, list] = {}
     specialized: list[dict] = []
+    derived: dict[str, int] = {}  # symbols only seen plus a constant: their example
     for name, node in zip(input_names, user):
         val = node.meta.get("val")
         shape = list(val.shape) if isinstance(val, torch.Tensor) else []
@@ -157,7 +171,12 @@ def describe_program(ep: "torch.export.ExportedProgram", input_names: Sequence[s
                 if d in candidates.get(name, {}):
                     specialized.append({"input": name, "dim": d, "value": s})
                 continue
-            if s not in symbols and _SYM.fullmatch(s):
+            fresh = s if s not in symbols and _SYM.fullmatch(s) else None
+            offset = _offset_of_unnamed(size, symbols) if fresh is None else None
+            if offset is not None:  # `s21 + 1`: a dim torch.export only knows one off its own (a step's mask)
+                fresh = offset[0]
+                derived[fresh] = int(example_shapes[name][d]) - offset[1]
+            if fresh is not None:
                 wanted = candidates.get(name, {}).get(d)
                 base = wanted or role_name(rank, d)
                 dim_name = base if base not in used else f"{_ident(name)}_{base}"
@@ -165,7 +184,7 @@ def describe_program(ep: "torch.export.ExportedProgram", input_names: Sequence[s
                 while dim_name in used:
                     dim_name, k = f"{_ident(name)}_{base}_{k}", k + 1
                 used.add(dim_name)
-                symbols[s] = dim_name
+                symbols[fresh] = dim_name
             label = symbols.get(s) or symbol_map_rename(s, symbols)
             row.append(label)
             sources.setdefault(label, []).append(f"{name}.{d}")
@@ -180,6 +199,9 @@ def describe_program(ep: "torch.export.ExportedProgram", input_names: Sequence[s
         lo = 1 if lo == 2 else lo
         hi = vr.upper if vr is not None else None
         hi = int(hi) if hi is not None and str(hi) not in ("oo", "int_oo") and hi.is_finite else None
+        if sym in derived and dim_name not in sources:  # no input has it alone: its example is read off the sum
+            dims[dim_name] = {"min": lo, "max": hi, "example": derived[sym], "sources": []}
+            continue
         first = sources[dim_name][0]
         inp, d = first.rsplit(".", 1)
         dims[dim_name] = {"min": lo, "max": hi, "example": int(example_shapes[inp][int(d)]),

@@ -288,6 +288,8 @@ def _training_modes(obj: Any, g: GraphRecord) -> list[tuple[torch.nn.Module, boo
 
 
 def _example_of(info: Mapping[str, Any], example_shapes: Mapping[str, tuple]) -> int:
+    if not info["sources"]:  # a dim only seen plus a constant (dims.describe_program): its example as read there
+        return int(info["example"])
     inp, d = info["sources"][0].rsplit(".", 1)
     return int(example_shapes[inp][int(d)])
 

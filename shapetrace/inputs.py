@@ -39,14 +39,22 @@ def resized_inputs(entry: GraphEntry, example: Mapping[str, np.ndarray], sizes: 
                 shape.append(s)
             elif s in sizes:
                 shape.append(int(sizes[s]))
-            else:  # an unnamed / expression dim: keep the example's size
-                shape.append(int(spec.example_shape[d]))
+            else:  # an expression of named dims (a mask one longer than the cache): computed; else as recorded
+                shape.append(_expression_size(s, sizes, int(spec.example_shape[d])))
         integer = dtype not in _FLOAT_NP and dtype != "bool"
         if keep_pattern and integer and ex is not None and ex.ndim == len(shape) and ex.size:
             feed[name] = extended(ex, tuple(shape), mask=_is_mask(name, ex.astype(np.float64)))
         else:
             feed[name] = _draw(rng, name, dtype, tuple(shape), ex, spec.value_range)
     return feed
+
+
+def _expression_size(text: str, sizes: Mapping[str, int], recorded: int) -> int:
+    try:
+        value = constraints.evaluate(text, sizes)
+    except (KeyError, ValueError, ArithmeticError):
+        return recorded
+    return int(value) if isinstance(value, int) and value >= 0 else recorded
 
 
 def extended(ex: np.ndarray, shape: tuple[int, ...], mask: bool = False) -> np.ndarray:
@@ -157,7 +165,7 @@ def input_sizes(entry: GraphEntry, feed: Mapping[str, np.ndarray]) -> dict[str, 
         if arr is None:
             continue
         for d, s in enumerate(spec.shape):
-            if isinstance(s, str) and d < arr.ndim:
+            if isinstance(s, str) and d < arr.ndim and s in entry.dims:  # named dims; expressions follow them
                 sizes.setdefault(s, int(arr.shape[d]))
     return sizes
 

@@ -2,8 +2,9 @@
 
 :func:`trace` asks for every candidate dim (``dims.candidate_dims``) dynamic. When that export fails, it tries again
 with one group of dims static at a time (a group: the dims of one role, such as every ``sequence`` dim), keeping
-the first that exports; only when no single group helps is every dim static. Then two corrections, each a second
-trace with some size-1 dims kept at their recorded size 1 instead of being traced at 2 (the trick against
+the first that exports -- but first with the size-1 dims kept at 1 (traced at 2, they can break a relation the
+code holds: a decoder step's mask one longer than its cache); only when no single group helps is every dim static.
+Then two corrections, each a second trace with some size-1 dims kept at their recorded size 1 instead of being traced at 2 (the trick against
 torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of another recorded size (they broadcast),
 dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2, and dims
 named in a guard that the recorded call's own sizes break (a dim that follows the doubled one was not doubled).
@@ -11,6 +12,7 @@ named in a guard that the recorded call's own sizes break (a dim that follows th
 Everything given up is written into ``tools``: ``dynamic_error`` (why the full export failed),
 ``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``,
 ``size1_static_broken_guard`` (size-1 dims named in a guard the recorded call broke when traced at 2),
+``size1_static_failed_at_two`` (size-1 dims kept at 1 because the export failed with them traced at 2),
 ``torch_export_error`` and ``dropped_outputs``.
 """
 
@@ -114,6 +116,16 @@ def _degrading(obj: Any, g: GraphRecord, dynamic: Any, keep: Mapping[str, set[in
         if not any(plan.candidates.values()):
             raise
         tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    ones = {n: {d for d in dims if plan.example_inputs[n].shape[d] == 1} for n, dims in plan.candidates.items()}
+    ones = {n: dims for n, dims in ones.items() if dims and not dims <= set(keep.get(n, ()))}
+    if ones:  # a size-1 dim traced at 2 broke a relation the code holds (a step's mask one longer than its cache)
+        at_one = prepare(obj, g, dynamic=dynamic, keep_static=_merged(keep, ones))
+        try:
+            ep = export_program(at_one, timings)
+            tools["size1_static_failed_at_two"] = [{"input": n, "dims": sorted(d)} for n, d in sorted(ones.items())]
+            return at_one, ep
+        except Exception:
+            pass
     groups = _groups(plan)
     for role, dims in groups.items() if len(groups) > 1 else ():
         fewer = prepare(obj, g, dynamic=dynamic, keep_static=_merged(keep, dims))

@@ -539,3 +539,43 @@ def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_loa
         got = h.m(x)
     assert isinstance(got, BaseModelOutputWithPast) and got.cache is None
     torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+class MaskedStep(torch.nn.Module):
+    """A decoder step in miniature: its one new token attends to the cache and itself under a mask one longer than
+    the cache, added to the scores (a BERT-style decoder's eager attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = torch.nn.Linear(8, 8)
+
+    def forward(self, x, mask, keys):
+        keys = torch.cat([keys, x], dim=1)
+        scores = self.q(x) @ keys.transpose(1, 2) + (1.0 - mask[:, None, :].float()) * -1e4
+        return scores.softmax(-1) @ keys, keys
+
+
+def test_a_step_that_fails_traced_at_two_tokens_keeps_them_at_one_and_its_cache_dynamic(tmp_path, record_export):
+    """Traced with the token doubled the step does not export (8 keys, a mask of 7); giving up the sequence group
+    fixed the cache length with it. The token stays at 1 (``size1_static_failed_at_two``); torch.export then knows
+    the mask only as ``past + 1``, a dim no input has alone, which is named (its example read off the sum), so
+    that verify resizes the mask with the cache and load serves other cache lengths."""
+    torch.manual_seed(0)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 0] = 0
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 1, 8), mask, torch.randn(2, 6, 8)), m=MaskedStep())
+    assert result.ok and result.parity, str(result.parity)
+    entry = result.manifest.graph("m")
+    assert {"input": "x", "dims": [1]} in entry.tools["size1_static_failed_at_two"]
+    assert "static_fallback" not in entry.tools and not entry.specialized
+    past = entry.input("keys").shape[1]
+    assert isinstance(past, str) and entry.input("mask").shape[1] == f"{past} + 1"
+    assert entry.dims[past].example == 6
+    args = (torch.randn(3, 1, 8), torch.ones(3, 12, dtype=torch.long), torch.randn(3, 11, 8))
+    with torch.no_grad():
+        want = h.m(*args)
+        with shapetrace.load(h, result.out_dir, backend="openvino") as rt:
+            got = h.m(*args)
+        assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
