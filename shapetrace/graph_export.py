@@ -114,7 +114,7 @@ def export_graph(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], 
     t0 = time.perf_counter()
     with PeakRSS() as rss:
         d = _attempt(*args)
-        if _lost(d, formats) and datachecks.can_turn_off():
+        if _lost(d, formats) and datachecks.can_turn_off(_module_or_none(obj, g)):
             d = _with_checks_off(d, args, formats)
     return d.entry(round(time.perf_counter() - t0, 3), rss.peak)
 
@@ -280,11 +280,16 @@ def _write_stateful(plan: ExportPlan, entry: GraphEntry, xml: Path, out_xml: Pat
             f.unlink(missing_ok=True)
 
 
-def _training_modes(obj: Any, g: GraphRecord) -> list[tuple[torch.nn.Module, bool]]:
+def _module_or_none(obj: Any, g: GraphRecord) -> Any:
     try:
-        return [(m, m.training) for m in module_for(obj, g).modules()]
+        return module_for(obj, g)
     except Exception:  # the export itself reports a missing module
-        return []
+        return None
+
+
+def _training_modes(obj: Any, g: GraphRecord) -> list[tuple[torch.nn.Module, bool]]:
+    module = _module_or_none(obj, g)
+    return [(m, m.training) for m in module.modules()] if module is not None else []
 
 
 def _example_of(info: Mapping[str, Any], example_shapes: Mapping[str, tuple]) -> int:
