@@ -226,15 +226,40 @@ def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) ->
 
 def _degrade(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: ParityReport, formats: Any,
              opset: int | None, compress_to_fp16: bool, openvino_from: str, stateful: bool) -> None:
-    """Export ``names`` again with every dim static beside ``out``; splice each one whose static export passes into
-    ``out`` (its files replace the dynamic ones, its manifest entry says what was given up and why)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".shapetrace-static-", dir=out))
+    """Export ``names`` again beside ``out`` and splice each one whose new export passes every check into ``out``.
+    A graph only OpenVINO failed (an IR the CPU plugin cannot compile or run) first gets its IR from the other
+    source, its dims kept (``tools.openvino_source_fallback``); what still fails is exported with every dim static
+    (``tools.static_fallback``)."""
+    common = dict(formats=formats, opset=opset, compress_to_fp16=compress_to_fp16, stateful=stateful)
+    current = {e.name: e for e in manifest_mod.read(out).graphs}
+    other = {}
+    for n in names:
+        failed = [c for c in report.checks if c.graph == n and not c]
+        source = current[n].tools.get("openvino_from")
+        if failed and all(c.backend.startswith("openvino") for c in failed) and source in ("onnx", "torch"):
+            other[n] = "torch" if source == "onnx" else "onnx"
+    done: set[str] = set()
+    for alt in ("torch", "onnx"):
+        batch = [n for n, a in other.items() if a == alt]
+        if batch:
+            done |= _splice(obj, rec, out, batch, report, "openvino_source_fallback",
+                            dict(common, dynamic="auto", openvino_from=alt), {"to": alt})
+    rest = [n for n in names if n not in done]
+    if rest:
+        _splice(obj, rec, out, rest, report, "static_fallback",
+                dict(common, dynamic="static", openvino_from=openvino_from), None)
+
+
+def _splice(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: ParityReport, key: str,
+            export_kwargs: dict, extra: dict | None) -> set[str]:
+    """Export ``names`` with ``export_kwargs`` beside ``out``; the graphs whose new export passes every check
+    replace theirs in ``out`` (files and manifest entry, ``tools[key]`` saying what changed and why)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".shapetrace-redo-", dir=out))
     try:
-        export_all(obj, tmp / "x", recording=rec, graphs=list(names), dynamic="static", formats=formats, opset=opset,
-                   compress_to_fp16=compress_to_fp16, openvino_from=openvino_from, verify=False, progress=False,
-                   stateful=stateful)
-        static = run_verify(tmp / "x", obj, write=False)
-        passed = {n for n in names if all(c for c in static.checks if c.graph == n)}
+        export_all(obj, tmp / "x", recording=rec, graphs=list(names), verify=False, progress=False, **export_kwargs)
+        again = run_verify(tmp / "x", obj, write=False)
+        redone = manifest_mod.read(tmp / "x")
+        passed = {n for n in names if redone.graph(n).ok and all(c for c in again.checks if c.graph == n)}
         current = manifest_mod.read(out)
         entries = []
         for e in current.graphs:
@@ -242,15 +267,18 @@ def _degrade(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: 
                 entries.append(e)
                 continue
             why = next(c for c in report.checks if c.graph == e.name and not c)
-            new = manifest_mod.read(tmp / "x").graph(e.name)
+            new = redone.graph(e.name)
             for f in e.file_names():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(out / f)
             for f in new.file_names():
                 os.replace(tmp / "x" / f, out / f)
-            note = {"given_up": sorted(e.dims), "because": f"{why.where}: {why.message}"[:500]}
-            entries.append(dataclasses.replace(new, tools=MappingProxyType({**new.tools, "static_fallback": note})))
+            note = {"given_up": sorted(e.dims)} if extra is None else \
+                {"from": e.tools.get("openvino_from"), **extra}
+            note["because"] = f"{why.where}: {why.message}"[:500]
+            entries.append(dataclasses.replace(new, tools=MappingProxyType({**new.tools, key: note})))
         manifest_mod.write(out, dataclasses.replace(current, graphs=tuple(entries)))
+        return passed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

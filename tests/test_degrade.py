@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace import RuntimeMismatchError, VerifyError
+from shapetrace import RuntimeMismatchError, VerifyError, writers
 from shapetrace.backends.onnxruntime_backend import OnnxRuntimeRunner
 
 from test_backends import make_tiny_export
@@ -582,3 +582,39 @@ def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(tmp_path):
         assert [(s.graph, s.ran_on) for s in rt.stats()] == [("m", "openvino:CPU")]
     for key in ("last_hidden_state", "pooler_output"):
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
+
+
+def test_a_graph_only_openvino_fails_gets_its_ir_from_the_other_source_dims_kept(tmp_path, record_export,
+                                                                                 monkeypatch):
+    """The IR converted from the ONNX file gives wrong numbers on OpenVINO (here: made to, by doubling its output;
+    in the corpus: an op its CPU plugin cannot run). Before, the graph fell back to static -- which converts from
+    the same ONNX file and fails alike. The IR now comes from the torch module, its dynamic dims kept."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    real = writers.write_openvino
+
+    def doubled(onnx_path, plan, xml, *a, **k):
+        tools = real(onnx_path, plan, xml, *a, **k)
+        if tools.get("openvino_from") == "onnx":
+            model = ov.Core().read_model(xml)
+            result = model.get_results()[0]
+            source = result.input_value(0)
+            twice = ops.multiply(source, ops.constant(np.float32(2.0)))
+            result.input(0).replace_source_output(twice.output(0))
+            ov.save_model(model, xml.with_name("doubled.xml"))
+            del model, result, source, twice
+            for suffix in (".xml", ".bin"):
+                xml.with_name("doubled" + suffix).replace(xml.with_suffix(suffix))
+        return tools
+
+    monkeypatch.setattr(writers, "write_openvino", doubled)
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 3, 4)), m=torch.nn.Linear(4, 4))
+    assert result.ok and result.parity, str(result.parity)
+    entry = result.manifest.graph("m")
+    note = entry.tools["openvino_source_fallback"]
+    assert (note["from"], note["to"]) == ("onnx", "torch") and "openvino" in note["because"]
+    assert entry.tools["openvino_from"] == "torch" and "static_fallback" not in entry.tools
+    assert entry.input("input").shape[:2] == ("batch", "sequence") and entry.files["onnx"]
+    assert not any(p.name.startswith((".shapetrace", "doubled")) for p in result.out_dir.iterdir())
