@@ -4,8 +4,8 @@
 with one group of dims static at a time (a group: the dims of one role, such as every ``sequence`` dim), keeping
 the first that exports -- but first with the size-1 dims kept at 1 (traced at 2, they can break a relation the
 code holds: a decoder step's mask one longer than its cache); only when no single group helps is every dim static.
-Then two corrections, each a second trace with some size-1 dims kept at their recorded size 1 instead of being traced at 2 (the trick against
-torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of another recorded size (they broadcast),
+Then two corrections, each a second trace with some size-1 dims kept at their recorded size 1 instead of being
+traced at 2 (the trick against torch.export's 0/1 specialisation): dims that tracing at 2 tied to a dim of another recorded size (they broadcast),
 dims the program made static anyway (a branch on ``batch == 2``), which would otherwise be fixed at 2, and dims
 named in a guard that the recorded call's own sizes break (a dim that follows the doubled one was not doubled).
 
