@@ -31,6 +31,24 @@ def record_export(tmp_path):
     return run
 
 
+@pytest.fixture
+def served_on_openvino():
+    """``served_on_openvino(holder, out_dir, *args) -> (got, want)``: ``holder.m(*args)`` in PyTorch, then under
+    ``load(holder, out_dir, backend="openvino")``, where graph ``m`` must answer the one call on OpenVINO."""
+    import shapetrace
+    import torch
+
+    def run(holder, out, *args):
+        with torch.no_grad():
+            want = holder.m(*args)
+            with shapetrace.load(holder, out, backend="openvino") as rt:
+                got = holder.m(*args)
+            assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
+        return got, want
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _quiet_warnings():
     with warnings.catch_warnings():

@@ -530,7 +530,7 @@ def _prompt(batch, length, images=1):
     return ids, torch.randn(batch, images, 8)
 
 
-def test_a_graph_only_its_data_dependent_assertions_stop_exports_with_them_off(tmp_path, record_export):
+def test_a_graph_only_its_data_dependent_assertions_stop_exports_with_them_off(record_export, served_on_openvino):
     """The graph fails with the checks on (every exporter trips on the assertion), is exported again with
     transformers' switch set, says so, verifies against PyTorch (where the check runs) and serves other prompts."""
     from shapetrace import datachecks
@@ -543,12 +543,7 @@ def test_a_graph_only_its_data_dependent_assertions_stop_exports_with_them_off(t
     assert entry.tools["data_checks"] == "off" and entry.tools["data_checks_on_error"]
     assert {c.backend for c in result.parity.checks} >= {"onnxruntime", "openvino"}
     assert datachecks.ENV not in __import__("os").environ  # the switch does not outlive the export
-    ids, feats = _prompt(3, 11)
-    with torch.no_grad():
-        want = h.m(ids, feats)
-        with shapetrace.load(h, result.out_dir, backend="openvino") as rt:
-            got = h.m(ids, feats)
-        assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
+    got, want = served_on_openvino(h, result.out_dir, *_prompt(3, 11))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
@@ -564,7 +559,7 @@ class SameTensorTwice(torch.nn.Module):
         return {"last_hidden_state": h, "pooler_output": h}
 
 
-def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(tmp_path):
+def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(tmp_path, served_on_openvino):
     """In an IR converted from the torch module, OpenVINO's compiled model merges the names of two results of one
     tensor (both called pooler_output): the runner maps the outputs by the IR's own names, in port order."""
     torch.manual_seed(0)
@@ -574,12 +569,7 @@ def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(tmp_path):
         h.m(torch.randn(2, 3, 4))
     result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), openvino_from="torch", progress=False)
     assert result.ok and result.parity, str(result.parity)
-    x = torch.randn(3, 5, 4)
-    with torch.no_grad():
-        want = h.m(x)
-        with shapetrace.load(h, result.out_dir, backend="openvino") as rt:
-            got = h.m(x)
-        assert [(s.graph, s.ran_on) for s in rt.stats()] == [("m", "openvino:CPU")]
+    got, want = served_on_openvino(h, result.out_dir, torch.randn(3, 5, 4))
     for key in ("last_hidden_state", "pooler_output"):
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
 
