@@ -543,6 +543,58 @@ def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_loa
     torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
+def test_a_cache_built_only_outside_tracing_is_built_in_the_trace_and_served_by_openvino(tmp_path, record_export):
+    from transformers import DynamicCache
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    class Decoder(torch.nn.Module):  # a transformers decoder's forward: ``use_cache and not is_tracing()``
+        def __init__(self):
+            super().__init__()
+            self.k, self.v, self.out = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+        def forward(self, x, use_cache=True):
+            if bool(torch.isnan(x).any()):  # data-dependent: torch.export fails, the TorchScript route takes it
+                raise ValueError("NaN in the input")
+            cache = None
+            if use_cache and cache is None and not torch.jit.is_tracing():
+                cache = DynamicCache()  # its layers start as torch.tensor([]) and grow by cat on dim -2
+            if cache is not None:
+                cache.update(self.k(x)[:, None], self.v(x)[:, None], 0)
+            return BaseModelOutputWithPast(last_hidden_state=self.out(x), cache=cache)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    h, want, result = record_export(lambda h: h.m(x), m=Decoder())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert "torch_export_error" in entry.tools and "dropped_outputs" not in entry.tools
+    assert [o.key for o in entry.outputs] == ["last_hidden_state", "cache.layers.0.keys", "cache.layers.0.values"]
+    with shapetrace.load(h, tmp_path / "o", backend="openvino"):
+        got = h.m(x)
+    assert isinstance(got.cache, DynamicCache)
+    torch.testing.assert_close(got.cache.layers[0].keys, want.cache.layers[0].keys, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.cache.layers[0].values, want.cache.layers[0].values, atol=1e-5, rtol=1e-5)
+
+
+def test_only_the_line_that_reads_use_cache_is_told_it_is_not_traced():
+    from shapetrace.tracecache import caches_built_while_tracing
+
+    seen = {}
+
+    def f(x, use_cache=True):
+        with caches_built_while_tracing():
+            seen["cache"] = use_cache and not torch.jit.is_tracing()
+            seen["other"] = torch.jit.is_tracing()
+            return torch.cat([torch.tensor([]), x], dim=-2)  # an empty cache layer grown by cat
+
+    traced = torch.jit.trace(f, (torch.ones(1, 2, 3),), check_trace=False)
+    assert seen == {"cache": True, "other": True}
+    assert "aten::tensor" not in str(traced.graph) and torch.equal(traced(torch.ones(1, 4, 3)), torch.ones(1, 4, 3))
+    assert torch.jit.is_tracing.__module__.startswith("torch") and torch.cat.__name__ == "cat"  # restored
+    f(torch.ones(1, 2, 3))
+    assert seen == {"cache": True, "other": False}  # outside a trace: nothing changed
+
+
 class MaskedStep(torch.nn.Module):
     """A decoder step in miniature: its one new token attends to the cache and itself under a mask one longer than
     the cache, added to the scores (a BERT-style decoder's eager attention)."""
