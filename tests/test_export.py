@@ -576,23 +576,25 @@ def test_a_cache_built_only_outside_tracing_is_built_in_the_trace_and_served_by_
     torch.testing.assert_close(got.cache.layers[0].values, want.cache.layers[0].values, atol=1e-5, rtol=1e-5)
 
 
-def test_only_the_line_that_reads_use_cache_is_told_it_is_not_traced():
-    from shapetrace.tracecache import caches_built_while_tracing
+def test_under_a_trace_only_the_use_cache_line_is_told_it_is_not_traced_and_sizes_round():
+    from shapetrace.jittrace import traced_as_run
 
     seen = {}
 
     def f(x, use_cache=True):
-        with caches_built_while_tracing():
+        with traced_as_run():
             seen["cache"] = use_cache and not torch.jit.is_tracing()
             seen["other"] = torch.jit.is_tracing()
+            seen["rounded"] = round(x.shape[1] * 0.5, 7)  # the tracer hands sizes out as 0-d tensors
             return torch.cat([torch.tensor([]), x], dim=-2)  # an empty cache layer grown by cat
 
     traced = torch.jit.trace(f, (torch.ones(1, 2, 3),), check_trace=False)
-    assert seen == {"cache": True, "other": True}
+    assert seen == {"cache": True, "other": True, "rounded": 1.0}
     assert "aten::tensor" not in str(traced.graph) and torch.equal(traced(torch.ones(1, 4, 3)), torch.ones(1, 4, 3))
     assert torch.jit.is_tracing.__module__.startswith("torch") and torch.cat.__name__ == "cat"  # restored
+    assert "__round__" not in vars(torch.Tensor)
     f(torch.ones(1, 2, 3))
-    assert seen == {"cache": True, "other": False}  # outside a trace: nothing changed
+    assert seen == {"cache": True, "other": False, "rounded": 1.0}  # outside a trace: nothing changed
 
 
 class MaskedStep(torch.nn.Module):

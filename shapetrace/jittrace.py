@@ -1,0 +1,84 @@
+"""A module's Python under ``torch.jit.trace``, made to run as it runs eagerly.
+
+The exporters that trace by running the module (``torch.onnx.export(dynamo=False)``, OpenVINO's PyTorch frontend)
+take over when ``torch.export`` cannot follow it. Three things in transformers models' Python differ under that
+trace, each a mechanism, none a model:
+
+- **The KV cache is not built.** ``if use_cache and cache is None and not torch.jit.is_tracing(): cache =
+  DynamicCache(...)``: the traced call returns no cache, so a graph recorded with one loses those outputs. Every other
+  ``torch.jit.is_tracing()`` test (positional tables interpolated at any size instead of the recorded size's
+  shortcut, sizes kept as tensors) must keep its answer, or the trace would bake the recorded sizes in. So
+  ``torch.jit.is_tracing()`` answers False to a caller whose source line reads a ``use_cache`` flag, and the truth to
+  every other caller.
+- **An empty cache layer.** A layer starts as ``torch.tensor([])`` and grows by ``torch.cat([keys, new], dim=-2)``,
+  which torch allows only because it skips 1-D empty operands (legacy behaviour). OpenVINO's frontend converts
+  neither the empty list (``SequenceMark``) nor a rank-1 operand on axis -2 (``Axis -2 out of the tensor rank
+  range``). ``torch.cat`` drops such operands, as torch itself does with them, so the constant leaves the graph.
+- **Sizes are tensors.** The tracer hands out sizes as 0-d tensors, and ``round(size * scale, 7)`` then fails (``type
+  Tensor doesn't define __round__``). A 0-d tensor rounds as the number it holds (the trace records it as a
+  constant, as it does for ``int(size)``).
+
+:func:`traced_as_run` installs the three while a TorchScript trace runs the block; outside a trace it changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import linecache
+import sys
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ["traced_as_run", "CACHE_FLAG"]
+
+CACHE_FLAG = "use_cache"  # a line that tests this flag next to is_tracing() decides whether the cache is built
+
+
+def _reads_cache_flag(depth: int) -> bool:
+    frame = sys._getframe(depth + 1)
+    return CACHE_FLAG in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+
+
+def _legacy_empty(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == 0
+
+
+def _round(t: torch.Tensor, ndigits: int | None = None) -> Any:
+    if t.dim() != 0:
+        raise TypeError(f"type Tensor of shape {tuple(t.shape)} doesn't define __round__ method")
+    return round(t.item(), ndigits)
+
+
+@contextlib.contextmanager
+def traced_as_run() -> Iterator[None]:
+    """While a TorchScript trace runs the block: ``torch.jit.is_tracing()`` is False for a caller whose line reads
+    ``use_cache``, ``torch.cat`` skips 1-D empty operands next to real ones, and a 0-d tensor can be ``round``-ed
+    (see the module docstring). Outside a trace, a no-op. Restored on exit."""
+    if not torch._C._is_tracing():
+        yield
+        return
+    is_tracing, cat = torch.jit.is_tracing, torch.cat
+    had_round = "__round__" in vars(torch.Tensor)
+
+    def cache_is_built() -> bool:
+        return False if _reads_cache_flag(1) else is_tracing()
+
+    def cat_skipping_empty(tensors, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 -- torch.cat's own signature
+        if isinstance(tensors, (list, tuple)) and any(_legacy_empty(t) for t in tensors) and \
+                any(isinstance(t, torch.Tensor) and t.dim() > 1 for t in tensors):
+            kept = [t for t in tensors if not _legacy_empty(t)]
+            if len(kept) == 1 and not args and set(kwargs) <= {"dim"}:
+                return kept[0]
+            tensors = type(tensors)(kept)
+        return cat(tensors, *args, **kwargs)
+
+    torch.jit.is_tracing, torch.cat = cache_is_built, cat_skipping_empty
+    if not had_round:
+        torch.Tensor.__round__ = _round
+    try:
+        yield
+    finally:
+        torch.jit.is_tracing, torch.cat = is_tracing, cat
+        if not had_round:
+            del torch.Tensor.__round__
