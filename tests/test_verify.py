@@ -757,3 +757,57 @@ def test_a_step_that_updates_its_state_in_place_is_exported_with_the_state_it_wa
     saved = np.load(result.out_dir / result.manifest.graph("m").files["inputs"])
     np.testing.assert_array_equal(saved["conv_state"], given.numpy())
     assert any(c.backend == "torch" and c.reference == "recorded" and c for c in result.parity.checks)
+
+
+class SelectsAmongTies(torch.nn.Module):
+    """A detector's query selection in miniature: every candidate scores the same (zero weights, as random
+    initialisations of a class head with a prior bias give), the top 6 of 20 are kept and their boxes gathered."""
+
+    def __init__(self):
+        super().__init__()
+        self.score, self.box = torch.nn.Linear(4, 1), torch.nn.Linear(4, 4)
+        torch.nn.init.zeros_(self.score.weight)
+        torch.nn.init.constant_(self.score.bias, -2.0)
+
+    def forward(self, x):
+        picked = self.score(x).squeeze(-1).topk(6, dim=1).indices
+        boxes = torch.gather(self.box(x), 1, picked[..., None].expand(-1, -1, 4))
+        return boxes.sigmoid(), x.mean(1)
+
+
+def _tied_export(tmp_path, record_export):
+    torch.manual_seed(0)
+    x = torch.randn(2, 20, 4)
+    h, want, result = record_export(lambda h: h.m(x), m=SelectsAmongTies())
+    order = torch.arange(20).expand(2, 20)[:, :6]
+    assert not torch.equal(want[0], torch.gather(h.m.box(x), 1, order[..., None].expand(-1, -1, 4)).sigmoid()), \
+        "PyTorch broke the ties lowest index first, as ONNX does: this test would prove nothing"
+    return h, result
+
+
+def test_outputs_gathered_at_a_selection_among_tied_scores_pass_by_the_selection_rule(tmp_path, record_export):
+    h, result = _tied_export(tmp_path, record_export)
+    report = result.parity
+    assert report.passed, report.summary
+    boxes = [c for c in report.checks if c.output == "0" and c.backend in ("onnxruntime", "openvino")
+             and c.reference == "torch"]
+    assert boxes and all(c.result.passed for c in boxes)
+    assert {c.backend for c in boxes} == {"onnxruntime", "openvino"} and {c.input_set for c in boxes} == {"example",
+                                                                                                        "resized"}
+    assert "static_fallback" not in result.manifest.graph("m").tools  # passed as exported, dynamic
+    assert any("selection among tied scores (topk 0: 2 row(s)" in n and "openvino with PyTorch's choice forced in"
+               in n for n in report.notes), report.notes
+
+
+def test_the_selection_rule_does_not_excuse_a_wrong_computation_after_the_selection(tmp_path, record_export):
+    import onnx
+
+    h, result = _tied_export(tmp_path, record_export)
+    path = tmp_path / "o" / result.manifest.graph("m").file("onnx")
+    model = onnx.load(str(path))
+    bias = next(i for i in model.graph.initializer if "box" in i.name and "bias" in i.name)
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1.0, bias.name))
+    onnx.save(model, str(path))  # the box head now computes something else after the (tied) selection
+    report = shapetrace.verify(tmp_path / "o", h, backends=("onnxruntime",), write=False)
+    assert not report.passed
+    assert not any("selection among tied scores" in n for n in report.notes)
