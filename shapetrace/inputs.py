@@ -61,7 +61,9 @@ def extended(ex: np.ndarray, shape: tuple[int, ...], mask: bool = False) -> np.n
     """``ex`` cut or grown to ``shape`` keeping what it holds: new rows (every axis but the last) copy existing
     ones in turn; new positions on the last axis are 1 in a mask (attended), continue a count (position ids), and
     are otherwise the example's rarest values (ordinary tokens: an image or audio placeholder token repeats, and a
-    model that counts them against its features refuses a prompt with more or fewer of them)."""
+    model that counts them against its features refuses a prompt with more or fewer of them). A prompt of one value
+    throughout (placeholders only) grows by a value it does not hold (the smallest such non-negative integer), so
+    that no count of what it holds changes."""
     out = ex
     for axis, n in enumerate(shape):
         cur = out.shape[axis]
@@ -77,7 +79,8 @@ def extended(ex: np.ndarray, shape: tuple[int, ...], mask: bool = False) -> np.n
                 tail = out[..., -1:] + np.arange(1, n - cur + 1, dtype=ex.dtype)
             else:
                 values, counts = np.unique(ex, return_counts=True)
-                tail = np.resize(values[counts == counts.min()], tail_shape).astype(ex.dtype)
+                rarest = values[counts == counts.min()] if len(values) > 1 else np.array([int(values[0] == 0)])
+                tail = np.resize(rarest, tail_shape).astype(ex.dtype)
             out = np.concatenate([out, tail], axis=-1)
     return np.array(out, copy=True, order="C")  # ascontiguousarray would turn a 0-d input 1-d
 

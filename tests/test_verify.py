@@ -703,6 +703,8 @@ def test_extended_token_ids_keep_rows_counts_and_masks():
     assert extended(np.array([[0, 1, 1]]), (2, 4), mask=True).tolist() == [[0, 1, 1, 1]] * 2  # attended
     assert extended(ids, (1, 3)).tolist() == [[5, 9, 9]]  # cut
     assert extended(np.array(4096), ()).shape == ()  # a 0-d input stays 0-d (a cache's window size)
+    # a prompt of placeholders only grows by a value it does not hold: its placeholder count stays 3
+    assert extended(np.array([[57, 57, 57]]), (2, 5)).tolist() == [[57, 57, 57, 0, 0]] * 2
 
 
 class RotaryPlaceholders(Placeholders):
