@@ -18,7 +18,9 @@ trace, each a mechanism, none a model:
   Tensor doesn't define __round__``). A 0-d tensor rounds as the number it holds (the trace records it as a
   constant, as it does for ``int(size)``).
 
-:func:`traced_as_run` installs the three while a TorchScript trace runs the block; outside a trace it changes nothing.
+:func:`traced_as_run` installs the three while a TorchScript trace runs the block, and the second under
+``torch.export`` too (OpenVINO converting the exported program meets the same empty operand); otherwise it changes
+nothing.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def _round(t: torch.Tensor, ndigits: int | None = None) -> Any:
 def traced_as_run() -> Iterator[None]:
     """While a TorchScript trace runs the block: ``torch.jit.is_tracing()`` is False for a caller whose line reads
     ``use_cache``, ``torch.cat`` skips 1-D empty operands next to real ones, and a 0-d tensor can be ``round``-ed
-    (see the module docstring). Outside a trace, a no-op. Restored on exit."""
-    if not torch._C._is_tracing():
+    (see the module docstring); under ``torch.export``, only the second. Otherwise a no-op. Restored on exit."""
+    tracing = torch._C._is_tracing()
+    if not tracing and not torch.compiler.is_exporting():
         yield
         return
     is_tracing, cat = torch.jit.is_tracing, torch.cat
-    had_round = "__round__" in vars(torch.Tensor)
+    had_round = "__round__" in vars(torch.Tensor) or not tracing
 
     def cache_is_built() -> bool:
         return False if _reads_cache_flag(1) else is_tracing()
@@ -67,13 +70,12 @@ def traced_as_run() -> Iterator[None]:
     def cat_skipping_empty(tensors, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 -- torch.cat's own signature
         if isinstance(tensors, (list, tuple)) and any(_legacy_empty(t) for t in tensors) and \
                 any(isinstance(t, torch.Tensor) and t.dim() > 1 for t in tensors):
-            kept = [t for t in tensors if not _legacy_empty(t)]
-            if len(kept) == 1 and not args and set(kwargs) <= {"dim"}:
-                return kept[0]
-            tensors = type(tensors)(kept)
+            tensors = type(tensors)(t for t in tensors if not _legacy_empty(t))  # a copy still, never an alias
         return cat(tensors, *args, **kwargs)
 
-    torch.jit.is_tracing, torch.cat = cache_is_built, cat_skipping_empty
+    torch.cat = cat_skipping_empty
+    if tracing:
+        torch.jit.is_tracing = cache_is_built
     if not had_round:
         torch.Tensor.__round__ = _round
     try:

@@ -91,6 +91,30 @@ def test_greedy_generation_is_token_identical_at_another_prompt_and_length(gener
     assert calls == {"model": 1, "model@2": 11}
 
 
+@pytest.mark.parametrize("make", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_an_ir_only_stateful_export_takes_the_prefill_onto_the_empty_cache_and_generates_the_same(make, tmp_path):
+    # formats=("openvino",): the IR comes from the torch module through OpenVINO's frontend, which converts neither
+    # the empty cache layer (torch.tensor([])) nor its concatenation on axis -2 -- the trace drops that operand
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    gen = transformers.pipeline("text-generation", model=make(tok), tokenizer=tok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.record(gen):
+            gen("a b c", max_new_tokens=4, do_sample=False)
+        result = shapetrace.export_all(gen, tmp_path, progress=False, stateful=True, formats=("openvino",))
+    assert result.ok and result.parity, str(result)
+    assert [g.tools["openvino_from"] for g in result.manifest.graphs] == ["torch", "torch"]
+    assert not any(g.file("onnx") for g in result.manifest.graphs)
+    prompt = "chef in the kitchen with a knife"
+    want = gen(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with shapetrace.load(gen, tmp_path, backend="openvino", stateful=True):
+            got = gen(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert got == want
+
+
 class _Holder:
     """A plain application object holding a model, as a model card's snippet does."""
 
