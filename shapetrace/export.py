@@ -182,6 +182,11 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
         if not (verify and manifest.exported):
             return ExportResult(out, graphs_out, manifest)
         report = run_verify(out, obj, **verify_kwargs)
+        unloadable = _unloadable_onnx(manifest, report)
+        if unloadable:  # ONNX Runtime refuses a file the exporter wrote and checked: the graph goes on without it
+            manifest = _drop_onnx(out, unloadable)
+            report = run_verify(out, obj, **verify_kwargs)
+            graphs_out = MappingProxyType({e.name: GraphExport(e.name, e) for e in manifest.graphs})
         redo = _dynamic_failures(manifest, report, dynamic)
         if redo:  # a dynamic dim broke parity: those graphs again, static, spliced in if that passes
             _degrade(obj, rec, out, redo, report, formats, opset, compress_to_fp16, openvino_from, stateful)
@@ -206,6 +211,46 @@ def _recorded_states(obj: Any, rec: Recording, names: Sequence[str]) -> Any:
             seen.add(id(module))
             changed[n] = stack.enter_context(modstate.recorded_state(module, g.state))
         yield changed
+
+
+#: What ONNX Runtime says when the file itself is inconsistent (its type and shape inference, graph validation), as
+#: opposed to a kernel it lacks (NOT_IMPLEMENTED): such a file is not shipped.
+INCONSISTENT_ONNX = ("Type Error", "ShapeInferenceError", "INVALID_GRAPH")
+
+
+def _unloadable_onnx(manifest: Manifest, report: ParityReport) -> dict[str, str]:
+    """Graphs whose ONNX file ONNX Runtime refused as inconsistent (its own type and shape inference rejects what
+    the exporter wrote and ``onnx.checker`` passed: a ``Div`` of float by int64, an ``Add`` of dims it finds
+    incompatible) while every other check of the graph passed: graph -> ONNX Runtime's reason."""
+    bad: dict[str, str] = {}
+    for e in manifest.graphs:
+        checks = [c for c in report.checks if c.graph == e.name]
+        refused = [c for c in checks if c.backend == "onnxruntime" and c.input_set == "-" and c.error
+                   and any(k in str(c.error) for k in INCONSISTENT_ONNX)]
+        if e.file("onnx") and refused and all(c for c in checks if c not in refused):
+            bad[e.name] = str(refused[0].error)
+    return bad
+
+
+def _drop_onnx(out: Path, unloadable: Mapping[str, str]) -> Manifest:
+    """Remove the ONNX files of ``unloadable`` from ``out`` and their manifest entries (``tools.no_onnx`` says
+    why; the IR, converted from the file or not, stays): verify then checks those graphs on OpenVINO, with a note."""
+    current = manifest_mod.read(out)
+    entries = []
+    for e in current.graphs:
+        if e.name not in unloadable:
+            entries.append(e)
+            continue
+        for kind in ("onnx", "onnx_data"):
+            if e.file(kind):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(out / e.file(kind))
+        files = {k: v for k, v in e.files.items() if k not in ("onnx", "onnx_data")}
+        tools = {**e.tools, "no_onnx": f"ONNX Runtime cannot load the exported file: {unloadable[e.name]}"[:1500]}
+        entries.append(dataclasses.replace(e, files=MappingProxyType(files), tools=MappingProxyType(tools)))
+    manifest = dataclasses.replace(current, graphs=tuple(entries))
+    manifest_mod.write(out, manifest)
+    return manifest
 
 
 def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) -> list[str]:

@@ -608,3 +608,32 @@ def test_a_graph_only_openvino_fails_gets_its_ir_from_the_other_source_dims_kept
     assert entry.tools["openvino_from"] == "torch" and "static_fallback" not in entry.tools
     assert entry.input("input").shape[:2] == ("batch", "sequence") and entry.files["onnx"]
     assert not any(p.name.startswith((".shapetrace", "doubled")) for p in result.out_dir.iterdir())
+
+
+def test_an_onnx_file_onnx_runtime_refuses_is_dropped_and_the_graph_served_from_its_ir(tmp_path, monkeypatch,
+                                                                                      record_export):
+    # ONNX Runtime's own type / shape inference can refuse a file the exporter wrote and onnx.checker passed (a Div
+    # of float by int64); here it refuses this graph's file whatever it holds
+    from shapetrace.backends import onnxruntime_backend
+    from shapetrace.errors import RunnerError
+
+    activate = onnxruntime_backend.OnnxRuntimeRunner._activate
+
+    def refuse(self):
+        if str(self.path).endswith("m.onnx"):
+            raise RunnerError(f"onnxruntime cannot load {self.path} (Type Error: Type parameter (T) of Optype (Div) "
+                              f"bound to different types)")
+        return activate(self)
+
+    monkeypatch.setattr(onnxruntime_backend.OnnxRuntimeRunner, "_activate", refuse)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    h, want, result = record_export(lambda h: (h.m(x), h.k(x)), m=torch.nn.Linear(8, 4), k=torch.nn.Linear(8, 3))
+    assert result.ok and result.parity, str(result)
+    m, k = result.manifest.graph("m"), result.manifest.graph("k")
+    assert m.file("onnx") is None and not (tmp_path / "o" / "m.onnx").exists()
+    assert m.tools["no_onnx"].startswith("ONNX Runtime cannot load the exported file: onnxruntime cannot load")
+    assert m.file("openvino") and m.dims  # the IR stays, dynamic as exported
+    assert k.file("onnx") and "no_onnx" not in k.tools  # the other graph keeps its file
+    assert any(n.startswith("m: no ONNX file (ONNX Runtime cannot load") for n in result.parity.notes)
+    assert {c.backend for c in result.parity.checks if c.graph == "m"} == {"torch", "openvino"}
