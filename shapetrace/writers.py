@@ -19,7 +19,7 @@ import gc
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -160,6 +160,30 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
     gc.collect()
     onnx.checker.check_model(str(path))
     return tools
+
+
+def _name_ports(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+    """The IR (returned: possibly a new model) with its tensors named as the manifest names the graph's inputs and
+    outputs. An output that is an input passed through (a multimodal prompt graph returning the features it was
+    given) would be the input's own tensor, and one name would replace the other in the file: it gets a copy of its
+    own (a same-type Convert) and a fresh Result to carry its name."""
+    import openvino as ov
+
+    for port, name in zip(model.inputs, input_names):
+        port.get_tensor().set_names({name})
+    results, rebuilt = [], False
+    for result, name in zip(model.get_results(), output_names):
+        source = result.input_value(0)
+        if source.get_node().get_type_name() == "Parameter":
+            copy = ov.opset13.convert(source, source.get_element_type())
+            copy.output(0).get_tensor().set_names({name})
+            result, rebuilt = ov.opset13.result(copy), True
+        else:
+            result.output(0).get_tensor().set_names({name})
+        results.append(result)
+    if not rebuilt:
+        return model
+    return ov.Model(results, list(model.get_parameters()), model.get_friendly_name())
 
 
 def _drop_noop_squeezes(model: Any, examples: Mapping[str, int] | None = None) -> tuple[int, set[str]]:
@@ -335,18 +359,12 @@ def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, com
             raise ExportError(f"the IR converted from the exported program has {len(model.inputs)} inputs / "
                               f"{len(model.outputs)} outputs, the graph {len(plan.input_names)} / "
                               f"{len(plan.output_names)}")
-        for port, name in zip(model.inputs, plan.input_names):
-            port.get_tensor().set_names({name})
-        for port, name in zip(model.outputs, plan.output_names):
-            port.get_tensor().set_names({name})
+        model = _name_ports(model, plan.input_names, plan.output_names)
     else:
         shapes = [(shape, dtype) for _, shape, dtype in plan.openvino_input]
         with export_patches("openvino") if source == "torch-patched" else contextlib.nullcontext():
             model = ov.convert_model(plan.module, example_input=plan.args, input=shapes)
-        for port, name in zip(model.inputs, plan.input_names):
-            port.get_tensor().set_names({name})
-        for port, name in zip(model.outputs, plan.output_names):
-            port.get_tensor().set_names({name})
+        model = _name_ports(model, plan.input_names, plan.output_names)
     ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
     del model
     return {"openvino_from": source, "compress_to_fp16": compress_to_fp16}

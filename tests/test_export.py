@@ -632,3 +632,32 @@ def test_a_step_that_fails_traced_at_two_tokens_keeps_them_at_one_and_its_cache_
                                    torch.randn(3, 11, 8))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+class PassesFeaturesThrough(torch.nn.Module):
+    """A multimodal prompt graph in miniature: it is given image features and returns them beside its own output."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, ids, features):
+        return {"logits": self.proj(features)[:, : ids.shape[1]] + ids[..., None], "image_features": features}
+
+
+def test_an_output_that_is_an_input_passed_through_keeps_both_names_in_the_ir(tmp_path, served_on_openvino):
+    h = type("Holder", (), {})()
+    h.m = PassesFeaturesThrough()
+    ids, feats = torch.ones(2, 3), torch.randn(2, 5, 4)
+    with torch.no_grad(), shapetrace.record(h):
+        h.m(ids, feats)
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, formats=("openvino",))
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity and entry.tools["openvino_from"] == "torch", str(result)
+    import openvino as ov
+
+    model = ov.Core().read_model(tmp_path / "o" / entry.file("openvino"))
+    assert [set(p.get_names()) & {"ids", "features"} for p in model.inputs] == [{"ids"}, {"features"}]
+    got, want = served_on_openvino(h, tmp_path / "o", ids, feats)
+    torch.testing.assert_close(got["image_features"], want["image_features"])
+    torch.testing.assert_close(got["logits"], want["logits"], atol=1e-5, rtol=1e-5)
