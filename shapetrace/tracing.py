@@ -14,12 +14,21 @@ Everything given up is written into ``tools``: ``dynamic_error`` (why the full e
 ``size1_static_broken_guard`` (size-1 dims named in a guard the recorded call broke when traced at 2),
 ``size1_static_failed_at_two`` (size-1 dims kept at 1 because the export failed with them traced at 2),
 ``torch_export_error`` and ``dropped_outputs``.
+
+A dynamic ``torch.export`` has :data:`DYNAMIC_EXPORT_BUDGET_S` seconds: its symbolic shape reasoning can run for
+many minutes on some code (windowed attention's padding arithmetic over a dynamic height and width). Past it, the
+graph is exported with every dim static at once (``tools.dynamic_error`` says so); the full-size SD 1.5 UNet's
+dynamic export takes 13 s. The budget needs the main thread and a free ``SIGALRM`` (no other timer set); without
+them the export runs unbounded, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -28,6 +37,7 @@ from . import dims as dims_mod
 from . import tree
 from .caches import export_patches
 from .constraints.expr import names as constraint_names
+from .errors import ExportError
 from .flat import ExportPlan, MissingOutputsError, prepare, without_outputs
 from .recording import GraphRecord
 
@@ -95,12 +105,45 @@ def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) 
     return smaller
 
 
-def export_program(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:
-    """``torch.export`` of ``plan`` (its dynamic shapes unless ``dynamic=False``), timed into ``timings``, under
-    ``transformers.exporters``' tracing patches (:func:`shapetrace.caches.export_patches`)."""
-    t = time.perf_counter()
+#: Seconds a dynamic ``torch.export`` may take before the graph is exported static instead (module docstring).
+DYNAMIC_EXPORT_BUDGET_S = 180.0
+
+
+class DynamicExportTimeout(ExportError):
+    """A dynamic ``torch.export`` ran past :data:`DYNAMIC_EXPORT_BUDGET_S`."""
+
+
+@contextlib.contextmanager
+def _budget(seconds: float) -> Iterator[None]:
+    """Raise :class:`DynamicExportTimeout` in the block after ``seconds`` (SIGALRM), where that is ours to use."""
+    free = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM") and \
+        signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None) and \
+        signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    if not free or seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise DynamicExportTimeout(f"torch.export of the dynamic dims ran past {seconds:g} s (its symbolic shape "
+                                   f"reasoning); exported with every dim static instead")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        with torch.no_grad(), export_patches("dynamo"):
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def export_program(plan: ExportPlan, timings: dict[str, float], dynamic: bool = True) -> Any:
+    """``torch.export`` of ``plan`` (its dynamic shapes unless ``dynamic=False``; those within
+    :data:`DYNAMIC_EXPORT_BUDGET_S`), timed into ``timings``, under ``transformers.exporters``' tracing patches
+    (:func:`shapetrace.caches.export_patches`)."""
+    t = time.perf_counter()
+    bounded = dynamic and any(plan.candidates.values())
+    try:
+        with _budget(DYNAMIC_EXPORT_BUDGET_S if bounded else 0), torch.no_grad(), export_patches("dynamo"):
             return torch.export.export(plan.module, plan.args,
                                        dynamic_shapes=plan.dynamic_shapes if dynamic else None)
     finally:
@@ -116,6 +159,13 @@ def _degrading(obj: Any, g: GraphRecord, dynamic: Any, keep: Mapping[str, set[in
         if not any(plan.candidates.values()):
             raise
         tools["dynamic_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+        slow = isinstance(e, DynamicExportTimeout)
+    groups = _groups(plan)
+    if slow:  # each narrower dynamic export would reason as long: every dim static at once
+        static = prepare(obj, g, dynamic="static")
+        ep = export_program(static, timings, dynamic=False)
+        tools["dynamic_given_up"] = [_given_up(role, dims) for role, dims in groups.items()]
+        return static, ep
     ones = {n: {d for d in dims if plan.example_inputs[n].shape[d] == 1} for n, dims in plan.candidates.items()}
     ones = {n: dims for n, dims in ones.items() if dims and not dims <= set(keep.get(n, ()))}
     if ones:  # a size-1 dim traced at 2 broke a relation the code holds (a step's mask one longer than its cache)
@@ -126,7 +176,6 @@ def _degrading(obj: Any, g: GraphRecord, dynamic: Any, keep: Mapping[str, set[in
             return at_one, ep
         except Exception:
             pass
-    groups = _groups(plan)
     for role, dims in groups.items() if len(groups) > 1 else ():
         fewer = prepare(obj, g, dynamic=dynamic, keep_static=_merged(keep, dims))
         try:

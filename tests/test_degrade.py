@@ -637,3 +637,20 @@ def test_an_onnx_file_onnx_runtime_refuses_is_dropped_and_the_graph_served_from_
     assert k.file("onnx") and "no_onnx" not in k.tools  # the other graph keeps its file
     assert any(n.startswith("m: no ONNX file (ONNX Runtime cannot load") for n in result.parity.notes)
     assert {c.backend for c in result.parity.checks if c.graph == "m"} == {"torch", "openvino"}
+
+
+def test_a_dynamic_export_past_its_time_budget_is_exported_static(tmp_path, monkeypatch, record_export):
+    # windowed attention's padding arithmetic can keep torch.export's symbolic reasoning busy for many minutes
+    from shapetrace import tracing
+
+    monkeypatch.setattr(tracing, "DYNAMIC_EXPORT_BUDGET_S", 1e-4)  # every dynamic export runs past it
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    h, want, result = record_export(lambda h: h.m(x), m=torch.nn.Linear(8, 4))
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert "ran past 0.0001 s" in entry.tools["dynamic_error"] and not entry.dims
+    assert [g["dim"] for g in entry.tools["dynamic_given_up"]] == ["sequence", "batch"]
+    import signal
+
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL)[0] == 0
