@@ -31,7 +31,11 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Selection", "recorded_selections", "ties", "forced_outputs", "forced_openvino", "SELECTION_OPS"]
+from .backends.base import by_name_or_position, cast_feed
+from .compare import OutputComparison, Tolerance, compare_arrays
+
+__all__ = ["Selection", "TiedRuns", "recorded_selections", "ties", "forced_outputs", "forced_openvino", "tied_runs",
+           "rejudged", "SELECTION_OPS"]
 
 #: ONNX op type -> the torch call it comes from
 SELECTION_OPS = {"TopK": "topk", "ArgMax": "argmax", "ArgMin": "argmin"}
@@ -160,8 +164,6 @@ def forced_openvino(xml_path: str | Path, feed: Mapping[str, np.ndarray], output
     ``TopK`` nodes (an ``argmax`` becomes a ``TopK`` of one plus a squeeze there: not forced)."""
     import openvino as ov
 
-    from .backends.base import by_name_or_position, cast_feed
-
     core = ov.Core()
     model = core.read_model(str(xml_path))
     tops = [op for op in model.get_ordered_ops() if op.get_type_name() == "TopK"]
@@ -187,3 +189,69 @@ def forced_openvino(xml_path: str | Path, feed: Mapping[str, np.ndarray], output
     compiled = core.compile_model(forced, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     result = compiled({p.get_any_name(): forced_feed[p.get_any_name()] for p in compiled.inputs})
     return {n: np.asarray(result[compiled.outputs[i]]) for n, i in zip(output_names, out_index) if i >= 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class TiedRuns:
+    """PyTorch's outputs on one input set, the selections it made, and each backend's forced run (``runs``:
+    ``"onnxruntime"``, ``"onnxruntime-unforced"``, ``"openvino"``, where the file could be forced)."""
+
+    reference: Mapping[str, np.ndarray]
+    made: Sequence[Selection]
+    runs: Mapping[str, Mapping[str, np.ndarray]]
+
+
+def tied_runs(run_torch: Callable[[], Mapping[str, np.ndarray]], out: Path, entry: Any,
+              feed: Mapping[str, np.ndarray]) -> TiedRuns | None:
+    """PyTorch run once more (``run_torch``) with its selections recorded; where one split exact ties, the graph's
+    files run with PyTorch's choice forced in. None without ties (or when PyTorch cannot run): nothing to re-judge."""
+    try:
+        reference, made = recorded_selections(run_torch)
+    except Exception:  # a refinement: without it the check stays failed
+        return None
+    if not ties(made):
+        return None
+    runs: dict[str, Any] = {}
+    if entry.file("onnx"):
+        try:
+            both = forced_outputs(out / entry.file("onnx"), feed, entry.output_names, made)
+            if both is not None:
+                runs.update({"onnxruntime-unforced": both[0], "onnxruntime": both[1]})
+        except Exception:
+            pass
+    if entry.file("openvino"):
+        try:
+            forced = forced_openvino(out / entry.file("openvino"), feed, entry.output_names, made)
+            if forced is not None:
+                runs["openvino"] = forced
+        except Exception:
+            pass
+    return TiedRuns(reference, made, runs)
+
+
+def rejudged(result: OutputComparison, output: str, tied: TiedRuns | None, got: np.ndarray, tol: Tolerance,
+             graph: str, backend: str, set_name: str, notes: list[str]) -> OutputComparison:
+    """A failed comparison re-judged by the rule (module docstring): this backend's file with PyTorch's choice
+    forced in matches PyTorch on every output; or, where OpenVINO's IR cannot be forced, the ONNX file forced in
+    does and OpenVINO matches the ONNX file's own choice. Passing adds a note; otherwise ``result`` as it was."""
+    if tied is None:
+        return result
+    forced, unforced = tied.runs.get(backend), None
+    if forced is None and backend == "openvino" and tied.runs.get("onnxruntime") is not None:
+        forced, unforced = tied.runs["onnxruntime"], tied.runs.get("onnxruntime-unforced")
+        if unforced is None or output not in unforced or \
+                not compare_arrays(got, unforced[output], atol=tol.atol, rtol=tol.rtol).passed:
+            return result
+    if forced is None:
+        return result
+    for name, want in tied.reference.items():
+        if name not in forced or not compare_arrays(forced[name], want, atol=tol.atol, rtol=tol.rtol).passed:
+            return result
+    split = ", ".join(f"{s.kind} {i}: {s.ties} row(s)" for i, s in enumerate(tied.made) if s.ties)
+    how = (f"the ONNX file with PyTorch's choice forced in matches PyTorch on every output, and {backend} matches "
+           f"that file's own choice" if unforced is not None else
+           f"{backend} with PyTorch's choice forced in matches PyTorch on every output")
+    notes.append(f"{graph}: output {output!r} on {backend} ({set_name} inputs) differs from PyTorch (max "
+                 f"{result.max_abs:.3g}) only through a selection among tied scores ({split} where PyTorch broke "
+                 f"exact ties): {how}; passed by the selection rule")
+    return dataclasses.replace(result, passed=True, message="")

@@ -25,7 +25,6 @@ rtol=5e-2``, float64 ``atol=1e-7, rtol=1e-6``. Per-graph / per-output overrides:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 from pathlib import Path
@@ -47,7 +46,8 @@ from .manifest import GraphEntry, Manifest
 from .isa import cpu_isa
 from .quality import held_out_checks, isa_notes, judge, quantized_bound
 from .report import ParityCheck, ParityReport, render_report
-from .selection import forced_openvino, forced_outputs, recorded_selections, ties
+from .rejudge import padding_only, within_sensitivity
+from .selection import rejudged, tied_runs
 from .stateful import STATEFUL_FILE, StatefulRunner
 from .tree import qualname
 from .walker import parse_path, resolve
@@ -236,14 +236,14 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 result, held_to = judge(result, got[o.name], ref[o.name], bound, str(entry.quantization["mode"]),
                                         binding=set_name != "resized")
             elif not result.passed and reference == "torch" and backend != "torch" and not result.exact:
-                result = _padding_only(result, o.name, got[o.name], ref[o.name], feeds.get(set_name, {}), tol,
+                result = padding_only(result, o.name, got[o.name], ref[o.name], feeds.get(set_name, {}), tol,
                                        name, backend, set_name, notes)
                 if not result.passed:
-                    result = _within_sensitivity(result, o.name, probe(set_name), got[o.name], ref[o.name], name,
+                    result = within_sensitivity(result, o.name, probe(set_name), got[o.name], ref[o.name], name,
                                                  backend, set_name, notes)
                 if not result.passed:
-                    result = _tied_selection(result, o.name, tied(set_name), got[o.name], ref[o.name], tol, name,
-                                             backend, set_name, notes)
+                    result = rejudged(result, o.name, tied(set_name), got[o.name], tol, name, backend, set_name,
+                                      notes)
             checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes, held_to))
             if on_check is not None:
                 on_check(checks[-1], got[o.name], ref[o.name])
@@ -259,28 +259,12 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 probes[set_name] = None
         return probes[set_name]
 
-    selections: dict[str, Any] = {}  # set name -> (PyTorch's outputs, its selections, forced runs) or None
+    selections: dict[str, Any] = {}  # set name -> selection.TiedRuns, or None
 
     def tied(set_name: str) -> Any:
-        if set_name in selections:
-            return selections[set_name]
-        selections[set_name] = None
-        if torch_runner is None:
-            return None
-        try:
-            ref, made = recorded_selections(lambda: torch_runner.infer(feeds[set_name]))
-        except Exception:  # a refinement: without it the check stays failed
-            return None
-        if not ties(made):
-            return None
-        runs: dict[str, Any] = {}
-        for kind, force in (("onnx", _force_onnx), ("openvino", _force_openvino)):
-            if entry.file(kind):
-                try:
-                    runs.update(force(out / entry.file(kind), feeds[set_name], entry.output_names, made))
-                except Exception:
-                    continue
-        selections[set_name] = (ref, made, runs)
+        if set_name not in selections:
+            selections[set_name] = None if torch_runner is None else tied_runs(
+                lambda: torch_runner.infer(feeds[set_name]), out, entry, feeds[set_name])
         return selections[set_name]
 
     stateful = None
@@ -342,91 +326,6 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 compare(backend, reference_name or "-", set_name, got, reference, set_sizes)
             del results, reference
             probes.pop(set_name, None)
-
-
-def _padding_only(result: OutputComparison, output: str, got: np.ndarray, ref: np.ndarray,
-                  feed: Mapping[str, np.ndarray], tol: Tolerance, graph: str, backend: str, set_name: str,
-                  notes: list[str]) -> OutputComparison:
-    """A failed comparison re-judged without the positions an attention mask input marks as padding: a 0/1 integer
-    input with zeros whose shape lines up with the output's leading dims (batch, then the first later dim of the
-    mask's sequence size). A left-padded token attends to nothing: its output is undefined, PyTorch and each
-    runtime fill it differently (transformers' docs: outputs at padded positions are not meaningful)."""
-    for mask_name, m in feed.items():
-        if m.dtype.kind not in "biu" or m.ndim != 2 or not m.size or m.all() or not np.isin(m, (0, 1)).all():
-            continue
-        if got.shape != ref.shape or ref.ndim < 2 or ref.shape[0] != m.shape[0]:
-            continue
-        seq = next((ax for ax in range(1, ref.ndim) if ref.shape[ax] == m.shape[1]), None)
-        if seq is None:
-            continue
-        keep = np.moveaxis(np.broadcast_to(np.expand_dims(m.astype(bool), tuple(range(2, ref.ndim))),
-                                           (m.shape[0], m.shape[1], *[ref.shape[a] for a in range(1, ref.ndim)
-                                                                     if a != seq])), 1, seq)
-        inside = compare_arrays(got[keep], ref[keep], atol=tol.atol, rtol=tol.rtol)
-        if inside.passed:
-            notes.append(f"{graph}: output {output!r} on {backend} ({set_name} inputs) differs from PyTorch "
-                         f"(max {result.max_abs:.3g}) only at positions input {mask_name!r} marks 0 (padding: a "
-                         f"padded token's output is undefined); everywhere else it matches (max {inside.max_abs:.3g})")
-            return dataclasses.replace(result, passed=True, message="")
-    return result
-
-
-def _within_sensitivity(result: OutputComparison, output: str, probe: Mapping[str, np.ndarray] | None,
-                        got: np.ndarray, ref: np.ndarray, graph: str, backend: str, set_name: str,
-                        notes: list[str]) -> OutputComparison:
-    """A failed float comparison re-judged by PyTorch's own sensitivity at these inputs: it passes when the
-    runtime's largest difference is no larger than how far PyTorch's output moves when its float inputs get
-    ~1e-6 noise (``inputs.perturbed``), and nothing is NaN. Said in a note: such inputs (an exactly constant
-    image through a normalisation) cannot tell a right export from a wrong one by their values."""
-    if probe is None or output not in probe or np.shape(probe[output]) != np.shape(ref) or result.nan_count:
-        return result
-    moved = float(np.max(np.abs(probe[output].astype(np.float32) - ref.astype(np.float32)), initial=0.0))
-    if not (result.max_abs <= moved) or not np.isfinite(moved):
-        return result
-    notes.append(f"{graph}: output {output!r} on {backend} ({set_name} inputs) differs from PyTorch by "
-                 f"{result.max_abs:.3g}, within how far PyTorch's own output moves ({moved:.3g}) when its float "
-                 f"inputs get ~1e-6 noise: float32 does not determine the output better at these inputs (e.g. a "
-                 f"normalisation of a constant input); passed on that bound, the values prove little here")
-    return dataclasses.replace(result, passed=True, message="", atol=max(result.atol, moved))
-
-
-def _force_onnx(path: Path, feed: Mapping[str, np.ndarray], names: Sequence[str], made: Any) -> dict[str, Any]:
-    runs = forced_outputs(path, feed, names, made)
-    return {} if runs is None else {"onnxruntime-unforced": runs[0], "onnxruntime": runs[1]}
-
-
-def _force_openvino(path: Path, feed: Mapping[str, np.ndarray], names: Sequence[str], made: Any) -> dict[str, Any]:
-    forced = forced_openvino(path, feed, names, made)
-    return {} if forced is None else {"openvino": forced}
-
-
-def _tied_selection(result: OutputComparison, output: str, tied: Any, got: np.ndarray, ref: np.ndarray,
-                    tol: Tolerance, graph: str, backend: str, set_name: str, notes: list[str]) -> OutputComparison:
-    """A failed comparison re-judged where PyTorch's run split exact ties in a selection (:mod:`shapetrace.selection`
-    has the rule): this backend's file with PyTorch's choice forced in matches PyTorch on every output; or, where
-    OpenVINO's IR cannot be forced, the ONNX file forced in does and OpenVINO matches the ONNX file's own choice."""
-    if tied is None:
-        return result
-    torch_ref, made, runs = tied
-    forced, unforced = runs.get(backend), None
-    if forced is None and backend == "openvino" and runs.get("onnxruntime") is not None:
-        forced, unforced = runs["onnxruntime"], runs.get("onnxruntime-unforced")
-        if unforced is None or output not in unforced or \
-                not compare_arrays(got, unforced[output], atol=tol.atol, rtol=tol.rtol).passed:
-            return result
-    if forced is None:
-        return result
-    for name, want in torch_ref.items():
-        if name not in forced or not compare_arrays(forced[name], want, atol=tol.atol, rtol=tol.rtol).passed:
-            return result
-    split = ", ".join(f"{s.kind} {i}: {s.ties} row(s)" for i, s in enumerate(made) if s.ties)
-    how = (f"the ONNX file with PyTorch's choice forced in matches PyTorch on every output, and {backend} matches "
-           f"that file's own choice" if unforced is not None else
-           f"{backend} with PyTorch's choice forced in matches PyTorch on every output")
-    notes.append(f"{graph}: output {output!r} on {backend} ({set_name} inputs) differs from PyTorch (max "
-                 f"{result.max_abs:.3g}) only through a selection among tied scores ({split} where PyTorch broke "
-                 f"exact ties): {how}; passed by the selection rule")
-    return dataclasses.replace(result, passed=True, message="")
 
 
 #: Above this many bytes of example outputs, the resized set tries smaller sizes first.

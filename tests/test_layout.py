@@ -17,7 +17,7 @@ LAYERS = [
     {"recording", "recorder", "proxy"},
     {"dims", "constraints", "manifest"},
     {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence", "quality",
-     "selection"},
+     "selection", "rejudge"},
     {"verify", "serve", "stateful", "fit", "tracing"},
     {"graph_export", "export", "runtime", "quantize"},
     {"__init__", "demo", "cli", "__main__", "testing", "cli_export", "sources", "hf_sources", "e2e", "report_plots",

@@ -635,7 +635,7 @@ def test_a_left_padded_tokens_undefined_output_does_not_fail_an_llm_encoder(tmp_
 
 def test_the_padding_rule_excuses_only_the_padded_positions():
     from shapetrace.compare import compare_arrays, resolve_tolerance
-    from shapetrace.verify import _padding_only
+    from shapetrace.rejudge import padding_only
 
     tol = resolve_tolerance("g", "o", "float32")
     mask = np.array([[0, 1, 1, 1]])
@@ -643,10 +643,10 @@ def test_the_padding_rule_excuses_only_the_padded_positions():
     got = ref.copy()
     got[:, :, 0] += 1  # the padded position differs: excused, said
     notes: list[str] = []
-    assert _padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
+    assert padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
                          notes).passed and len(notes) == 1
     got[:, :, 2] += 1e-2  # a real position differs too: still a failure
-    assert not _padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
+    assert not padding_only(compare_arrays(got, ref), "o", got, ref, {"attention_mask": mask}, tol, "g", "b", "s",
                              notes).passed
 
 
