@@ -91,7 +91,7 @@ def test_greedy_generation_is_token_identical_at_another_prompt_and_length(gener
     assert calls == {"model": 1, "model@2": 11}
 
 
-@pytest.mark.parametrize("make", [_gpt2, _llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("make", [_gpt2, pytest.param(_llama, marks=pytest.mark.slow)], ids=["gpt2", "llama"])
 def test_an_ir_only_stateful_export_takes_the_prefill_onto_the_empty_cache_and_generates_the_same(make, tmp_path):
     # formats=("openvino",): the IR comes from the torch module through OpenVINO's frontend, which converts neither
     # the empty cache layer (torch.tensor([])) nor its concatenation on axis -2 -- the trace drops that operand
