@@ -6,6 +6,7 @@ per graph; it measures the graph's time and peak memory (:class:`PeakRSS`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import gc
@@ -23,7 +24,7 @@ import torch
 from . import constraints
 from . import dims as dims_mod
 from . import stateful as stateful_mod
-from . import datachecks, decomplex, tracing, writers
+from . import datachecks, decomplex, loops, tracing, writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
 from .flat import ExportPlan, module_for, weights_dtype, without_outputs
@@ -159,7 +160,9 @@ def _attempt(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dyna
     modes = _training_modes(obj, g)
     before = set(stage.iterdir())  # graphs are staged one after another: what appears is this graph's
     try:
-        _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from, stateful)
+        with contextlib.ExitStack() as scope:
+            _export_files(obj, g, d, stage, stem, formats, dynamic, opset, compress_to_fp16, openvino_from,
+                          stateful, scope)
     except (KeyboardInterrupt, MemoryError, OSError) as e:
         if isinstance(e, OSError) and not _is_disk_error(e):
             d.error = _graph_error(e)
@@ -182,8 +185,10 @@ def _attempt(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dyna
 
 def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],
                   dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
-                  stateful: bool = False) -> None:
+                  stateful: bool = False, scope: contextlib.ExitStack | None = None) -> None:
     plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
+    if "widened_loops" in d.tools and scope is not None:  # the exporters that trace by running the module too
+        scope.enter_context(loops.every_position())
     ir_plan = plan  # what the exporters convert: a real-valued rewrite when the graph computes complex values
     if ep is not None and (ops := writers.complex_ops(ep)):
         try:

@@ -13,7 +13,12 @@ Everything given up is written into ``tools``: ``dynamic_error`` (why the full e
 ``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``,
 ``size1_static_broken_guard`` (size-1 dims named in a guard the recorded call broke when traced at 2),
 ``size1_static_failed_at_two`` (size-1 dims kept at 1 because the export failed with them traced at 2),
-``torch_export_error`` and ``dropped_outputs``.
+``torch_export_error``, ``dropped_outputs`` and ``widened_loops``.
+
+When no export works and the module loops over the result of a ``nonzero()`` (a mixture-of-experts dispatch: one
+iteration per expert some token chose, a length known only from the data), the whole sequence above is tried once
+more with that loop visiting every position (:mod:`shapetrace.loops`), provided the module returns exactly the same
+so on the recorded inputs; ``tools.widened_loops`` says so.
 
 A dynamic ``torch.export`` has :data:`DYNAMIC_EXPORT_BUDGET_S` seconds: its symbolic shape reasoning can run for
 many minutes on some code (windowed attention's padding arithmetic over a dynamic height and width). Past it, the
@@ -34,6 +39,7 @@ import torch
 
 from . import constraints
 from . import dims as dims_mod
+from . import loops
 from . import tree
 from .caches import export_patches
 from .constraints.expr import names as constraint_names
@@ -51,15 +57,20 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
     When ``torch.export`` cannot trace the module even with every dim static (an op it cannot follow, such as a
     tensor built with numpy in ``forward``), the program is None, every dim is static and ``tools`` says why
     (``torch_export_error``): the files then come from the exporters that trace the module by running it."""
+    widen: Any = contextlib.nullcontext
     try:
         plan, ep = _degrading(obj, g, dynamic, {}, tools, timings)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:
-        tools["torch_export_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
-        plan = _traceable_outputs(prepare(obj, g, dynamic="static"), g, tools)
-        shapes = {n: list(a.shape) for n, a in zip(plan.input_names, plan.args)}
-        return plan, None, dims_mod.DimInfo(shapes, {}, {}, (), ())
+        widened = _widened(obj, g, dynamic, tools, timings, e)
+        if widened is not None:
+            (plan, ep), widen = widened, loops.every_position
+        else:
+            tools["torch_export_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+            plan = _traceable_outputs(prepare(obj, g, dynamic="static"), g, tools)
+            shapes = {n: list(a.shape) for n, a in zip(plan.input_names, plan.args)}
+            return plan, None, dims_mod.DimInfo(shapes, {}, {}, (), ())
     info = describe(plan, ep)
     broadcast, pinned = _broadcast_ties(info, plan), _pinned_at_two(info, plan)
     broken = _broken_at_recorded(info, plan)
@@ -72,9 +83,38 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         tools["size1_static"] = [{"input": n, "dims": sorted(dims)} for n, dims in pinned.items()]
     if broadcast or pinned:
         keep = {n: broadcast.get(n, set()) | pinned.get(n, set()) for n in {*broadcast, *pinned}}
-        plan, ep = _degrading(obj, g, dynamic, keep, tools, timings)
+        with widen():
+            plan, ep = _degrading(obj, g, dynamic, keep, tools, timings)
         info = describe(plan, ep)
     return plan, ep, info
+
+
+def _widened(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any], timings: dict[str, float],
+             error: Exception) -> tuple[ExportPlan, Any] | None:
+    """The export of a module that loops over a ``nonzero()`` result, with that loop visiting every position
+    (:mod:`shapetrace.loops`), when the module returns exactly the same with it so on the recorded inputs; else
+    None."""
+    static = prepare(obj, g, dynamic="static")
+
+    def run() -> Any:
+        return static.module(*(static.example_inputs[n].clone() for n in static.input_names))
+
+    try:
+        if not loops.iterates_selection(run) or not loops.same_when_widened(run):
+            return None
+        tried: dict[str, Any] = {}
+        with loops.every_position():
+            plan, ep = _degrading(obj, g, dynamic, {}, tried, timings)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception:
+        return None
+    tools.pop("dynamic_error", None)
+    tools.update(tried)
+    tools["widened_loops"] = (f"a loop over a nonzero() result is exported over every position (the module returns "
+                              f"exactly the same on the recorded inputs so); as written: {type(error).__name__}: "
+                              f"{' '.join(str(error).split())[:200]}")
+    return plan, ep
 
 
 def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) -> ExportPlan:

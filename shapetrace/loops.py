@@ -1,0 +1,116 @@
+"""A Python loop over the positions ``nonzero()`` selected, exported as a loop over every position.
+
+Mixture-of-experts layers dispatch tokens with ``for expert in mask.sum(...).gt(0).nonzero(): ...``: the loop runs
+once per expert that some token chose, and its body selects that expert's tokens again from the mask
+(``torch.where(mask[expert])``). ``torch.export`` cannot follow it at any size: the loop's length is the number of
+selected positions, known only from the data (``GuardOnDataDependentSymNode ... in unbind``), and a TorchScript
+trace unrolls it for the experts one call happened to choose.
+
+Under :func:`every_position`, iterating the result of ``nonzero()`` yields every position of the tensor it was
+called on (its coordinates in row-major order, as ``nonzero`` orders them) instead of only the selected ones: the
+loop gets a length known from shapes, and the selection inside the body stays in the graph. That is the same
+computation only when the body does nothing for a position that was not selected (an expert no token chose adds
+an empty update), so it is used only after an eager check: the module run with the loop widened must return
+exactly what it returns without (:func:`same_when_widened`, on the recorded inputs); export then says so in
+``tools.widened_loops`` and verify compares the result with PyTorch as for every graph.
+
+:func:`iterates_selection` tells, from one eager run, whether a module iterates such a result at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import weakref
+from typing import Any, Callable, Iterator
+
+import torch
+
+__all__ = ["every_position", "iterates_selection", "same_when_widened"]
+
+
+@contextlib.contextmanager
+def _tracked(on_iter: Callable[[torch.Tensor, tuple[int, ...]], Iterator[torch.Tensor] | None]) -> Iterator[None]:
+    """Remember the input shape of every ``nonzero()`` result made in the block (not ``as_tuple``); iterating one
+    asks ``on_iter(result, shape)``, which gives the iterator to use or None for the usual one."""
+    method, function, iterate = torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__iter__
+    shapes: dict[int, tuple[weakref.ref, tuple[int, ...]]] = {}  # by id: tensors compare elementwise
+
+    def remembered(result: Any, source: torch.Tensor, as_tuple: bool) -> Any:
+        if not as_tuple and isinstance(result, torch.Tensor) and source.dim() > 0:
+            shapes[id(result)] = (weakref.ref(result), tuple(source.shape))
+        return result
+
+    def nonzero_method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return remembered(method(self, *args, **kwargs), self, bool(kwargs.get("as_tuple")))
+
+    def nonzero_function(input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # noqa: A002 -- torch's name
+        return remembered(function(input, *args, **kwargs), input, bool(kwargs.get("as_tuple")))
+
+    def iterated(self: torch.Tensor) -> Iterator[torch.Tensor]:
+        ref, shape = shapes.get(id(self), (None, None))
+        shape = shape if ref is not None and ref() is self else None
+        widened = on_iter(self, shape) if shape is not None else None
+        return widened if widened is not None else iterate(self)
+
+    torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__iter__ = nonzero_method, nonzero_function, iterated
+    try:
+        yield
+    finally:
+        torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__iter__ = method, function, iterate
+
+
+def _positions(shape: tuple[int, ...], device: torch.device) -> Iterator[torch.Tensor]:
+    """Each position as its own small tensor made from Python numbers: under ``torch.export`` such a tensor keeps
+    its value, so a body that reads it (``int(expert[0])``, ``expert == n``) sees a number, not data."""
+    for coords in itertools.product(*(range(int(n)) for n in shape)):
+        yield torch.tensor(coords, dtype=torch.long, device=device)
+
+
+@contextlib.contextmanager
+def every_position() -> Iterator[None]:
+    """In the block, a loop over a ``nonzero()`` result visits every position of the tensor it came from (see the
+    module docstring). Restored on exit."""
+    fmt = torch.Tensor.__format__
+
+    def known_number(self: torch.Tensor, spec: str) -> str:  # f"expert_{position[0]}" names a submodule
+        if self.dim() == 0 and not self.dtype.is_floating_point and not self.dtype.is_complex:
+            try:
+                value = self.item()
+            except Exception:  # noqa: BLE001 -- data under torch.export: formatted as torch does
+                value = None
+            if isinstance(value, int):
+                return format(value, spec)
+        return fmt(self, spec)
+
+    torch.Tensor.__format__ = known_number
+    try:
+        with _tracked(lambda result, shape: _positions(shape, result.device)):
+            yield
+    finally:
+        torch.Tensor.__format__ = fmt
+
+
+def iterates_selection(run: Callable[[], Any]) -> bool:
+    """Whether ``run()`` (an eager call of the module) loops over the result of a ``nonzero()``."""
+    seen: list[bool] = []
+
+    def note(result: torch.Tensor, shape: tuple[int, ...]) -> None:
+        seen.append(True)
+        return None
+
+    with torch.no_grad(), _tracked(note):
+        run()
+    return bool(seen)
+
+
+def same_when_widened(run: Callable[[], Any]) -> bool:
+    """Whether ``run()`` returns exactly the same tensors with its ``nonzero()`` loops widened as without."""
+    with torch.no_grad():
+        plain = run()
+        with every_position():
+            widened = run()
+    a, b = torch.utils._pytree.tree_leaves(plain), torch.utils._pytree.tree_leaves(widened)
+    return len(a) == len(b) and all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y
+        for x, y in zip(a, b))

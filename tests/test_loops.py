@@ -1,0 +1,67 @@
+"""A loop over the positions ``nonzero()`` selected (mixture-of-experts dispatch) exports over every position."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from shapetrace import loops
+
+
+class Dispatch(torch.nn.Module):
+    """Mixture-of-experts dispatch as transformers writes it: one iteration per expert some token chose, that
+    expert's tokens selected again inside the body, a sentinel class no token ever chooses skipped by value, and the
+    expert named from the position (``f"e{position}"``)."""
+
+    def __init__(self, experts: int = 4, width: int = 8, count_visits: bool = False):
+        super().__init__()
+        self.n, self.count_visits = experts, count_visits
+        self.router = torch.nn.Linear(width, experts)
+        self.experts = torch.nn.ModuleDict({f"e{i}": torch.nn.Linear(width, width) for i in range(experts)})
+
+    def forward(self, x):
+        h = x.reshape(-1, x.shape[-1])
+        weights, chosen = self.router(h).softmax(-1).topk(1, dim=-1)
+        mask = F.one_hot(chosen, self.n + 1).permute(2, 1, 0)  # experts and a sentinel, slot, token
+        out = torch.zeros_like(h)
+        for expert in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+            if expert[0] == self.n:
+                continue
+            slot, token = torch.where(mask[expert[0]])
+            out.index_add_(0, token, self.experts[f"e{expert[0]}"](h[token]) * weights[token, slot, None])
+            if self.count_visits:  # not a no-op for an expert nobody chose: widening would change the result
+                out[0, 0] += 1.0
+        return out.reshape(x.shape)
+
+
+def test_every_position_visits_the_positions_nonzero_left_out_and_only_inside_the_block():
+    picked = torch.tensor([False, True, False, True])
+    with loops.every_position():
+        assert [int(p) for p in picked.nonzero()] == [0, 1, 2, 3]
+        assert [p.tolist() for p in torch.nonzero(torch.eye(2))] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+        assert f"{picked.nonzero()[0][0]}" == "1"  # a 0-d integer tensor formats as its number
+    assert [int(p) for p in picked.nonzero()] == [1, 3]
+    assert torch.Tensor.__iter__.__module__ == "torch._tensor" and torch.nonzero.__module__ != __name__
+
+
+def test_a_dispatch_loop_exports_dynamic_and_openvino_serves_other_sizes(record_export, served_on_openvino):
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: (h.m(torch.randn(2, 5, 8)), h.m(torch.randn(1, 3, 8))), m=Dispatch())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert "widened_loops" in entry.tools and "torch_export_error" not in entry.tools
+    assert "GuardOnDataDependentSymNode" in entry.tools["widened_loops"]  # why the loop as written cannot export
+    assert {d.name for d in entry.dims.values()} >= {"batch", "sequence"}
+    for size in [(3, 9, 8), (1, 1, 8)]:  # one token chooses one expert: three loop positions find nobody
+        got, want = served_on_openvino(h, result.out_dir, torch.randn(*size))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_loop_whose_body_acts_for_unchosen_positions_is_not_widened(record_export):
+    torch.manual_seed(0)
+    m = Dispatch(count_visits=True)
+    x = torch.randn(1, 2, 8)  # two tokens, four experts: at least two experts nobody chose
+    assert loops.iterates_selection(lambda: m(x)) and not loops.same_when_widened(lambda: m(x))
+    _, _, result = record_export(lambda h: h.m(x), m=m)
+    entry = result.manifest.graph("m")
+    assert "widened_loops" not in entry.tools and "torch_export_error" in entry.tools
