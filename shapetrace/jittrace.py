@@ -1,7 +1,7 @@
 """A module's Python under ``torch.jit.trace``, made to run as it runs eagerly.
 
 The exporters that trace by running the module (``torch.onnx.export(dynamo=False)``, OpenVINO's PyTorch frontend)
-take over when ``torch.export`` cannot follow it. Three things in transformers models' Python differ under that
+take over when ``torch.export`` cannot follow it. Four things in transformers models' Python differ under that
 trace, each a mechanism, none a model:
 
 - **The KV cache is not built.** ``if use_cache and cache is None and not torch.jit.is_tracing(): cache =
@@ -14,11 +14,15 @@ trace, each a mechanism, none a model:
   which torch allows only because it skips 1-D empty operands (legacy behaviour). OpenVINO's frontend converts
   neither the empty list (``SequenceMark``) nor a rank-1 operand on axis -2 (``Axis -2 out of the tensor rank
   range``). ``torch.cat`` drops such operands, as torch itself does with them, so the constant leaves the graph.
+- **Grouped-query attention in one call.** ``scaled_dot_product_attention(..., enable_gqa=True)`` (transformers passes
+  it where no mask is given: vision encoders) has no TorchScript ONNX translation (``conversion of
+  scaled_dot_product_attention not implemented if enable_gqa is True``). The key and value heads are repeated to the
+  query's count first, which is what ``enable_gqa`` means, and the call goes on without it.
 - **Sizes are tensors.** The tracer hands out sizes as 0-d tensors, and ``round(size * scale, 7)`` then fails (``type
   Tensor doesn't define __round__``). A 0-d tensor rounds as the number it holds (the trace records it as a
   constant, as it does for ``int(size)``).
 
-:func:`traced_as_run` installs the three while a TorchScript trace runs the block, and the second under
+:func:`traced_as_run` installs the four while a TorchScript trace runs the block, and the second under
 ``torch.export`` too (OpenVINO converting the exported program meets the same empty operand); otherwise it changes
 nothing.
 """
@@ -46,6 +50,15 @@ def _legacy_empty(t: object) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == 0
 
 
+def _sdpa_heads_repeated(sdpa: Any) -> Any:
+    def attention(query, key, value, *args, enable_gqa: bool = False, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if enable_gqa and key.dim() >= 3 and key.shape[-3] != query.shape[-3]:
+            groups = query.shape[-3] // key.shape[-3]
+            key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
+        return sdpa(query, key, value, *args, **kwargs)
+    return attention
+
+
 def _round(t: torch.Tensor, ndigits: int | None = None) -> Any:
     if t.dim() != 0:
         raise TypeError(f"type Tensor of shape {tuple(t.shape)} doesn't define __round__ method")
@@ -55,7 +68,8 @@ def _round(t: torch.Tensor, ndigits: int | None = None) -> Any:
 @contextlib.contextmanager
 def traced_as_run() -> Iterator[None]:
     """While a TorchScript trace runs the block: ``torch.jit.is_tracing()`` is False for a caller whose line reads
-    ``use_cache``, ``torch.cat`` skips 1-D empty operands next to real ones, and a 0-d tensor can be ``round``-ed
+    ``use_cache``, ``torch.cat`` skips 1-D empty operands next to real ones, grouped-query attention repeats its key
+    and value heads instead of passing ``enable_gqa``, and a 0-d tensor can be ``round``-ed
     (see the module docstring); under ``torch.export``, only the second. Otherwise a no-op. Restored on exit."""
     tracing = torch._C._is_tracing()
     if not tracing and not torch.compiler.is_exporting():
@@ -73,14 +87,17 @@ def traced_as_run() -> Iterator[None]:
             tensors = type(tensors)(t for t in tensors if not _legacy_empty(t))  # a copy still, never an alias
         return cat(tensors, *args, **kwargs)
 
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     torch.cat = cat_skipping_empty
     if tracing:
         torch.jit.is_tracing = cache_is_built
+        torch.nn.functional.scaled_dot_product_attention = _sdpa_heads_repeated(sdpa)
     if not had_round:
         torch.Tensor.__round__ = _round
     try:
         yield
     finally:
         torch.jit.is_tracing, torch.cat = is_tracing, cat
+        torch.nn.functional.scaled_dot_product_attention = sdpa
         if not had_round:
             del torch.Tensor.__round__

@@ -597,6 +597,24 @@ def test_under_a_trace_only_the_use_cache_line_is_told_it_is_not_traced_and_size
     assert seen == {"cache": True, "other": False, "rounded": 1.0}  # outside a trace: nothing changed
 
 
+def test_under_a_trace_grouped_query_attention_repeats_its_heads_for_the_torchscript_onnx_exporter(tmp_path):
+    """``enable_gqa=True`` has no TorchScript ONNX translation; under a trace the key and value heads are repeated
+    to the query's count instead (what the flag means), so the file exports and computes the same."""
+    ort = pytest.importorskip("onnxruntime")
+    from shapetrace.jittrace import traced_as_run
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            with traced_as_run():
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    torch.onnx.export(Attention(), (q, k, v), str(tmp_path / "a.onnx"), dynamo=False, input_names=["q", "k", "v"])
+    got = ort.InferenceSession(str(tmp_path / "a.onnx")).run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
+    np.testing.assert_allclose(got[0], Attention()(q, k, v).numpy(), atol=1e-5)
+    assert torch.nn.functional.scaled_dot_product_attention.__module__ != "shapetrace.jittrace"  # restored
+
+
 class MaskedStep(torch.nn.Module):
     """A decoder step in miniature: its one new token attends to the cache and itself under a mask one longer than
     the cache, added to the scores (a BERT-style decoder's eager attention)."""
