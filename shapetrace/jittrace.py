@@ -1,7 +1,7 @@
 """A module's Python under ``torch.jit.trace``, made to run as it runs eagerly.
 
 The exporters that trace by running the module (``torch.onnx.export(dynamo=False)``, OpenVINO's PyTorch frontend)
-take over when ``torch.export`` cannot follow it. Four things in transformers models' Python differ under that
+take over when ``torch.export`` cannot follow it. Five things in transformers models' Python differ under that
 trace, each a mechanism, none a model:
 
 - **The KV cache is not built.** ``if use_cache and cache is None and not torch.jit.is_tracing(): cache =
@@ -18,11 +18,15 @@ trace, each a mechanism, none a model:
   it where no mask is given: vision encoders) has no TorchScript ONNX translation (``conversion of
   scaled_dot_product_attention not implemented if enable_gqa is True``). The key and value heads are repeated to the
   query's count first, which is what ``enable_gqa`` means, and the call goes on without it.
+- **A module casts itself.** ``self.classifier = self.classifier.to(self.dtype)`` in ``forward`` (a router kept in
+  float32): under ``torch.export`` the weights are fake tensors, which ``Module.to`` swaps in place, and the swap
+  fails (``_apply(): Couldn't swap Linear.weight``) even when nothing changes. ``Module.to`` returns the module
+  untouched when every parameter and buffer already has the dtype and device asked for, as it would be after it.
 - **Sizes are tensors.** The tracer hands out sizes as 0-d tensors, and ``round(size * scale, 7)`` then fails (``type
   Tensor doesn't define __round__``). A 0-d tensor rounds as the number it holds (the trace records it as a
   constant, as it does for ``int(size)``).
 
-:func:`traced_as_run` installs the four while a TorchScript trace runs the block, and the second under
+:func:`traced_as_run` installs them while a TorchScript trace runs the block, and the second and the fourth under
 ``torch.export`` too (OpenVINO converting the exported program meets the same empty operand); otherwise it changes
 nothing.
 """
@@ -59,6 +63,19 @@ def _sdpa_heads_repeated(sdpa: Any) -> Any:
     return attention
 
 
+def _to_unless_already(to: Any) -> Any:
+    def module_to(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:
+        device, dtype, _non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        if memory_format is None:
+            tensors = [*self.parameters(), *self.buffers()]
+            if all((device is None or t.device == device)
+                   and (dtype is None or t.dtype == dtype or not (t.is_floating_point() or t.is_complex()))
+                   for t in tensors):
+                return self  # nothing would change: no swap of (fake) weights
+        return to(self, *args, **kwargs)
+    return module_to
+
+
 def _round(t: torch.Tensor, ndigits: int | None = None) -> Any:
     if t.dim() != 0:
         raise TypeError(f"type Tensor of shape {tuple(t.shape)} doesn't define __round__ method")
@@ -70,7 +87,8 @@ def traced_as_run() -> Iterator[None]:
     """While a TorchScript trace runs the block: ``torch.jit.is_tracing()`` is False for a caller whose line reads
     ``use_cache``, ``torch.cat`` skips 1-D empty operands next to real ones, grouped-query attention repeats its key
     and value heads instead of passing ``enable_gqa``, and a 0-d tensor can be ``round``-ed
-    (see the module docstring); under ``torch.export``, only the second. Otherwise a no-op. Restored on exit."""
+    (see the module docstring); under ``torch.export`` and the trace, ``Module.to`` leaves a module alone when
+    nothing would change. Otherwise a no-op. Restored on exit."""
     tracing = torch._C._is_tracing()
     if not tracing and not torch.compiler.is_exporting():
         yield
@@ -87,8 +105,9 @@ def traced_as_run() -> Iterator[None]:
             tensors = type(tensors)(t for t in tensors if not _legacy_empty(t))  # a copy still, never an alias
         return cat(tensors, *args, **kwargs)
 
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    sdpa, module_to = torch.nn.functional.scaled_dot_product_attention, torch.nn.Module.to
     torch.cat = cat_skipping_empty
+    torch.nn.Module.to = _to_unless_already(module_to)
     if tracing:
         torch.jit.is_tracing = cache_is_built
         torch.nn.functional.scaled_dot_product_attention = _sdpa_heads_repeated(sdpa)
@@ -98,6 +117,6 @@ def traced_as_run() -> Iterator[None]:
         yield
     finally:
         torch.jit.is_tracing, torch.cat = is_tracing, cat
-        torch.nn.functional.scaled_dot_product_attention = sdpa
+        torch.nn.functional.scaled_dot_product_attention, torch.nn.Module.to = sdpa, module_to
         if not had_round:
             del torch.Tensor.__round__

@@ -615,6 +615,31 @@ def test_under_a_trace_grouped_query_attention_repeats_its_heads_for_the_torchsc
     assert torch.nn.functional.scaled_dot_product_attention.__module__ != "shapetrace.jittrace"  # restored
 
 
+def test_a_module_that_casts_itself_in_forward_exports_and_a_real_cast_still_converts():
+    """``self.router = self.router.to(self.dtype)`` in ``forward``: under ``torch.export`` the swap of fake weights
+    fails even when nothing changes; a cast to the dtype the weights have leaves the module alone there."""
+    from shapetrace.jittrace import traced_as_run
+
+    class CastsItself(torch.nn.Module):
+        def __init__(self, dtype):
+            super().__init__()
+            self.router, self.dtype = torch.nn.Linear(4, 4), dtype
+
+        def forward(self, x):
+            with traced_as_run():
+                self.router = self.router.to(self.dtype)
+                return self.router(x.to(self.dtype))
+
+    x = torch.randn(2, 4)
+    m = CastsItself(torch.float32)
+    ep = torch.export.export(m, (x,))
+    torch.testing.assert_close(ep.module()(x), m(x))
+    with torch.jit.optimized_execution(False):
+        traced = torch.jit.trace(CastsItself(torch.float64), (x,), check_trace=False)
+    assert traced.router.weight.dtype == torch.float64  # a cast that changes something still happens
+    assert torch.nn.Module.to.__module__ == "torch.nn.modules.module"  # restored
+
+
 class MaskedStep(torch.nn.Module):
     """A decoder step in miniature: its one new token attends to the cache and itself under a mask one longer than
     the cache, added to the scores (a BERT-style decoder's eager attention)."""
