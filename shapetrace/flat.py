@@ -181,6 +181,7 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
     for n, dims in (keep_static or {}).items():
         for d in dims:
             candidates.get(n, {}).pop(d, None)
+    _follow_dims(input_tree, candidates, examples, specs)
     args = []
     for n in input_names:
         t = examples[n]
@@ -247,6 +248,24 @@ def _promote_varying_scalars(input_tree: dict, g: GraphRecord, examples: dict) -
             node.update({"t": "tensor", "name": name})
             promoted.append(name)
     return promoted
+
+
+def _follow_dims(input_tree: dict, candidates: Mapping[str, Mapping[int, str | None]],
+                 examples: Mapping[str, torch.Tensor], specs: Mapping[str, Any]) -> None:
+    """An int passed as an argument itself (2 or more) equal to dynamic dims of one role only (the prompt's ``sequence``: a decoder's
+    ``next_sequence_length=7`` beside ``input_ids[2, 7]``) is exported as that dim's size instead of the frozen
+    number (``"follows": "input_ids.1"`` on its node): a later call whose number follows the dim is served, one
+    whose number does not is refused (``shapetrace.matching``). A dim that varied across the recorded calls while
+    the number stayed (it would have become an input otherwise) proves the number does not follow it."""
+    for name, node in tree.spec_leaves(input_tree):
+        value = node.get("value")
+        if node["t"] != "const" or node["type"] != "int" or not isinstance(value, int) or value < 2 or "." in name:
+            continue  # a number held in an object (a cache's counter) comes back from an earlier output: frozen
+        found = [(n, d, wanted or dims_mod.role_name(examples[n].dim(), d))
+                 for n, dims in candidates.items() for d, wanted in dims.items()
+                 if examples[n].shape[d] == value and d not in (getattr(specs.get(n), "varying_dims", None) or ())]
+        if found and len({role for _n, _d, role in found}) == 1:
+            node["follows"] = f"{found[0][0]}.{found[0][1]}"
 
 
 def recording_of(obj: Any) -> Recording:

@@ -7,7 +7,9 @@ Argument matching rules (what counts as "the same call"):
 - numbers compare by value (``1 == 1.0``), but ``True`` is not ``1``;
 - lists and tuples are interchangeable (modules index them alike);
 - a ``torch.Generator`` (or None in its place) is never part of a graph and always matches;
-- a Python number may stand for a 0-d tensor input (``timestep=501`` for ``tensor(501)``).
+- a Python number may stand for a 0-d tensor input (``timestep=501`` for ``tensor(501)``);
+- a number exported as the size of an input's dim (``"follows"`` on its node, :func:`shapetrace.flat.prepare`)
+  matches when it equals that size in this call.
 
 :func:`match_call` walks the recorded call's argument tree beside the new call's, collects the tensor leaves that
 feed the graph's inputs, and says in plain words what differs (a frozen constant changed, a tensor where None was
@@ -44,6 +46,7 @@ def match_call(params: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, dict
 
     problems: list[str] = []
     feed: dict[str, Any] = {}
+    follows: list[tuple[str, Any, str, int]] = []
     for name in list(params) + [n for n in nodes if n not in params]:
         if name == "return_dict":
             continue  # the output is rebuilt either way (shapetrace.serve)
@@ -57,12 +60,18 @@ def match_call(params: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, dict
             problems.append(f"{name}: this call passes {describe(got)}, the recorded call passed "
                             f"{describe(rec)}; record a call that passes {name} the way you call it")
             continue
-        _compare(name, rec, got, leaves, inputs, feed, problems)
+        _compare(name, rec, got, leaves, inputs, feed, problems, follows)
+    for name, value, source, dim in follows:  # numbers exported as an input's size: checked once all are fed
+        size = feed[source].shape[dim] if hasattr(feed.get(source), "shape") else None
+        if value != size:
+            problems.append(f"{name}={value!r}, but the graph takes it as the size of {source}'s dim {dim} "
+                            f"({size} in this call); pass {name}={size}, or record and export a call where {name} "
+                            f"differs from that size")
     return feed, problems
 
 
 def _compare(name: str, rec: dict, got: dict, leaves: Mapping[str, Any], inputs: Mapping[str, InputSpec],
-             feed: dict, problems: list[str]) -> None:
+             feed: dict, problems: list[str], follows: list[tuple[str, Any, str, int]]) -> None:
     rt, gt = rec["t"], got["t"]
     if rt == "tensor":
         spec = inputs.get(rec["name"])
@@ -80,6 +89,10 @@ def _compare(name: str, rec: dict, got: dict, leaves: Mapping[str, Any], inputs:
     if _is_generator_node(rec) or _is_generator_node(got):
         if (_is_generator_node(rec) or _is_none(rec)) and (_is_generator_node(got) or _is_none(got)):
             return
+    if rt == "const" and gt == "const" and rec.get("follows"):
+        source, dim = rec["follows"].rsplit(".", 1)
+        follows.append((name, tree.const_value(got), source, int(dim)))
+        return
     if rt == "const" and gt == "const":
         if not _const_equal(rec, got):
             value, frozen = describe(got), describe(rec)
@@ -106,7 +119,7 @@ def _compare(name: str, rec: dict, got: dict, leaves: Mapping[str, Any], inputs:
         keys = rec.get("fields") or list(range(len(rec["items"])))
         for k, r, g in zip(keys, rec["items"], got["items"]):
             _compare(f"{name}[{k!r}]" if isinstance(k, str) else f"{name}[{k}]", r, g, leaves, inputs, feed,
-                          problems)
+                     problems, follows)
         return
     if rt in ("dict", "object") and gt == rt:
         if rt == "object" and rec.get("cls") != got.get("cls"):
@@ -122,7 +135,7 @@ def _compare(name: str, rec: dict, got: dict, leaves: Mapping[str, Any], inputs:
                 problems.append(f"{name}[{k!r}]: this call passes {describe(g)}, the recorded call passed "
                                 f"{describe(r)}; record a call like this one")
                 continue
-            _compare(f"{name}[{k!r}]", r, g, leaves, inputs, feed, problems)
+            _compare(f"{name}[{k!r}]", r, g, leaves, inputs, feed, problems, follows)
         return
     if rt == "const" and rec["value"] is None:
         problems.append(f"{name}: this call passes {describe(got)}, but {name} was None when recorded, so "

@@ -366,6 +366,11 @@ def unflatten(spec: dict, leaves: Mapping[str, Any], *, as_tuple: bool = False) 
         except KeyError:
             raise FlattenError(f"no value for tensor {spec['name']!r}") from None
     if t == "const":
+        follows = spec.get("follows")  # a number exported as the size of an input's dim (flat.prepare)
+        if follows:
+            source, dim = follows.rsplit(".", 1)
+            if isinstance(leaves.get(source), torch.Tensor):
+                return leaves[source].shape[int(dim)]
         return const_value(spec)
     if t == "opaque":
         if spec.get("name") in leaves:

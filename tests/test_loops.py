@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -65,3 +66,35 @@ def test_a_loop_whose_body_acts_for_unchosen_positions_is_not_widened(record_exp
     _, _, result = record_export(lambda h: h.m(x), m=m)
     entry = result.manifest.graph("m")
     assert "widened_loops" not in entry.tools and "torch_export_error" in entry.tools
+
+
+class KeepsLast(torch.nn.Module):
+    """A decoder's ``next_sequence_length``: how many of the last positions to compute, equal to the prompt's
+    length at the prefill."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x, keep: int):
+        return self.proj(x[:, -keep:])
+
+
+def test_a_number_equal_to_a_dynamic_dim_follows_it_and_a_number_that_does_not_is_refused(record_export):
+    import shapetrace
+    from shapetrace.errors import RuntimeMismatchError
+
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 7, 8), 7), m=KeepsLast())
+    assert result.ok and result.parity, str(result)
+    keep = result.manifest.graph("m").input_tree["params"][1]["node"]
+    assert keep["value"] == 7 and keep["follows"] == "x.1"
+    x = torch.randn(3, 10, 8)
+    with torch.no_grad():
+        want = h.m(x, 10)
+        with shapetrace.load(h, result.out_dir, backend="openvino") as rt:
+            got = h.m(x, 10)
+            assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
+            with pytest.raises(RuntimeMismatchError, match="keep=4, but the graph takes it as the size of x's dim 1"):
+                h.m(x, 4)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
