@@ -183,6 +183,11 @@ def _attempt(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dyna
     return d
 
 
+#: Seconds for pruning one graph's guards to its constraints (:func:`shapetrace.constraints.prune`); past it the
+#: guards not yet examined are kept, which is sound (``tools.constraints_unpruned`` counts them).
+PRUNE_BUDGET_S = 30.0
+
+
 def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],
                   dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
                   stateful: bool = False, scope: contextlib.ExitStack | None = None) -> None:
@@ -225,7 +230,9 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     d.dims = {k: Dim(k, v["min"], v["max"], _example_of(v, example_shapes), tuple(v["sources"]))
               for k, v in info.dims.items()}
     d.guards = tuple(info.constraints)
-    d.constraints = constraints.prune(d.guards, d.dims)
+    d.constraints, unexamined = constraints.prune_within(d.guards, d.dims, PRUNE_BUDGET_S)
+    if unexamined:
+        d.tools["constraints_unpruned"] = unexamined  # guards kept unexamined: the prover's budget ran out
     d.specialized = tuple(MappingProxyType(s) for s in info.specialized)
     d.inputs = tuple(InputSpec(n, dtype_name(plan.example_inputs[n].dtype), tuple(info.input_shapes[n]),
                                example_shapes[n], _value_range(plan.example_inputs[n])) for n in plan.input_names)

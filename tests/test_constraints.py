@@ -404,6 +404,14 @@ def test_prune_drops_range_bounds_tautologies_and_duplicates():
     assert prune(cs, dims) == ("h <= 2147483648", "h % 2 == 0")
 
 
+def test_prune_past_its_budget_keeps_the_guards_it_has_not_examined():
+    dims = _dims({"batch": (1, 63, 2), "h": (1, None, 8)})
+    cs = ["batch >= 1", "h % 2 == 0", "(h % 2) == 0", "batch < 64"]
+    assert constraints.prune_within(cs, dims, None) == (("h % 2 == 0",), 0)
+    kept, unexamined = constraints.prune_within(cs, dims, 0.0)  # no time at all: nothing is proved, all stay
+    assert kept == ("batch >= 1", "h % 2 == 0", "batch < 64") and unexamined == 3  # the duplicate still goes
+
+
 def test_prune_keeps_the_stronger_of_two_related_guards():
     dims = _dims({"h": (1, None, 8), "w": (1, None, 8), "b": (1, None, 1)})
     assert prune(["h % 2 == 0", "h % 4 == 0"], dims) == ("h % 4 == 0",)
@@ -506,4 +514,4 @@ def test_prune_drops_most_of_the_unet_noise():
     dims, cs = REAL["unet"]
     assert len(cs) == 24 and len(prune(cs, dims)) == 11
     assert constraints.__all__ == ["normalize", "Expr", "compile_expr", "evaluate", "check", "checkable",
-                                   "alternative_sizes", "shifted_sizes", "prune"]
+                                   "alternative_sizes", "shifted_sizes", "prune", "prune_within"]

@@ -15,8 +15,8 @@ A graph's guards (``height % 2 == 0``, ``height == 1 + (-1 + controlnet_cond_hei
 """
 
 from .expr import Expr, check, checkable, compile_expr, evaluate, normalize
-from .prune import prune
+from .prune import prune, prune_within
 from .solve import alternative_sizes, shifted_sizes
 
 __all__ = ["normalize", "Expr", "compile_expr", "evaluate", "check", "checkable", "alternative_sizes", "shifted_sizes",
-           "prune"]
+           "prune", "prune_within"]

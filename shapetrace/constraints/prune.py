@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import itertools
 import math
+import time
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .case import Case
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
     from ..manifest import Dim
 
 
-def implied(goal: ast.expr, hyps: Sequence[ast.expr], ranges: Mapping[tuple, tuple]) -> bool:
+def implied(goal: ast.expr, hyps: Sequence[ast.expr], ranges: Mapping[tuple, tuple],
+            deadline: float | None = None) -> bool:
+    """Whether ``goal`` holds wherever ``hyps`` do within ``ranges`` (False when not proved by ``deadline``)."""
     try:
         base = Case(ranges)
         facts = base.settle(hyps)
@@ -56,6 +59,8 @@ def implied(goal: ast.expr, hyps: Sequence[ast.expr], ranges: Mapping[tuple, tup
         if not split or math.prod(split.values()) > 256:
             return False
         for rs in itertools.product(*(range(n) for n in split.values())):
+            if deadline is not None and time.monotonic() > deadline:
+                return False
             case = Case(ranges)
             for (x, n), r in zip(split.items(), rs):  # x = n*q + r
                 lo, hi = ranges.get(("v", x), (None, None))
@@ -73,13 +78,23 @@ def implied(goal: ast.expr, hyps: Sequence[ast.expr], ranges: Mapping[tuple, tup
         return False
 
 
-def prune(constraints: Iterable[str], dims: Mapping[str, Dim]) -> tuple[str, ...]:
+def prune(constraints: Iterable[str], dims: Mapping[str, Dim], budget_s: float | None = None) -> tuple[str, ...]:
     """The constraints left once those the dim ranges and the other kept constraints imply are dropped.
 
     Duplicates and tautologies go; a constraint this module cannot read, or that names a dim not in ``dims``, stays.
     Sound: a dropped constraint holds for every assignment within the ranges that satisfies the kept ones (see the
     module docstring for how that is proved). The kept ones are returned as given, in their order.
+
+    ``budget_s``: seconds for the proofs (hundreds of guards on windowed attention's padding arithmetic took the
+    prover minutes). Past it, the guards not yet examined stay, as any guard it cannot prove does: still sound.
     """
+    return prune_within(constraints, dims, budget_s)[0]
+
+
+def prune_within(constraints: Iterable[str], dims: Mapping[str, Dim],
+                 budget_s: float | None) -> tuple[tuple[str, ...], int]:
+    """:func:`prune` and the number of guards left unexamined when ``budget_s`` ran out (0 when it did not)."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     texts = list(constraints)
     ranges = {("v", n): (dim_attr(d, "min"), dim_attr(d, "max")) for n, d in dims.items()}
     parsed: list = []
@@ -91,8 +106,12 @@ def prune(constraints: Iterable[str], dims: Mapping[str, Dim]) -> tuple[str, ...
     keys = [ast.dump(p[1]) if p else t for p, t in zip(parsed, texts)]
     keep = [keys.index(k) == i for i, k in enumerate(keys)]
     usable = [p is not None and p[2] <= dims.keys() for p in parsed]
+    unexamined = 0
     for i in reversed(range(len(texts))):
         if not (keep[i] and usable[i]):
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            unexamined += 1
             continue
         names, chosen, pool = set(parsed[i][2]), set(), [j for j in range(len(texts)) if keep[j] and usable[j]]
         grew = True
@@ -103,6 +122,6 @@ def prune(constraints: Iterable[str], dims: Mapping[str, Dim]) -> tuple[str, ...
                     chosen.add(j)
                     names |= parsed[j][2]
                     grew = True
-        if implied(parsed[i][1], [parsed[j][1] for j in sorted(chosen)], ranges):
+        if implied(parsed[i][1], [parsed[j][1] for j in sorted(chosen)], ranges, deadline):
             keep[i] = False
-    return tuple(t for t, k in zip(texts, keep) if k)
+    return tuple(t for t, k in zip(texts, keep) if k), unexamined
