@@ -27,6 +27,7 @@ from .proxy import recording_for
 from .recording import GraphRecord, Recording, TensorSpec, dtype_name
 from .standin import StandIn
 from .jittrace import traced_as_run
+from .portable import portable_ops
 from .walker import parse_path, resolve
 
 __all__ = ["FlatModule", "ExportPlan", "MissingOutputsError", "prepare", "flat_module", "module_for", "recording_of",
@@ -71,7 +72,7 @@ class FlatModule(torch.nn.Module):
         values = tree.call_values(self.input_tree, leaves)
         args, kwargs = tree.split_call(self.input_tree, leaves, values)
         fn = self.module if self.method == "forward" else getattr(self.module, self.method)
-        with traced_as_run():
+        with traced_as_run(), portable_ops():
             output = fn(*args, **kwargs)
         _, flat = tree.flatten_output(output, self.output_fields)
         slots = [n[len(inplace.UPDATED):] for n in self.output_names if n.startswith(inplace.UPDATED)]

@@ -1,4 +1,6 @@
-"""A loop over the positions ``nonzero()`` selected (mixture-of-experts dispatch) exports over every position."""
+"""Mechanisms found on models nobody tuned to (transformers' own model tests as a corpus), each on a small model:
+a loop over the positions ``nonzero()`` selected (mixture-of-experts dispatch), a number that follows a dim, an
+average pool wider than its map."""
 
 from __future__ import annotations
 
@@ -97,4 +99,26 @@ def test_a_number_equal_to_a_dynamic_dim_follows_it_and_a_number_that_does_not_i
             assert [(s.graph, s.ran_on, s.calls) for s in rt.stats()] == [("m", "openvino:CPU", 1)]
             with pytest.raises(RuntimeMismatchError, match="keep=4, but the graph takes it as the size of x's dim 1"):
                 h.m(x, 4)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class PooledHead(torch.nn.Module):
+    """An EfficientNet-style head: a 1x1 map pooled by a window as wide as its channels, then classified."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, stride=4)
+        self.pool = torch.nn.AvgPool2d(16, ceil_mode=True)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)).flatten(1)
+
+
+def test_an_average_pool_wider_than_its_map_is_exported_as_its_mean_and_openvino_runs_it(record_export,
+                                                                                         served_on_openvino):
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 3, 8, 8)), m=PooledHead())
+    assert result.ok and result.parity, str(result)
+    assert "static_fallback" not in result.manifest.graph("m").tools
+    got, want = served_on_openvino(h, result.out_dir, torch.randn(3, 3, 12, 12))  # a 3x3 map: still one window
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
