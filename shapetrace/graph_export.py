@@ -193,7 +193,7 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                   stateful: bool = False, scope: contextlib.ExitStack | None = None) -> None:
     plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
     if "widened_loops" in d.tools and scope is not None:  # the exporters that trace by running the module too
-        scope.enter_context(loops.every_position())
+        scope.enter_context(loops.every_position(loops.skipped(d.tools.get("widened_loops_skipped", ()))))
     ir_plan = plan  # what the exporters convert: a real-valued rewrite when the graph computes complex values
     if ep is not None and (ops := writers.complex_ops(ep)):
         try:

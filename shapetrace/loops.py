@@ -14,6 +14,12 @@ an empty update), so it is used only after an eager check: the module run with t
 exactly what it returns without (:func:`same_when_widened`, on the recorded inputs); export then says so in
 ``tools.widened_loops`` and verify compares the result with PyTorch as for every graph.
 
+A position the body cannot process raises: a one-hot mask one class wider than the experts (a "no expert" class
+that routing never picks) visits an expert that does not exist (``IndexError``). Such a position is one the module
+as written fails on whenever it is selected, so no call it answers selects it: :func:`positions_to_skip` finds them
+one eager run at a time (the loop's line, the selected tensor's shape, the position), and ``every_position(skip)``
+leaves them out.
+
 :func:`iterates_selection` tells, from one eager run, whether a module iterates such a result at all.
 """
 
@@ -21,18 +27,24 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-__all__ = ["every_position", "iterates_selection", "same_when_widened"]
+__all__ = ["Skip", "every_position", "iterates_selection", "positions_to_skip", "same_when_widened", "skipped"]
+
+#: A position left out of a widened loop: (the loop's ``file:line``, the selected tensor's shape, the position).
+Skip = tuple[str, tuple[int, ...], tuple[int, ...]]
 
 
 @contextlib.contextmanager
-def _tracked(on_iter: Callable[[torch.Tensor, tuple[int, ...]], Iterator[torch.Tensor] | None]) -> Iterator[None]:
+def _tracked(on_iter: Callable[[torch.Tensor, tuple[int, ...], str], Iterator[torch.Tensor] | None]
+             ) -> Iterator[None]:
     """Remember the input shape of every ``nonzero()`` result made in the block (not ``as_tuple``); iterating one
-    asks ``on_iter(result, shape)``, which gives the iterator to use or None for the usual one."""
+    asks ``on_iter(result, shape, site)`` (site: the iterating line, ``file:line``), which gives the iterator to use
+    or None for the usual one."""
     method, function, iterate = torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__iter__
     shapes: dict[int, tuple[weakref.ref, tuple[int, ...]]] = {}  # by id: tensors compare elementwise
 
@@ -50,7 +62,10 @@ def _tracked(on_iter: Callable[[torch.Tensor, tuple[int, ...]], Iterator[torch.T
     def iterated(self: torch.Tensor) -> Iterator[torch.Tensor]:
         ref, shape = shapes.get(id(self), (None, None))
         shape = shape if ref is not None and ref() is self else None
-        widened = on_iter(self, shape) if shape is not None else None
+        if shape is None:
+            return iterate(self)
+        caller = sys._getframe(1)
+        widened = on_iter(self, shape, f"{caller.f_code.co_filename}:{caller.f_lineno}")
         return widened if widened is not None else iterate(self)
 
     torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__iter__ = nonzero_method, nonzero_function, iterated
@@ -60,17 +75,26 @@ def _tracked(on_iter: Callable[[torch.Tensor, tuple[int, ...]], Iterator[torch.T
         torch.Tensor.nonzero, torch.nonzero, torch.Tensor.__iter__ = method, function, iterate
 
 
-def _positions(shape: tuple[int, ...], device: torch.device) -> Iterator[torch.Tensor]:
+def _positions(shape: tuple[int, ...], site: str, device: torch.device, skip: frozenset[Skip],
+               at: list[Skip | None]) -> Iterator[torch.Tensor]:
     """Each position as its own small tensor made from Python numbers: under ``torch.export`` such a tensor keeps
-    its value, so a body that reads it (``int(expert[0])``, ``expert == n``) sees a number, not data."""
+    its value, so a body that reads it (``int(expert[0])``, ``expert == n``) sees a number, not data. ``at[0]`` is
+    the position whose body runs (None once the loop is done)."""
     for coords in itertools.product(*(range(int(n)) for n in shape)):
+        key = (site, tuple(int(n) for n in shape), coords)
+        if key in skip:
+            continue
+        at[0] = key
         yield torch.tensor(coords, dtype=torch.long, device=device)
+    at[0] = None
 
 
 @contextlib.contextmanager
-def every_position() -> Iterator[None]:
-    """In the block, a loop over a ``nonzero()`` result visits every position of the tensor it came from (see the
-    module docstring). Restored on exit."""
+def every_position(skip: Iterable[Skip] = (), at: list[Skip | None] | None = None) -> Iterator[None]:
+    """In the block, a loop over a ``nonzero()`` result visits every position of the tensor it came from but those
+    in ``skip`` (see the module docstring). ``at``: a one-item list that holds the position being processed.
+    Restored on exit."""
+    skip, at = frozenset(skip), at if at is not None else [None]
     fmt = torch.Tensor.__format__
 
     def known_number(self: torch.Tensor, spec: str) -> str:  # f"expert_{position[0]}" names a submodule
@@ -85,7 +109,7 @@ def every_position() -> Iterator[None]:
 
     torch.Tensor.__format__ = known_number
     try:
-        with _tracked(lambda result, shape: _positions(shape, result.device)):
+        with _tracked(lambda result, shape, site: _positions(shape, site, result.device, skip, at)):
             yield
     finally:
         torch.Tensor.__format__ = fmt
@@ -95,7 +119,7 @@ def iterates_selection(run: Callable[[], Any]) -> bool:
     """Whether ``run()`` (an eager call of the module) loops over the result of a ``nonzero()``."""
     seen: list[bool] = []
 
-    def note(result: torch.Tensor, shape: tuple[int, ...]) -> None:
+    def note(result: torch.Tensor, shape: tuple[int, ...], site: str) -> None:
         seen.append(True)
         return None
 
@@ -104,13 +128,39 @@ def iterates_selection(run: Callable[[], Any]) -> bool:
     return bool(seen)
 
 
-def same_when_widened(run: Callable[[], Any]) -> bool:
-    """Whether ``run()`` returns exactly the same tensors with its ``nonzero()`` loops widened as without."""
+def same_when_widened(run: Callable[[], Any], skip: Iterable[Skip] = ()) -> bool:
+    """Whether ``run()`` returns exactly the same tensors with its ``nonzero()`` loops widened (but for ``skip``)
+    as without."""
     with torch.no_grad():
         plain = run()
-        with every_position():
+        with every_position(skip):
             widened = run()
     a, b = torch.utils._pytree.tree_leaves(plain), torch.utils._pytree.tree_leaves(widened)
     return len(a) == len(b) and all(
         torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y
         for x, y in zip(a, b))
+
+
+def positions_to_skip(run: Callable[[], Any], limit: int = 64) -> frozenset[Skip] | None:
+    """The positions a widened ``run()`` must leave out because their body raises ``IndexError`` (module
+    docstring), found one run at a time; None when a run fails otherwise, or past ``limit`` positions, or when the
+    widened run does not return exactly what the plain one does."""
+    skip: set[Skip] = set()
+    while len(skip) <= limit:
+        at: list[Skip | None] = [None]
+        try:
+            with torch.no_grad(), every_position(skip, at):
+                run()
+        except IndexError:
+            if at[0] is None or at[0] in skip:
+                return None
+            skip.add(at[0])
+            continue
+        return frozenset(skip) if same_when_widened(run, skip) else None
+    return None
+
+
+def skipped(written: Iterable[Mapping[str, Any]]) -> frozenset[Skip]:
+    """The skips as ``tools.widened_loops_skipped`` writes them (``line``, ``shape``, ``position``), read back."""
+    return frozenset((str(w["line"]), tuple(int(n) for n in w["shape"]), tuple(int(n) for n in w["position"]))
+                     for w in written)

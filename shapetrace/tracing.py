@@ -13,7 +13,8 @@ Everything given up is written into ``tools``: ``dynamic_error`` (why the full e
 ``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``,
 ``size1_static_broken_guard`` (size-1 dims named in a guard the recorded call broke when traced at 2),
 ``size1_static_failed_at_two`` (size-1 dims kept at 1 because the export failed with them traced at 2),
-``torch_export_error``, ``dropped_outputs`` and ``widened_loops``.
+``torch_export_error``, ``dropped_outputs``, ``widened_loops`` and ``widened_loops_skipped`` (positions left out of
+a widened loop because their body raises: a class no expert stands for).
 
 When no export works and the module loops over the result of a ``nonzero()`` (a mixture-of-experts dispatch: one
 iteration per expert some token chose, a length known only from the data), the whole sequence above is tried once
@@ -30,6 +31,7 @@ them the export runs unbounded, as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 import time
@@ -65,7 +67,8 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
     except Exception as e:
         widened = _widened(obj, g, dynamic, tools, timings, e)
         if widened is not None:
-            (plan, ep), widen = widened, loops.every_position
+            plan, ep, skip = widened
+            widen = functools.partial(loops.every_position, skip)
         else:
             tools["torch_export_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
             plan = _traceable_outputs(prepare(obj, g, dynamic="static"), g, tools)
@@ -90,20 +93,20 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
 
 
 def _widened(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any], timings: dict[str, float],
-             error: Exception) -> tuple[ExportPlan, Any] | None:
+             error: Exception) -> tuple[ExportPlan, Any, frozenset[loops.Skip]] | None:
     """The export of a module that loops over a ``nonzero()`` result, with that loop visiting every position
-    (:mod:`shapetrace.loops`), when the module returns exactly the same with it so on the recorded inputs; else
-    None."""
+    (:mod:`shapetrace.loops`; and the positions it leaves out), when the module returns exactly the same with it so
+    on the recorded inputs; else None."""
     static = prepare(obj, g, dynamic="static")
 
     def run() -> Any:
         return static.module(*(static.example_inputs[n].clone() for n in static.input_names))
 
     try:
-        if not loops.iterates_selection(run) or not loops.same_when_widened(run):
+        if not loops.iterates_selection(run) or (skip := loops.positions_to_skip(run)) is None:
             return None
         tried: dict[str, Any] = {}
-        with loops.every_position():
+        with loops.every_position(skip):
             plan, ep = _degrading(obj, g, dynamic, {}, tried, timings)
     except (KeyboardInterrupt, MemoryError):
         raise
@@ -114,7 +117,10 @@ def _widened(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any], timi
     tools["widened_loops"] = (f"a loop over a nonzero() result is exported over every position (the module returns "
                               f"exactly the same on the recorded inputs so); as written: {type(error).__name__}: "
                               f"{' '.join(str(error).split())[:200]}")
-    return plan, ep
+    if skip:  # positions whose body raised IndexError: never selected by a call the module answers
+        tools["widened_loops_skipped"] = [{"line": site, "shape": list(shape), "position": list(at)}
+                                          for site, shape, at in sorted(skip)]
+    return plan, ep, skip
 
 
 def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) -> ExportPlan:

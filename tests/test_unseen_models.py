@@ -70,6 +70,47 @@ def test_a_loop_whose_body_acts_for_unchosen_positions_is_not_widened(record_exp
     assert "widened_loops" not in entry.tools and "torch_export_error" in entry.tools
 
 
+class StackedDispatch(torch.nn.Module):
+    """Dispatch over stacked expert weights with a "no expert" class in the one-hot that routing never picks and the
+    body does not skip: widened, the loop reaches an expert that does not exist (``IndexError``)."""
+
+    def __init__(self, experts: int = 4, width: int = 8):
+        super().__init__()
+        self.n = experts
+        self.router = torch.nn.Linear(width, experts)
+        self.w = torch.nn.Parameter(torch.randn(experts, width, width) / width**0.5)
+
+    def forward(self, x):
+        h = x.reshape(-1, x.shape[-1])
+        weights, chosen = self.router(h).softmax(-1).topk(2, dim=-1)
+        mask = F.one_hot(chosen, self.n + 1).permute(2, 1, 0)
+        out = torch.zeros_like(h)
+        for expert in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+            slot, token = torch.where(mask[expert[0]])
+            out.index_add_(0, token, (h[token] @ self.w[expert[0]]) * weights[token, slot, None])
+        return out.reshape(x.shape)
+
+
+def test_a_widened_position_the_module_cannot_process_is_left_out(record_export, served_on_openvino):
+    """The sentinel class raises IndexError when visited: no call the module answers selects it, so the widened
+    loop leaves it out (``tools.widened_loops_skipped``) and the export stays dynamic."""
+    torch.manual_seed(0)
+    m = StackedDispatch()
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(IndexError), loops.every_position():
+        m(x)
+    skip = loops.positions_to_skip(lambda: m(x))
+    assert skip is not None and [(shape, at) for _, shape, at in skip] == [((5,), (4,))]
+    h, _, result = record_export(lambda h: h.m(x), m=m)
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert [(s["shape"], s["position"]) for s in entry.tools["widened_loops_skipped"]] == [([5], [4])]
+    assert entry.tools["widened_loops_skipped"][0]["line"].startswith(__file__)
+    for size in [(3, 9, 8), (1, 1, 8)]:
+        got, want = served_on_openvino(h, result.out_dir, torch.randn(*size))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 class KeepsLast(torch.nn.Module):
     """A decoder's ``next_sequence_length``: how many of the last positions to compute, equal to the prompt's
     length at the prefill."""
