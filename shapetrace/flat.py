@@ -139,9 +139,11 @@ def module_for(obj: Any, g: GraphRecord) -> torch.nn.Module:
 
 
 def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = None,
-            dynamic: Any = "auto", keep_static: Mapping[str, Any] | None = None) -> ExportPlan:
+            dynamic: Any = "auto", keep_static: Mapping[str, Any] | None = None,
+            grow: Mapping[str, Any] | None = None) -> ExportPlan:
     """The :class:`ExportPlan` of one recorded graph of ``obj`` (the live object the recording was made on).
 
+    ``grow``: ``{input: {dim: n}}`` traced n longer (their last slice repeated), beside the size-1 dims traced at 2.
     ``keep_static``: ``{input: dims}`` left static whatever ``dynamic`` asks (export uses it for a size-1 dim that
     only broadcasts, which tracing at 2 would tie to a real dim)."""
     if not isinstance(graph, GraphRecord):
@@ -189,6 +191,9 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
         for d in candidates.get(n, {}):
             if t.shape[d] == 1:  # torch.export specialises size-1 dims: trace with 2, the graph stays general
                 t = torch.cat([t, t], dim=d)
+            elif (more := (grow or {}).get(n, {}).get(d, 0)) > 0:  # a dim that follows size-1 ones (a mask
+                t = torch.cat([t, t.narrow(d, t.shape[d] - 1, 1).expand(  # as long as cache + tokens): longer
+                    *t.shape[:d], more, *t.shape[d + 1:])], dim=d)
         args.append(t)
     output_keys = list(g.outputs)
     # ONNX needs unique value names: an output called like an input (unet: sample -> sample) is "output.sample"

@@ -13,6 +13,8 @@ Everything given up is written into ``tools``: ``dynamic_error`` (why the full e
 ``dynamic_given_up`` (the groups made static), ``broadcast_static``, ``size1_static``,
 ``size1_static_broken_guard`` (size-1 dims named in a guard the recorded call broke when traced at 2),
 ``size1_static_failed_at_two`` (size-1 dims kept at 1 because the export failed with them traced at 2),
+``size1_grown_with`` (kept at 1 they made another dim static, a mask one longer than a cache of 1: traced at 2
+again with that dim one or two longer, what was tried before under ``instead_of``),
 ``torch_export_error``, ``dropped_outputs``, ``widened_loops`` and ``widened_loops_skipped`` (positions left out of
 a widened loop because their body raises: a class no expert stands for).
 
@@ -89,7 +91,45 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         with widen():
             plan, ep = _degrading(obj, g, dynamic, keep, tools, timings)
         info = describe(plan, ep)
-    return plan, ep, info
+    with widen():
+        grown = _grown_with_size1(obj, g, dynamic, plan, info, broadcast, tools, timings)
+    return grown if grown is not None else (plan, ep, info)
+
+
+_PINNED_KEYS = ("size1_static_broken_guard", "size1_static_failed_at_two", "size1_static")
+
+
+def _grown_with_size1(obj: Any, g: GraphRecord, dynamic: Any, plan: ExportPlan, info: dims_mod.DimInfo,
+                      broadcast: Mapping[str, set[int]], tools: dict[str, Any],
+                      timings: dict[str, float]) -> tuple[ExportPlan, Any, dims_mod.DimInfo] | None:
+    """Size-1 dims kept at 1 made another dim static (an encoder-decoder's first step: a cache of 1, a mask of 2
+    that torch.export then fixed at 2): trace the size-1 dims at 2 again with those dims longer, as they follow
+    them (one longer, else two: a cache of 1 and 1 token). Kept when the program specialises nothing and its guards
+    hold at the recorded sizes; else None."""
+    pinned = [x for k in _PINNED_KEYS for x in tools.get(k, ())]
+    followers: dict[str, set[int]] = {}
+    for s in info.specialized:
+        if int(plan.example_inputs[s["input"]].shape[s["dim"]]) != 1:
+            followers.setdefault(s["input"], set()).add(int(s["dim"]))
+    if not pinned or not followers:
+        return None
+    for more in (1, 2):  # one size-1 dim doubled (a cache of 1), or two (a cache of 1 and 1 token)
+        try:
+            grown = prepare(obj, g, dynamic=dynamic, keep_static=broadcast,
+                            grow={n: dict.fromkeys(dims, more) for n, dims in followers.items()})
+            ep = export_program(grown, timings)
+            grown_info = describe(grown, ep)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception:
+            continue
+        if grown_info.specialized or _broken_at_recorded(grown_info, grown) or _pinned_at_two(grown_info, grown):
+            continue
+        tools["size1_grown_with"] = {
+            "grown": [{"input": n, "dims": sorted(d), "by": more} for n, d in sorted(followers.items())],
+            "instead_of": {k: tools.pop(k) for k in _PINNED_KEYS if k in tools}}
+        return grown, ep, grown_info
+    return None
 
 
 def _widened(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any], timings: dict[str, float],
@@ -258,7 +298,14 @@ def _given_up(role: str, dims: Mapping[str, set[int]]) -> dict[str, Any]:
 def describe(plan: ExportPlan, ep: Any) -> dims_mod.DimInfo:
     """What ``ep`` (exported from ``plan``) says of the graph's dims."""
     arg_shapes = {n: tuple(a.shape) for n, a in zip(plan.input_names, plan.args)}
-    return dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
+    info = dims_mod.describe_program(ep, plan.input_names, plan.output_names, plan.candidates, arg_shapes)
+    for dim in info.dims.values():  # the recorded call is served (verify runs it): a lower bound torch.export drew
+        recorded = [int(plan.example_inputs[inp].shape[int(d)])  # from sizes traced longer (2 for a size-1 dim,
+                    for inp, d in (s.rsplit(".", 1) for s in dim["sources"])  # a mask one longer than that)
+                    if inp in plan.example_inputs]  # never goes above it
+        if recorded and dim.get("min") is not None and dim["min"] > min(recorded):
+            dim["min"] = min(recorded)
+    return info
 
 
 def _broadcast_ties(info: dims_mod.DimInfo, plan: ExportPlan) -> dict[str, set[int]]:

@@ -163,3 +163,42 @@ def test_an_average_pool_wider_than_its_map_is_exported_as_its_mean_and_openvino
     assert "static_fallback" not in result.manifest.graph("m").tools
     got, want = served_on_openvino(h, result.out_dir, torch.randn(3, 3, 12, 12))  # a 3x3 map: still one window
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class DecodeStep(torch.nn.Module):
+    """An encoder-decoder's decode step in miniature: per-channel token ids (rank 3: their step dim stays 1), a
+    cache, a mask as long as the cache and the new token."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+        self.q = torch.nn.Linear(8, 8)
+
+    def forward(self, ids, mask, keys):
+        x = self.emb(ids).sum(2)
+        keys = torch.cat([keys, x], dim=1)
+        scores = self.q(x) @ keys.transpose(1, 2) + (1.0 - mask[:, None, :].float()) * -1e4
+        return scores.softmax(-1) @ keys, keys
+
+
+def test_a_mask_that_follows_a_size_one_cache_is_traced_longer_with_it_and_every_later_step_is_served(
+        record_export, served_on_openvino):
+    """The first step's cache of 1, traced at 2, broke the guard mask == cache + 1 on the recorded call; kept at 1,
+    it fixed the mask at 2 and every later step was refused. Traced at 2 with the mask one longer, both stay
+    dynamic (the mask named as the cache + 1) and the recorded step (a cache of 1) is still in range."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 16, (2, 1, 3))
+    h, _, result = record_export(
+        lambda h: [h.m(ids, torch.ones(2, k + 1, dtype=torch.long), torch.randn(2, k, 8)) for k in (1, 2, 3)],
+        m=DecodeStep())
+    assert result.ok and result.parity, str(result)
+    entry = result.manifest.graph("m")
+    assert entry.tools["size1_grown_with"]["grown"] == [{"input": "mask", "dims": [1], "by": 1}]
+    assert not entry.specialized
+    cache_dim = entry.input("keys").shape[1]
+    assert entry.input("mask").shape[1] == f"{cache_dim} + 1" and entry.dims[cache_dim].min == 1
+    for k in (1, 6):
+        got, want = served_on_openvino(h, result.out_dir, torch.randint(0, 16, (3, 1, 3)),
+                                       torch.ones(3, k + 1, dtype=torch.long), torch.randn(3, k, 8))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
