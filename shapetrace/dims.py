@@ -2,7 +2,8 @@
 
 Policy (``dynamic="auto"``): dim 0 of every tensor of rank >= 1 (batch), the spatial dims of rank-4/5 tensors
 (height, width, frames), the sequence dim of integer / bool token tensors of rank 2 and of rank-3 float
-sequences, plus every dim whose size changed across the recorded calls. ``"static"`` makes nothing dynamic; a
+sequences, dim 1 of a float rank-2 tensor as long as the prompt (a float attention mask), the dims of other integer
+tensors as long as the prompt's, plus every dim whose size changed across the recorded calls. ``"static"`` makes nothing dynamic; a
 mapping ``{input name: [dims] or {dim: name}}`` says exactly which.
 
 ``torch.export`` (with ``Dim.AUTO``) then decides: dims it can keep dynamic get one symbol each, shared where the
@@ -92,10 +93,17 @@ def _align_with_the_prompt(inputs: Mapping[str, Any], out: dict[str, dict[int, s
                            cache_inputs: frozenset[str] | set[str]) -> None:
     """Integer tensors of other ranks laid along the prompt (multimodal rotary positions ``[sections, batch,
     sequence]``, per-token type ids in 3-D) keep the prompt's dims dynamic too: a dim of such a tensor as long as a
-    dynamic dim of a ``[batch, sequence]`` id tensor is asked dynamic (else the rank rule fixes the prompt length)."""
-    prompt = {inputs[n].shape[d] for n, dims in out.items() if n not in cache_inputs and len(inputs[n].shape) == 2
-              and not inputs[n].dtype.is_floating_point for d in dims} - {0, 1}
+    dynamic dim of a ``[batch, sequence]`` id tensor is asked dynamic (else the rank rule fixes the prompt length).
+    So is dim 1 of a float ``[batch, n]`` tensor when n is the prompt's length (an attention mask given as floats:
+    fixed, it fixed the prompt length through the mask's padding check)."""
+    ids = [n for n in out if n not in cache_inputs and len(inputs[n].shape) == 2
+           and not inputs[n].dtype.is_floating_point]
+    prompt = {inputs[n].shape[d] for n in ids for d in out[n]} - {0, 1}
+    lengths = {inputs[n].shape[1] for n in ids if 1 in out[n]} - {0, 1}
     for name, spec in inputs.items():
+        if name not in cache_inputs and spec.dtype.is_floating_point and len(spec.shape) == 2 \
+                and spec.shape[1] in lengths:
+            out[name].setdefault(1, None)
         if name in cache_inputs or spec.dtype.is_floating_point or spec.dtype.is_complex or len(spec.shape) < 3:
             continue
         out[name].update({d: None for d, size in enumerate(spec.shape) if size in prompt and d not in out[name]})

@@ -14,6 +14,11 @@ an empty update), so it is used only after an eager check: the module run with t
 exactly what it returns without (:func:`same_when_widened`, on the recorded inputs); export then says so in
 ``tools.widened_loops`` and verify compares the result with PyTorch as for every graph.
 
+Inside such a body, an emptiness test of a count only the data knows (``if token_idx.numel() == 0: continue``)
+is decided under ``torch.export`` as torch decides such tests for sizes it cannot see (size-oblivious: not
+empty), so the body runs on what may be an empty selection, which adds nothing; verify runs the graph on the
+recorded and on other inputs as for every graph.
+
 A position the body cannot process raises: a one-hot mask one class wider than the experts (a "no expert" class
 that routing never picks) visits an expert that does not exist (``IndexError``). Such a position is one the module
 as written fails on whenever it is selected, so no call it answers selects it: :func:`positions_to_skip` finds them
@@ -107,12 +112,43 @@ def every_position(skip: Iterable[Skip] = (), at: list[Skip | None] | None = Non
                 return format(value, spec)
         return fmt(self, spec)
 
-    torch.Tensor.__format__ = known_number
+    truth = torch.SymBool.__bool__
+    torch.Tensor.__format__, torch.SymBool.__bool__ = known_number, _not_empty(truth)
     try:
         with _tracked(lambda result, shape, site: _positions(shape, site, result.device, skip, at)):
             yield
     finally:
-        torch.Tensor.__format__ = fmt
+        torch.Tensor.__format__, torch.SymBool.__bool__ = fmt, truth
+
+
+def _not_empty(truth: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """``SymBool.__bool__`` that decides a data-dependent comparison of counts with 0 (``Eq(u0, 0)``,
+    ``Gt(u0, 0)``) as for a count of at least 1 (the module docstring); any other such condition fails as before."""
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    def decided(self: Any) -> bool:
+        try:
+            return truth(self)
+        except GuardOnDataDependentSymNode:
+            expr = getattr(getattr(self, "node", None), "expr", None)
+            answer = _with_counts_positive(expr)
+            if answer is None:
+                raise
+            return answer
+    return decided
+
+
+def _with_counts_positive(expr: Any) -> bool | None:
+    """``expr`` (a sympy relation between unbacked counts and 0) decided for counts >= 1; None if undecided."""
+    import sympy
+
+    if not isinstance(expr, sympy.core.relational.Relational) or 0 not in expr.args:
+        return None
+    counts = [x for x in expr.free_symbols if str(x).startswith("u")]
+    if not counts or len(expr.free_symbols) != len(counts):
+        return None
+    value = expr.subs({x: sympy.Symbol(f"{x}_count", integer=True, positive=True) for x in counts})
+    return bool(value) if value in (sympy.true, sympy.false) else None
 
 
 def iterates_selection(run: Callable[[], Any]) -> bool:

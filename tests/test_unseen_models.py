@@ -1,6 +1,7 @@
 """Mechanisms found on models nobody tuned to (transformers' own model tests as a corpus), each on a small model:
-a loop over the positions ``nonzero()`` selected (mixture-of-experts dispatch), a number that follows a dim, an
-average pool wider than its map."""
+a loop over the positions ``nonzero()`` selected (mixture-of-experts dispatch; a sentinel class, an emptiness test in
+its body), a number that follows a dim, an average pool wider than its map, a mask that follows a size-1 cache, a
+float mask as long as the prompt."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ class Dispatch(torch.nn.Module):
     expert's tokens selected again inside the body, a sentinel class no token ever chooses skipped by value, and the
     expert named from the position (``f"e{position}"``)."""
 
-    def __init__(self, experts: int = 4, width: int = 8, count_visits: bool = False):
+    def __init__(self, experts: int = 4, width: int = 8, count_visits: bool = False, skip_empty: bool = False):
         super().__init__()
-        self.n, self.count_visits = experts, count_visits
+        self.n, self.count_visits, self.skip_empty = experts, count_visits, skip_empty
         self.router = torch.nn.Linear(width, experts)
         self.experts = torch.nn.ModuleDict({f"e{i}": torch.nn.Linear(width, width) for i in range(experts)})
 
@@ -31,6 +32,8 @@ class Dispatch(torch.nn.Module):
             if expert[0] == self.n:
                 continue
             slot, token = torch.where(mask[expert[0]])
+            if self.skip_empty and token.numel() == 0:  # a count only the data knows
+                continue
             out.index_add_(0, token, self.experts[f"e{expert[0]}"](h[token]) * weights[token, slot, None])
             if self.count_visits:  # not a no-op for an expert nobody chose: widening would change the result
                 out[0, 0] += 1.0
@@ -56,6 +59,18 @@ def test_a_dispatch_loop_exports_dynamic_and_openvino_serves_other_sizes(record_
     assert "GuardOnDataDependentSymNode" in entry.tools["widened_loops"]  # why the loop as written cannot export
     assert {d.name for d in entry.dims.values()} >= {"batch", "sequence"}
     for size in [(3, 9, 8), (1, 1, 8)]:  # one token chooses one expert: three loop positions find nobody
+        got, want = served_on_openvino(h, result.out_dir, torch.randn(*size))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_an_emptiness_test_inside_a_widened_loop_is_decided_not_empty_and_unchosen_experts_add_nothing(
+        record_export, served_on_openvino):
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 5, 8)), m=Dispatch(skip_empty=True))
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert "widened_loops" in entry.tools and "torch_export_error" not in entry.tools
+    for size in [(3, 9, 8), (1, 1, 8)]:  # one token: three experts whose selection is empty
         got, want = served_on_openvino(h, result.out_dir, torch.randn(*size))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
@@ -202,3 +217,29 @@ def test_a_mask_that_follows_a_size_one_cache_is_traced_longer_with_it_and_every
                                        torch.ones(3, k + 1, dtype=torch.long), torch.randn(3, k, 8))
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+class FloatMask(torch.nn.Module):
+    """A decoder given its attention mask as floats, padded when shorter than the prompt (as transformers' mask
+    helpers do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+
+    def forward(self, ids, mask):
+        if (pad := ids.shape[1] - mask.shape[-1]) > 0:
+            mask = F.pad(mask, (0, pad))
+        return self.emb(ids) * mask[..., None]
+
+
+def test_a_float_mask_as_long_as_the_prompt_keeps_the_prompt_length_dynamic(record_export, served_on_openvino):
+    """The rank rule left a float [batch, n] tensor's n static; the mask's padding check then fixed the prompt
+    length at the recorded one."""
+    torch.manual_seed(0)
+    h, _, result = record_export(lambda h: h.m(torch.randint(0, 16, (2, 7)), torch.ones(2, 7)), m=FloatMask())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert entry.input("mask").shape == entry.input("ids").shape == ("batch", "sequence") and not entry.specialized
+    got, want = served_on_openvino(h, result.out_dir, torch.randint(0, 16, (3, 11)), torch.rand(3, 11))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
