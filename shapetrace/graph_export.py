@@ -24,7 +24,7 @@ import torch
 from . import constraints
 from . import dims as dims_mod
 from . import stateful as stateful_mod
-from . import datachecks, decomplex, loops, tracing, writers
+from . import branches, datachecks, decomplex, loops, tracing, writers
 from .errors import ShapetraceError
 from .files import json_value, save_npz
 from .flat import ExportPlan, module_for, weights_dtype, without_outputs
@@ -194,6 +194,8 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
     if "widened_loops" in d.tools and scope is not None:  # the exporters that trace by running the module too
         scope.enter_context(loops.every_position(loops.skipped(d.tools.get("widened_loops_skipped", ()))))
+    if "branches_as_recorded" in d.tools and scope is not None:
+        scope.enter_context(branches.as_recorded(branches.read(d.tools["branches_as_recorded"])))
     ir_plan = plan  # what the exporters convert: a real-valued rewrite when the graph computes complex values
     if ep is not None and (ops := writers.complex_ops(ep)):
         try:

@@ -16,7 +16,8 @@ Everything given up is written into ``tools``: ``dynamic_error`` (why the full e
 ``size1_grown_with`` (kept at 1 they made another dim static, a mask one longer than a cache of 1: traced at 2
 again with that dim one or two longer, what was tried before under ``instead_of``),
 ``torch_export_error``, ``dropped_outputs``, ``widened_loops`` and ``widened_loops_skipped`` (positions left out of
-a widened loop because their body raises: a class no expert stands for).
+a widened loop because their body raises: a class no expert stands for), ``branches_as_recorded`` (``if`` tests on
+tensor data answered as the recorded call answered them, :mod:`shapetrace.branches`).
 
 When no export works and the module loops over the result of a ``nonzero()`` (a mixture-of-experts dispatch: one
 iteration per expert some token chose, a length known only from the data), the whole sequence above is tried once
@@ -41,7 +42,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from . import constraints
+from . import branches, constraints
 from . import dims as dims_mod
 from . import loops
 from . import tree
@@ -68,9 +69,13 @@ def trace(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
         raise
     except Exception as e:
         widened = _widened(obj, g, dynamic, tools, timings, e)
+        decided = None if widened is not None else _branches_as_recorded(obj, g, dynamic, tools, timings, e)
         if widened is not None:
             plan, ep, skip = widened
             widen = functools.partial(loops.every_position, skip)
+        elif decided is not None:
+            plan, ep, answers = decided
+            widen = functools.partial(branches.as_recorded, answers)
         else:
             tools["torch_export_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
             plan = _traceable_outputs(prepare(obj, g, dynamic="static"), g, tools)
@@ -161,6 +166,34 @@ def _widened(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any], timi
         tools["widened_loops_skipped"] = [{"line": site, "shape": list(shape), "position": list(at)}
                                           for site, shape, at in sorted(skip)]
     return plan, ep, skip
+
+
+def _branches_as_recorded(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any],
+                          timings: dict[str, float], error: Exception
+                          ) -> tuple[ExportPlan, Any, dict[str, bool]] | None:
+    """The export with the tensor truth tests ``torch.export`` cannot decide answered as an eager run answers
+    them (:mod:`shapetrace.branches`), when the export failed on one; else None."""
+    if "DataDependent" not in type(error).__name__:
+        return None
+    static = prepare(obj, g, dynamic="static")
+    try:
+        answers = branches.recorded_answers(
+            lambda: static.module(*(static.example_inputs[n].clone() for n in static.input_names)))
+        if not answers:
+            return None
+        tried: dict[str, Any] = {}
+        used: set[str] = set()
+        with branches.as_recorded(answers, used):
+            plan, ep = _degrading(obj, g, dynamic, {}, tried, timings)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 -- the static trace follows; this says why not this way
+        tools["branches_as_recorded_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        return None
+    tools.pop("dynamic_error", None)
+    tools.update(tried)
+    tools["branches_as_recorded"] = branches.written(answers, used)
+    return plan, ep, {site: answers[site] for site in used}
 
 
 def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) -> ExportPlan:

@@ -243,3 +243,34 @@ def test_a_float_mask_as_long_as_the_prompt_keeps_the_prompt_length_dynamic(reco
     assert entry.input("mask").shape == entry.input("ids").shape == ("batch", "sequence") and not entry.specialized
     got, want = served_on_openvino(h, result.out_dir, torch.randint(0, 16, (3, 11)), torch.rand(3, 11))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class MergesIfPlaceholders(torch.nn.Module):
+    """A multimodal merge guarded by the prompt's values: features are added only when a placeholder is present."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+
+    def forward(self, ids, features):
+        x = self.emb(ids)
+        if features is not None and (ids == 7).any():
+            x = x + (ids == 7)[..., None] * features.mean(1, keepdim=True)
+        return x
+
+
+def test_a_branch_on_the_prompts_values_is_exported_as_recorded_with_its_dims_dynamic(
+        record_export, served_on_openvino):
+    """torch.export cannot decide ``(ids == 7).any()``: the test is answered as the eager run answered it at that
+    line (``tools.branches_as_recorded``), so the graph stays dynamic instead of a static trace."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 7, 7, 3, 4], [2, 7, 7, 5, 6]])
+    h, _, result = record_export(lambda h: h.m(ids, torch.randn(2, 3, 8)), m=MergesIfPlaceholders())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert [b["answer"] for b in entry.tools["branches_as_recorded"]] == [True]
+    assert entry.tools["branches_as_recorded"][0]["line"].startswith(__file__)
+    assert "torch_export_error" not in entry.tools and entry.input("ids").shape == ("batch", "sequence")
+    longer = torch.tensor([[1, 7, 7, 3, 4, 9, 9, 2]] * 3)
+    got, want = served_on_openvino(h, result.out_dir, longer, torch.randn(3, 3, 8))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
