@@ -16,6 +16,7 @@ and on other inputs as for every graph.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -24,14 +25,17 @@ import torch
 __all__ = ["as_recorded", "recorded_answers", "written", "read"]
 
 
+_TORCH = os.path.dirname(torch.__file__) + os.sep
+
+
 def _site(depth: int = 2) -> str:
     frame = sys._getframe(depth)
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
-def recorded_answers(run: Callable[[], Any]) -> dict[str, bool]:
-    """Each line where ``run()`` (an eager call) tests a tensor's truth, with the answer it got there, for the
-    lines that always got the same answer."""
+def recorded_answers(run: Callable[[], Any]) -> dict[str, bool | None]:
+    """Each line where ``run()`` (an eager call) tests a tensor's truth, with the answer it always got there
+    (None where the answers differ)."""
     seen: dict[str, set[bool]] = {}
     truth = torch.Tensor.__bool__
 
@@ -46,11 +50,11 @@ def recorded_answers(run: Callable[[], Any]) -> dict[str, bool]:
             run()
     finally:
         torch.Tensor.__bool__ = truth
-    return {site: next(iter(answers)) for site, answers in seen.items() if len(answers) == 1}
+    return {site: next(iter(answers)) if len(answers) == 1 else None for site, answers in seen.items()}
 
 
 @contextlib.contextmanager
-def as_recorded(answers: Mapping[str, bool], used: set[str] | None = None) -> Iterator[None]:
+def as_recorded(answers: Mapping[str, bool | None], used: set[str] | None = None) -> Iterator[None]:
     """In the block, a tensor truth test ``torch.export`` cannot decide gets the recorded answer of its line
     (``answers``: :func:`recorded_answers`); the lines so answered are added to ``used``. Restored on exit."""
     from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
@@ -60,13 +64,18 @@ def as_recorded(answers: Mapping[str, bool], used: set[str] | None = None) -> It
     def decided(self: torch.Tensor) -> bool:
         try:
             return truth(self)
-        except GuardOnDataDependentSymNode:
+        except GuardOnDataDependentSymNode as e:
             site = _site()
-            if site not in answers:
+            if site.startswith(_TORCH):  # torch's own dispatch calling the test again: the user's line answers
+                raise
+            answer = answers.get(site)
+            if answer is None:
+                e.add_note(f"a truth test at {site}, " + (
+                    "whose recorded answers differ" if site in answers else "not reached by the eager run"))
                 raise
             if used is not None:
                 used.add(site)
-            return answers[site]
+            return answer
 
     torch.Tensor.__bool__ = decided
     try:
@@ -75,7 +84,7 @@ def as_recorded(answers: Mapping[str, bool], used: set[str] | None = None) -> It
         torch.Tensor.__bool__ = truth
 
 
-def written(answers: Mapping[str, bool], used: Iterable[str]) -> list[dict[str, Any]]:
+def written(answers: Mapping[str, bool | None], used: Iterable[str]) -> list[dict[str, Any]]:
     """The answers that were used, as ``tools.branches_as_recorded`` holds them."""
     return [{"line": site, "answer": answers[site]} for site in sorted(used)]
 

@@ -179,7 +179,7 @@ def _branches_as_recorded(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[st
     try:
         answers = branches.recorded_answers(
             lambda: static.module(*(static.example_inputs[n].clone() for n in static.input_names)))
-        if not answers:
+        if not any(a is not None for a in answers.values()):
             return None
         tried: dict[str, Any] = {}
         used: set[str] = set()
@@ -188,12 +188,14 @@ def _branches_as_recorded(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[st
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 -- the static trace follows; this says why not this way
-        tools["branches_as_recorded_error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        notes = "; ".join(getattr(e, "__notes__", ()))
+        tools["branches_as_recorded_error"] = (f"{type(e).__name__}{' (' + notes + ')' if notes else ''}: "
+                                               f"{' '.join(str(e).split())[:300]}")
         return None
     tools.pop("dynamic_error", None)
     tools.update(tried)
     tools["branches_as_recorded"] = branches.written(answers, used)
-    return plan, ep, {site: answers[site] for site in used}
+    return plan, ep, {site: bool(answers[site]) for site in used}
 
 
 def _traceable_outputs(plan: ExportPlan, g: GraphRecord, tools: dict[str, Any]) -> ExportPlan:
