@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import dims as dims_mod
+from . import onnx_checks
 from ._optional import require
 from .caches import export_patches, onnx_translations
 from .errors import ExportError
@@ -101,6 +102,20 @@ def _rename_ir_dims(model: Any, symbols: Mapping[str, str], input_shapes: Mappin
 ONNX_EXTERNAL_DATA_ABOVE_BYTES = 256 << 20
 
 
+def _lenient_unbacked() -> Any:
+    """The ONNX exporter decomposes the program by tracing it again, and there loses track of where a size only
+    the data knows (``nonzero``, a boolean mask) was bound: ``PendingUnbackedSymbolNotFound`` for a program
+    ``torch.export`` itself traced. Such a binding only places runtime assertions, which ONNX does not carry; torch
+    then warns instead (its ``soft_pending_unbacked_not_found_error``), and verify checks the file as always."""
+    return torch.fx.experimental._config.patch(soft_pending_unbacked_not_found_error=True)
+
+
+def _check_translations() -> dict:
+    """:mod:`shapetrace.onnx_checks`' lowerings (``torch._check_tensor_all``'s op)."""
+    require("onnxscript", "onnx")
+    return dict(onnx_checks.translations())
+
+
 def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, opset: int | None) -> dict:
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
@@ -109,18 +124,20 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
         if ep is None:  # no torch.export program (tracing.trace): only the TorchScript exporter can do it
             raise ExportError("torch.export could not trace this graph")
         try:
-            prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
-                                     output_names=list(plan.output_names), opset_version=opset, optimize=True,
-                                     verbose=False)
+            with _lenient_unbacked():
+                prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
+                                         output_names=list(plan.output_names), opset_version=opset, optimize=True,
+                                         verbose=False, custom_translation_table=_check_translations())
         except MemoryError:
             raise
         except Exception:  # ops torchlib lowers wrongly or not at all: transformers.exporters' own lowerings
             table = onnx_translations()
             if not table:
                 raise
-            prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
-                                     output_names=list(plan.output_names), opset_version=opset, optimize=True,
-                                     verbose=False, custom_translation_table=table)
+            with _lenient_unbacked():
+                prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
+                                         output_names=list(plan.output_names), opset_version=opset, optimize=True,
+                                         verbose=False, custom_translation_table={**table, **_check_translations()})
             tools["onnx_translations"] = "transformers.exporters"
         tools["onnx_exporter"] = "torch.onnx.export(dynamo=True)"
     except MemoryError:

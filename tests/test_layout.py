@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shapetrace"
 #: Lower layers never import higher ones (modules of one layer may import each other, without a loop).
 LAYERS = [
     {"errors", "_version", "_optional", "files", "exitcodes", "isa"},
-    {"walker", "caches", "datachecks", "jittrace", "loops", "branches", "portable", "tree", "signature", "standin", "samples", "inplace", "decomplex", "modstate"},
+    {"walker", "caches", "datachecks", "jittrace", "loops", "branches", "portable", "onnx_checks", "tree", "signature", "standin", "samples", "inplace", "decomplex", "modstate"},
     {"recording", "recorder", "proxy"},
     {"dims", "constraints", "manifest"},
     {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence", "quality",

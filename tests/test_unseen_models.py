@@ -274,3 +274,29 @@ def test_a_branch_on_the_prompts_values_is_exported_as_recorded_with_its_dims_dy
     longer = torch.tensor([[1, 7, 7, 3, 4, 9, 9, 2]] * 3)
     got, want = served_on_openvino(h, result.out_dir, longer, torch.randn(3, 3, 8))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+class ChecksItsFeatures(torch.nn.Module):
+    """A multimodal merge that first checks, as transformers' ``torch_compilable_check`` does with a tensor
+    condition, that the prompt holds as many placeholders as there are features."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x, ids, features):
+        mask = ids == 3
+        torch._check_tensor_all(mask.sum() * x.shape[-1] == features.numel(), lambda: "placeholders != features")
+        return x.masked_scatter(mask[..., None], self.proj(features))
+
+
+def test_a_tensor_check_before_a_masked_merge_exports_to_onnx_with_the_dynamo_exporter(record_export):
+    """The dynamo exporter failed on such a program twice (a size bound by the mask lost while decomposing,
+    ``PendingUnbackedSymbolNotFound``; no ONNX function for ``_is_all_true``) and the graph fell back to the
+    TorchScript exporter; now it converts, and the file matches PyTorch."""
+    torch.manual_seed(0)
+    ids = torch.tensor([[3, 1, 3, 2, 2], [1, 3, 2, 2, 2]])
+    _, _, result = record_export(lambda h: h.m(torch.randn(2, 5, 4), ids, torch.randn(3, 4)), m=ChecksItsFeatures())
+    entry = result.manifest.graph("m")
+    assert result.ok and result.parity, str(result)
+    assert entry.tools["onnx_exporter"] == "torch.onnx.export(dynamo=True)", entry.tools.get("onnx_dynamo_error")
