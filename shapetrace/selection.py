@@ -8,7 +8,8 @@ the selected indices then differs, though every runtime computed the same number
 The rule (see the README's verify section): an output that fails against PyTorch is re-judged only when
 
 1. PyTorch's own run of the graph split exact ties in some selection (a ``topk`` whose k-th score also occurs among
-   the candidates left out, or whose selected scores repeat; an ``argmax`` / ``argmin`` whose extreme occurs twice):
+   the candidates left out, or whose selected scores repeat; a ``sort`` / ``argsort`` of repeated scores, which
+   ONNX writes as a ``TopK`` of every candidate; an ``argmax`` / ``argmin`` whose extreme occurs twice):
    :func:`recorded_selections` records every such call (a ``TorchFunctionMode``), and
 2. the graph's ONNX file, run on ONNX Runtime with each selection node's indices (and values) **replaced by
    PyTorch's** (:func:`forced_outputs`), gives every output within tolerance of PyTorch: with the same choice, the
@@ -40,7 +41,9 @@ __all__ = ["Selection", "TiedRuns", "recorded_selections", "ties", "forced_outpu
 #: ONNX op type -> the torch call it comes from
 SELECTION_OPS = {"TopK": "topk", "ArgMax": "argmax", "ArgMin": "argmin"}
 _TORCH = {torch.topk: "topk", torch.Tensor.topk: "topk", torch.argmax: "argmax", torch.Tensor.argmax: "argmax",
-          torch.argmin: "argmin", torch.Tensor.argmin: "argmin"}
+          torch.argmin: "argmin", torch.Tensor.argmin: "argmin",
+          # a sort is a TopK of every candidate in ONNX (and so a selection node to line up with)
+          torch.sort: "sort", torch.Tensor.sort: "sort", torch.argsort: "argsort", torch.Tensor.argsort: "argsort"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,11 @@ class _Recorder(TorchFunctionMode):
 
 def _selection(kind: str, args: Sequence, kwargs: Mapping, out: Any) -> Selection:
     scores = args[0].detach().float().cpu().numpy()
+    if kind in ("sort", "argsort"):  # recorded as the TopK of all candidates it is in ONNX
+        dim = int(args[1] if len(args) > 1 and not isinstance(args[1], bool) else kwargs.get("dim", -1))
+        indices = (out[1] if kind == "sort" else out).cpu().numpy()
+        values = np.take_along_axis(scores, indices, axis=dim)
+        return Selection("topk", scores, indices, values, _topk_ties(scores, values, scores.shape[dim], dim))
     if kind == "topk":
         k = int(args[1] if len(args) > 1 else kwargs["k"])
         dim = int(args[2] if len(args) > 2 else kwargs.get("dim", -1))

@@ -804,6 +804,27 @@ def test_outputs_gathered_at_a_selection_among_tied_scores_pass_by_the_selection
                in n for n in report.notes), report.notes
 
 
+class SortsTies(SelectsAmongTies):
+    """The same selection written as a sort (a router ordering its tokens by expert): ONNX writes ``argsort`` as a
+    ``TopK`` of every candidate, which has to line up with PyTorch's recorded calls."""
+
+    def forward(self, x):
+        order = self.score(x).squeeze(-1).argsort(dim=1, descending=True)[:, :6]
+        boxes = torch.gather(self.box(x), 1, order[..., None].expand(-1, -1, 4))
+        return boxes.sigmoid(), x.mean(1)
+
+
+def test_outputs_gathered_after_a_sort_of_tied_scores_pass_by_the_selection_rule(record_export):
+    torch.manual_seed(0)
+    x = torch.randn(2, 20, 4)
+    h, want, result = record_export(lambda h: h.m(x), m=SortsTies())
+    order = torch.arange(20).expand(2, 20)[:, :6]
+    assert not torch.equal(want[0], torch.gather(h.m.box(x), 1, order[..., None].expand(-1, -1, 4)).sigmoid()), \
+        "PyTorch broke the ties lowest index first, as ONNX does: this test would prove nothing"
+    assert result.parity.passed, result.parity.summary
+    assert any("selection among tied scores (topk 0:" in n for n in result.parity.notes), result.parity.notes
+
+
 def test_the_selection_rule_does_not_excuse_a_wrong_computation_after_the_selection(tmp_path, record_export):
     import onnx
 
