@@ -1,7 +1,7 @@
 """A module's Python under ``torch.jit.trace``, made to run as it runs eagerly.
 
 The exporters that trace by running the module (``torch.onnx.export(dynamo=False)``, OpenVINO's PyTorch frontend)
-take over when ``torch.export`` cannot follow it. Five things in transformers models' Python differ under that
+take over when ``torch.export`` cannot follow it. Six things in transformers models' Python differ under that
 trace, each a mechanism, none a model:
 
 - **The KV cache is not built.** ``if use_cache and cache is None and not torch.jit.is_tracing(): cache =
@@ -25,6 +25,11 @@ trace, each a mechanism, none a model:
 - **Sizes are tensors.** The tracer hands out sizes as 0-d tensors, and ``round(size * scale, 7)`` then fails (``type
   Tensor doesn't define __round__``). A 0-d tensor rounds as the number it holds (the trace records it as a
   constant, as it does for ``int(size)``).
+- **An assignment through indices after a full slice.** ``position_ids[:, b, mask] = positions`` (multimodal rotary
+  positions) is an ``index_put`` whose first index is "every row": OpenVINO's frontend writes the values in the
+  wrong order there (the ``[3, n]`` values land as if they were ``[n, 3]``). Every full slice in front becomes an
+  index of its own (``arange`` over that dim), a 1-D boolean mask its ``nonzero()`` positions, so the assignment
+  has only indices, the form both frontends translate right; the same elements get the same values.
 
 :func:`traced_as_run` installs them while a TorchScript trace runs the block, and the second and the fourth under
 ``torch.export`` too (OpenVINO converting the exported program meets the same empty operand); otherwise it changes
@@ -82,11 +87,57 @@ def _round(t: torch.Tensor, ndigits: int | None = None) -> Any:
     return round(t.item(), ndigits)
 
 
+def _full_slice(k: object) -> bool:
+    return isinstance(k, slice) and k.start is None and k.stop is None and k.step is None
+
+
+def _only_indices(self: torch.Tensor, key: object) -> tuple | None:
+    """``key`` with its leading full slices as ``arange`` indices and 1-D masks as positions, or None where the
+    key is not "full slices, then only ints and 1-D integer / boolean tensors"."""
+    if not isinstance(key, tuple) or not key or not _full_slice(key[0]):
+        return None
+    lead = next(i for i, k in enumerate(key) if not _full_slice(k)) if not all(map(_full_slice, key)) else len(key)
+    rest = key[lead:]
+    if not rest or not any(isinstance(k, torch.Tensor) for k in rest):
+        return None
+    indices = []
+    for k in rest:
+        if isinstance(k, bool) or not isinstance(k, (int, torch.Tensor)):
+            return None
+        if isinstance(k, int):
+            k = torch.tensor(k, device=self.device)
+        elif k.dtype == torch.bool:
+            if k.dim() != 1:
+                return None
+            k = k.nonzero().squeeze(-1)
+        elif k.is_floating_point() or k.is_complex():
+            return None
+        indices.append(k)
+    if lead + len(indices) > self.dim():
+        return None
+    shape = torch.broadcast_shapes(*(k.shape for k in indices))
+    front = [torch.arange(self.shape[d], device=self.device).view(-1, *[1] * (lead - d - 1 + len(shape)))
+             for d in range(lead)]
+    return (*front, *(k.expand(shape).view(*[1] * lead, *shape) if shape else k for k in indices))
+
+
+def _setitem_by_indices(setitem: Any) -> Any:
+    def __setitem__(self: torch.Tensor, key: Any, value: Any) -> None:  # noqa: N807 -- Tensor's own dunder
+        indices = _only_indices(self, key)
+        if indices is None:
+            return setitem(self, key, value)
+        value = value.to(self.dtype) if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=self.dtype)
+        self.index_put_(indices, value)
+        return None
+    return __setitem__
+
+
 @contextlib.contextmanager
 def traced_as_run() -> Iterator[None]:
     """While a TorchScript trace runs the block: ``torch.jit.is_tracing()`` is False for a caller whose line reads
     ``use_cache``, ``torch.cat`` skips 1-D empty operands next to real ones, grouped-query attention repeats its key
-    and value heads instead of passing ``enable_gqa``, and a 0-d tensor can be ``round``-ed
+    and value heads instead of passing ``enable_gqa``, an assignment after a full slice indexes every dim, and a 0-d
+    tensor can be ``round``-ed
     (see the module docstring); under ``torch.export`` and the trace, ``Module.to`` leaves a module alone when
     nothing would change. Otherwise a no-op. Restored on exit."""
     tracing = torch._C._is_tracing()
@@ -108,15 +159,21 @@ def traced_as_run() -> Iterator[None]:
     sdpa, module_to = torch.nn.functional.scaled_dot_product_attention, torch.nn.Module.to
     torch.cat = cat_skipping_empty
     torch.nn.Module.to = _to_unless_already(module_to)
+    setitem, had_setitem = torch.Tensor.__setitem__, "__setitem__" in vars(torch.Tensor)
     if tracing:
         torch.jit.is_tracing = cache_is_built
         torch.nn.functional.scaled_dot_product_attention = _sdpa_heads_repeated(sdpa)
+        torch.Tensor.__setitem__ = _setitem_by_indices(setitem)
     if not had_round:
         torch.Tensor.__round__ = _round
     try:
         yield
     finally:
         torch.jit.is_tracing, torch.cat = is_tracing, cat
+        if had_setitem:
+            torch.Tensor.__setitem__ = setitem
+        elif tracing:
+            del torch.Tensor.__setitem__
         torch.nn.functional.scaled_dot_product_attention, torch.nn.Module.to = sdpa, module_to
         if not had_round:
             del torch.Tensor.__round__

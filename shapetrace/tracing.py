@@ -38,7 +38,7 @@ import functools
 import signal
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -137,16 +137,18 @@ def _grown_with_size1(obj: Any, g: GraphRecord, dynamic: Any, plan: ExportPlan, 
     return None
 
 
+def _eager_call(obj: Any, g: GraphRecord) -> Callable[[], Any]:
+    """One eager call of the module on (fresh copies of) the recorded inputs, as the static plan lays them out."""
+    static = prepare(obj, g, dynamic="static")
+    return lambda: static.module(*(static.example_inputs[n].clone() for n in static.input_names))
+
+
 def _widened(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[str, Any], timings: dict[str, float],
              error: Exception) -> tuple[ExportPlan, Any, frozenset[loops.Skip]] | None:
     """The export of a module that loops over a ``nonzero()`` result, with that loop visiting every position
     (:mod:`shapetrace.loops`; and the positions it leaves out), when the module returns exactly the same with it so
     on the recorded inputs; else None."""
-    static = prepare(obj, g, dynamic="static")
-
-    def run() -> Any:
-        return static.module(*(static.example_inputs[n].clone() for n in static.input_names))
-
+    run = _eager_call(obj, g)
     try:
         if not loops.iterates_selection(run) or (skip := loops.positions_to_skip(run)) is None:
             return None
@@ -175,10 +177,8 @@ def _branches_as_recorded(obj: Any, g: GraphRecord, dynamic: Any, tools: dict[st
     them (:mod:`shapetrace.branches`), when the export failed on one; else None."""
     if "DataDependent" not in type(error).__name__:
         return None
-    static = prepare(obj, g, dynamic="static")
     try:
-        answers = branches.recorded_answers(
-            lambda: static.module(*(static.example_inputs[n].clone() for n in static.input_names)))
+        answers = branches.recorded_answers(_eager_call(obj, g))
         if not any(a is not None for a in answers.values()):
             return None
         tried: dict[str, Any] = {}

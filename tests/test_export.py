@@ -621,6 +621,30 @@ def test_under_a_trace_grouped_query_attention_repeats_its_heads_for_the_torchsc
     assert torch.nn.functional.scaled_dot_product_attention.__module__ != "shapetrace.jittrace"  # restored
 
 
+def test_under_a_trace_an_assignment_after_a_full_slice_converts_to_openvino_with_the_values_in_place():
+    """``positions[:, b, mask] = values`` (multimodal rotary positions): OpenVINO's frontend writes such an
+    ``index_put`` in the wrong order; under a trace every index is explicit and the IR computes what PyTorch does."""
+    ov = pytest.importorskip("openvino")
+    from shapetrace.jittrace import traced_as_run
+
+    class Positions(torch.nn.Module):
+        def forward(self, mask, values):
+            with traced_as_run():
+                positions = torch.zeros(3, 2, mask.shape[1], dtype=torch.long)
+                for b in range(mask.shape[0]):
+                    positions[:, b, mask[b]] = values[:, b, : int(mask[b].sum())]
+                return positions
+
+    mask = torch.tensor([[True, True, False, True, True], [False, True, True, True, True]])
+    values = torch.arange(3 * 2 * 4).view(3, 2, 4)
+    want = Positions()(mask, values)
+    with torch.no_grad():
+        model = ov.convert_model(torch.jit.trace(Positions(), (mask, values), check_trace=False))
+    got = ov.Core().compile_model(model, "CPU")([mask.numpy(), values.numpy()])[0]
+    np.testing.assert_array_equal(got, want.numpy())
+    assert "__setitem__" not in vars(torch.Tensor)  # restored
+
+
 def test_a_module_that_casts_itself_in_forward_exports_and_a_real_cast_still_converts():
     """``self.router = self.router.to(self.dtype)`` in ``forward``: under ``torch.export`` the swap of fake weights
     fails even when nothing changes; a cast to the dtype the weights have leaves the module alone there."""
