@@ -235,9 +235,9 @@ def main() -> None:
 
     import torch
     import shapetrace
-    from shapetrace import export as export_mod
-    from shapetrace import writers as writers_mod
-    from shapetrace.recording import Recording
+    from shapetrace._flow import export_all as export_mod
+    from shapetrace._export import writers as writers_mod
+    from shapetrace._record.recording import Recording
 
     import zoo
 
@@ -271,7 +271,7 @@ def main() -> None:
     import onnx
     import openvino
 
-    from shapetrace import tracing
+    from shapetrace._export import tracing
 
     phases.wrap(tracing, "prepare", "prepare")  # flat.prepare as the export calls it (tracing.trace)
     phases.wrap(torch.export, "export", "torch.export")

@@ -117,7 +117,7 @@ def side_shapetrace(folder: Path, work: Path, runs: int, samples: int) -> dict:
     import torch
 
     import shapetrace
-    from shapetrace.graph_export import PeakRSS
+    from shapetrace._export.graph_export import PeakRSS
 
     torch.set_grad_enabled(False)
     pipe = _load_torch(folder)

@@ -6,7 +6,7 @@ import json, time, torch, warnings, os, sys
 warnings.filterwarnings("ignore")
 import shapetrace, openvino as ov
 from diffusers import UNet2DConditionModel
-from shapetrace.export import _PeakRSS  # noqa: the sampler export.py uses
+from shapetrace._flow.export_all import _PeakRSS  # noqa: the sampler export.py uses
 torch.manual_seed(0)
 unet = UNet2DConditionModel.from_config(json.load(open("bench/configs/sd15-unet.json"))).eval()
 class H: pass

@@ -40,10 +40,10 @@ def run(b: Any, graphs: tuple[str, ...]) -> None:
     """The section; ``b`` is bench/run.py's Bench (its pipeline, logging, e2e machinery, results dict)."""
     import shapetrace
     from shapetrace.backends import open_runner
-    from shapetrace.flat import flat_module
-    from shapetrace.graph_export import PeakRSS
+    from shapetrace._export.flat import flat_module
+    from shapetrace._export.graph_export import PeakRSS
     from shapetrace.manifest import read as read_manifest
-    from shapetrace.walker import parse_path, resolve
+    from shapetrace._core.walker import parse_path, resolve
 
     from run import med, psnr, snr_db, timed  # noqa: E402 - bench/run.py's helpers
 

@@ -427,7 +427,7 @@ class Bench:
 
     def merge(self, out_root: Path, graphs: tuple[str, ...]) -> None:
         """One export folder per object (pipeline, detector) from the per-graph folders the children wrote."""
-        from shapetrace.recording import read_json
+        from shapetrace._record.recording import read_json
 
         for obj_key, names in (("pipe", PIPE_GRAPHS), ("openpose", OPENPOSE_GRAPHS)):
             names = [n for n in names if n in graphs and (out_root / n / "manifest.json").exists()]
@@ -455,9 +455,9 @@ class Bench:
     # ------------------------------------------------------------------------------------------ 3. graphs
     def graphs(self) -> None:
         from shapetrace.backends import open_runner
-        from shapetrace.flat import flat_module
+        from shapetrace._export.flat import flat_module
         from shapetrace.manifest import GraphEntry
-        from shapetrace.walker import parse_path, resolve
+        from shapetrace._core.walker import parse_path, resolve
 
         out = self.r.setdefault("graphs", {})
         for name in PIPE_GRAPHS + OPENPOSE_GRAPHS:
@@ -704,7 +704,7 @@ class Bench:
 def _instrument_recorder(acc: dict):
     """Time shapetrace's own work inside a record() block (bench only; shapetrace's code is not changed):
     every ``Recorder.call`` minus the wrapped call itself, and the number of attribute reads through a proxy."""
-    from shapetrace.proxy import Recorder, RecordingProxy
+    from shapetrace._record.proxy import Recorder, RecordingProxy
 
     orig_call, orig_getattr = Recorder.call, RecordingProxy.__getattr__
 
@@ -1073,7 +1073,7 @@ def main() -> None:
     if "overhead" in sections or not (b.work / "signatures" / "pipe").exists():
         b.overhead()
     else:
-        from shapetrace.recording import Recording
+        from shapetrace._record.recording import Recording
 
         b.calls = {g.name: g.num_calls for key in ("pipe", "openpose")
                    for g in Recording.load(b.work / "signatures" / key)}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import shapetrace
-from shapetrace.metrics import max_abs_diff, psnr
+from shapetrace._verify.images import max_abs_diff, psnr
 from shapetrace.testing import controlnet_pipeline, openpose_detector, pose_image, run_openpose
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "examples-out/controlnet_openpose")

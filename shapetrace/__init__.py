@@ -1,19 +1,30 @@
-"""shapetrace: record every torch module inside a pipeline, export each to ONNX / OpenVINO IR, prove parity."""
+"""shapetrace: record every torch module inside a pipeline, export each to ONNX / OpenVINO IR, prove parity.
+
+The public face: everything a user needs is importable from here (and from :mod:`shapetrace.manifest`,
+:mod:`shapetrace.constraints`, :mod:`shapetrace.backends`, :mod:`shapetrace.errors`, :mod:`shapetrace.testing`).
+The stages live in private subpackages, one each: ``_record``, ``_export``, ``_verify``, ``_serve``, ``_flow``
+(``export_all``), ``_report``, ``_sources`` and ``_cli``, over ``_core``.
+"""
 
 from __future__ import annotations
 
+from ._core.isa import CpuIsa, cpu_isa
+from ._core.tree import register_flattener
+from ._core.walker import find_modules
+from ._export.flat import ExportPlan, prepare
+from ._flow.export_all import ExportResult, export_all
+from ._flow.quantize import QuantizeOptions
+from ._record.proxy import RecordingProxy, record, recording_for
+from ._record.recording import GraphRecord, Recording, TensorSpec
+from ._serve.runtime import GraphStats, PyTorchFallbackWarning, Runtime, load
+from ._verify.compare import DEFAULT_TOLERANCES, Tolerance
+from ._verify.images import max_abs_diff, psnr
+from ._verify.quality import DEFAULT_MIN_SNR_DB
+from ._verify.report import ParityCheck, ParityReport
+from ._verify.verify import verify
 from ._version import __version__
 from .errors import (ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RunnerError,
                      RuntimeMismatchError, ShapetraceError, SignatureFileError, SourceError, VerifyError)
-from .export import ExportResult, export_all
-from .flat import ExportPlan, prepare
-from .proxy import RecordingProxy, record, recording_for
-from .recording import GraphRecord, Recording, TensorSpec
-from .report import ParityReport
-from .runtime import load
-from .tree import register_flattener
-from .verify import verify
-from .walker import find_modules
 
 __all__ = [
     "__version__",
@@ -21,9 +32,21 @@ __all__ = [
     "prepare",
     "ExportPlan",
     "ExportResult",
+    "QuantizeOptions",
     "verify",
     "ParityReport",
+    "ParityCheck",
+    "DEFAULT_TOLERANCES",
+    "Tolerance",
+    "DEFAULT_MIN_SNR_DB",
+    "psnr",
+    "max_abs_diff",
+    "cpu_isa",
+    "CpuIsa",
     "load",
+    "Runtime",
+    "GraphStats",
+    "PyTorchFallbackWarning",
     "find_modules",
     "record",
     "recording_for",
@@ -43,4 +66,3 @@ __all__ = [
     "RunnerError",
     "SourceError",
 ]
-

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 from ._version import __version__
 from .errors import SignatureFileError
-from .files import FORMAT_VERSION, read_json, write_json
+from ._core.files import FORMAT_VERSION, read_json, write_json
 
 __all__ = ["MANIFEST", "Dim", "InputSpec", "OutputSpec", "GraphError", "GraphEntry", "Manifest", "read", "write",
            "store_parity", "pick"]

@@ -13,6 +13,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny export folder (``_tiny.make_tiny_export``), built once per session: copy it before changing it."""
+    from _tiny import make_tiny_export
+
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
+
+
+@pytest.fixture
+def tiny(tiny_dir, tmp_path):
+    """A private copy of the tiny export folder (tests may break it)."""
+    out = tmp_path / "export"
+    shutil.copytree(tiny_dir, out)
+    return out
+
+
 @pytest.fixture
 def record_export(tmp_path):
     """``record_export(call, **modules)``: a plain holder with ``modules`` as its attributes, recorded (no grad) while

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace import cli
+from shapetrace._cli import main as cli
 
-from test_backends import Tiny, make_tiny_export, tiny_inputs
+from _tiny import Tiny, tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,18 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "shapetrace", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_export(tmp_path_factory.mktemp("tiny-cli") / "export")
-
-
-@pytest.fixture
-def tiny(tiny_dir, tmp_path):
-    out = tmp_path / "export"
-    shutil.copytree(tiny_dir, out)
-    return out
 
 
 def _one_error_line(proc, *phrases):
@@ -61,18 +49,8 @@ def test_verify_passes_with_exit_0_and_stores_the_parity(tiny):
                                                                                             "openvino"]
 
 
-def _shift_linear_weights(out, delta):
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(out / "tiny.onnx"))
-    weight = next(t for t in model.graph.initializer if sorted(t.dims) == [4, 8])  # the Linear weight
-    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) + np.float32(delta), weight.name))
-    onnx.save(model, str(out / "tiny.onnx"))
-
-
 def test_verify_mismatch_exits_1_naming_the_graph_and_output(tiny):
-    _shift_linear_weights(tiny, 0.05)
+    shift_linear_weights(tiny, 0.05)
     proc = run_cli("verify", tiny, "--backends", "onnxruntime")
     assert proc.returncode == 1, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapetrace import cli, sources
-from shapetrace.hf_sources import task_of
+from shapetrace._cli import main as cli
+from shapetrace._sources import sources
+from shapetrace._sources.hf import task_of
 from shapetrace.testing import sd_pipeline, text_classification_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

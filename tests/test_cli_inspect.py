@@ -7,14 +7,9 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace import cli
+from shapetrace._cli import main as cli
 
-from test_backends import Tiny, make_tiny_export, tiny_inputs
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_export(tmp_path_factory.mktemp("tiny-inspect") / "export")
+from _tiny import Tiny, tiny_inputs
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from shapetrace.compare import CHUNK, OutputComparison, compare_arrays
+from shapetrace._verify.compare import CHUNK, OutputComparison, compare_arrays
 
 
 # ------------------------------------------------------------------------------- the one-shot rules, as they were
@@ -187,7 +187,7 @@ def test_comparing_large_outputs_needs_a_small_fraction_of_one_output():
 
 
 def test_resized_float_inputs_are_drawn_a_chunk_at_a_time_with_the_same_values():
-    from shapetrace.inputs import _mean_std, _normal
+    from shapetrace._verify.inputs import _mean_std, _normal
 
     shape = (3, CHUNK // 2 + 5)  # more than one chunk
     want = np.random.default_rng(7).normal(1.5, 0.25, shape).astype(np.float16)

@@ -3,7 +3,6 @@ check and the other graphs go on; complex-valued rotary embeddings are rewritten
 and a graph whose complex ops the rewrite does not know is exported to OpenVINO IR from the torch module, checked
 and served on OpenVINO, with the manifest saying why it has no ONNX file."""
 
-import importlib
 import json
 import shutil
 
@@ -12,10 +11,12 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace import RuntimeMismatchError, VerifyError, writers
+from shapetrace import RuntimeMismatchError, VerifyError
+from shapetrace._export import writers
+from shapetrace._verify import verify as verify_mod
 from shapetrace.backends.onnxruntime_backend import OnnxRuntimeRunner
 
-from test_backends import make_tiny_export
+from _tiny import make_tiny_export
 
 try:  # transformers' data-dependent assertion, imported as its models import it (export looks for it there)
     from transformers.utils.import_utils import torch_compilable_check
@@ -103,7 +104,6 @@ def test_an_unreadable_data_file_fails_its_graph_only(two):
 
 
 def test_running_out_of_memory_is_a_failed_check(two, monkeypatch):
-    verify_mod = importlib.import_module("shapetrace.verify")  # the module (shapetrace.verify is the function)
     real_compare, real_resized = verify_mod.compare_arrays, verify_mod.resized_inputs
 
     def compare(got, ref, **kw):
@@ -534,9 +534,9 @@ def test_a_graph_only_its_data_dependent_assertions_stop_exports_with_them_off(r
                                                                                monkeypatch):
     """The graph fails with the checks on (every exporter trips on the assertion), is exported again with
     transformers' switch set, says so, verifies against PyTorch (where the check runs) and serves other prompts.
-    (The dynamo ONNX exporter now translates the check's op, ``shapetrace.onnx_checks``; without that lowering, as
+    (The dynamo ONNX exporter now translates the check's op, ``shapetrace._export.onnx_checks``; without that lowering, as
     here, every exporter trips on it.)"""
-    from shapetrace import datachecks, writers
+    from shapetrace._export import datachecks, writers
 
     pytest.importorskip("transformers")
     monkeypatch.setattr(writers, "_check_translations", dict)
@@ -645,7 +645,7 @@ def test_an_onnx_file_onnx_runtime_refuses_is_dropped_and_the_graph_served_from_
 
 def test_a_dynamic_export_past_its_time_budget_is_exported_static(tmp_path, monkeypatch, record_export):
     # windowed attention's padding arithmetic can keep torch.export's symbolic reasoning busy for many minutes
-    from shapetrace import tracing
+    from shapetrace._export import tracing
 
     monkeypatch.setattr(tracing, "DYNAMIC_EXPORT_BUDGET_S", 1e-4)  # every dynamic export runs past it
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shapetrace.demo import PSNR_BOUND, add_demo_command, demo_unavailable, main, run_demo
-from shapetrace.runtime import psnr
+from shapetrace._cli.demo import PSNR_BOUND, add_demo_command, demo_unavailable, main, run_demo
+from shapetrace._serve.runtime import psnr
 
 
 @pytest.fixture(scope="module")

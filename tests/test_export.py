@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace import constraints, writers
-from shapetrace.flat import flat_module
+from shapetrace import constraints
+from shapetrace._export import writers
+from shapetrace._export.flat import flat_module
 from shapetrace.manifest import Dim, GraphEntry
 from shapetrace.testing import EXAMPLES
-from shapetrace.walker import parse_path, resolve
+from shapetrace._core.walker import parse_path, resolve
 
 #: The zoo's examples; SDXL (its export alone ~35 s on 2 cores) runs with `make test-slow`: the default suite covers
 #: its added_cond_kwargs in test_record and the same UNet export path through sd / img2img / controlnet.
@@ -523,7 +524,7 @@ def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_loa
 
         def forward(self, x):
             # data-dependent tests whose answers differ at one line: torch.export fails, and cannot take the
-            # recorded answers either (shapetrace.branches); the TorchScript route takes it
+            # recorded answers either (shapetrace._export.branches); the TorchScript route takes it
             [bool(a > b) for a, b in ((x.max(), x.min()), (x.min(), x.max()))]
             cache = None
             if not torch.jit.is_tracing():
@@ -559,7 +560,7 @@ def test_a_cache_built_only_outside_tracing_is_built_in_the_trace_and_served_by_
 
         def forward(self, x, use_cache=True):
             # data-dependent tests whose answers differ at one line: torch.export fails, and cannot take the
-            # recorded answers either (shapetrace.branches); the TorchScript route takes it
+            # recorded answers either (shapetrace._export.branches); the TorchScript route takes it
             [bool(a > b) for a, b in ((x.max(), x.min()), (x.min(), x.max()))]
             cache = None
             if use_cache and cache is None and not torch.jit.is_tracing():
@@ -583,7 +584,7 @@ def test_a_cache_built_only_outside_tracing_is_built_in_the_trace_and_served_by_
 
 
 def test_under_a_trace_only_the_use_cache_line_is_told_it_is_not_traced_and_sizes_round():
-    from shapetrace.jittrace import traced_as_run
+    from shapetrace._export.jittrace import traced_as_run
 
     seen = {}
 
@@ -607,7 +608,7 @@ def test_under_a_trace_grouped_query_attention_repeats_its_heads_for_the_torchsc
     """``enable_gqa=True`` has no TorchScript ONNX translation; under a trace the key and value heads are repeated
     to the query's count instead (what the flag means), so the file exports and computes the same."""
     ort = pytest.importorskip("onnxruntime")
-    from shapetrace.jittrace import traced_as_run
+    from shapetrace._export.jittrace import traced_as_run
 
     class Attention(torch.nn.Module):
         def forward(self, q, k, v):
@@ -618,14 +619,14 @@ def test_under_a_trace_grouped_query_attention_repeats_its_heads_for_the_torchsc
     torch.onnx.export(Attention(), (q, k, v), str(tmp_path / "a.onnx"), dynamo=False, input_names=["q", "k", "v"])
     got = ort.InferenceSession(str(tmp_path / "a.onnx")).run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
     np.testing.assert_allclose(got[0], Attention()(q, k, v).numpy(), atol=1e-5)
-    assert torch.nn.functional.scaled_dot_product_attention.__module__ != "shapetrace.jittrace"  # restored
+    assert torch.nn.functional.scaled_dot_product_attention.__module__ != "shapetrace._export.jittrace"  # restored
 
 
 def test_under_a_trace_an_assignment_after_a_full_slice_converts_to_openvino_with_the_values_in_place():
     """``positions[:, b, mask] = values`` (multimodal rotary positions): OpenVINO's frontend writes such an
     ``index_put`` in the wrong order; under a trace every index is explicit and the IR computes what PyTorch does."""
     ov = pytest.importorskip("openvino")
-    from shapetrace.jittrace import traced_as_run
+    from shapetrace._export.jittrace import traced_as_run
 
     class Positions(torch.nn.Module):
         def forward(self, mask, values):
@@ -648,7 +649,7 @@ def test_under_a_trace_an_assignment_after_a_full_slice_converts_to_openvino_wit
 def test_a_module_that_casts_itself_in_forward_exports_and_a_real_cast_still_converts():
     """``self.router = self.router.to(self.dtype)`` in ``forward``: under ``torch.export`` the swap of fake weights
     fails even when nothing changes; a cast to the dtype the weights have leaves the module alone there."""
-    from shapetrace.jittrace import traced_as_run
+    from shapetrace._export.jittrace import traced_as_run
 
     class CastsItself(torch.nn.Module):
         def __init__(self, dtype):

@@ -10,21 +10,25 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "shapetrace"
 
-#: Lower layers never import higher ones (modules of one layer may import each other, without a loop).
+#: Lower layers never import higher ones. A layer is a private subpackage (one stage) or a public module / package;
+#: modules of one subpackage may import each other, without a loop.
 LAYERS = [
-    {"errors", "_version", "_optional", "files", "exitcodes", "isa"},
-    {"walker", "caches", "datachecks", "jittrace", "loops", "branches", "portable", "onnx_checks", "tree", "signature", "standin", "samples", "inplace", "decomplex", "modstate"},
-    {"recording", "recorder", "proxy"},
-    {"dims", "constraints", "manifest"},
-    {"flat", "writers", "compare", "report", "inputs", "metrics", "matching", "backends", "evidence", "quality",
-     "selection", "rejudge"},
-    {"verify", "serve", "stateful", "fit", "tracing"},
-    {"graph_export", "export", "runtime", "quantize"},
-    {"__init__", "demo", "cli", "__main__", "testing", "cli_export", "sources", "hf_sources", "e2e", "report_plots",
-     "html_report"},
+    {"errors", "_version"},
+    {"_core"},                    # walker, tree, caches, signature, stand-ins, files, ISA
+    {"manifest"},
+    {"constraints", "_record"},   # the manifest's constraint language; record()
+    {"backends"},                 # one runner per runtime
+    {"_export"},                  # one graph: trace, rewrites, writers, stateful form
+    {"_verify"},                  # parity against PyTorch, its records
+    {"_serve"},                   # load(): graphs behind stand-ins
+    {"_flow"},                    # export_all: export, quantize, verify, static re-export
+    {"_sources", "testing"},      # what the CLI records; the offline model zoo
+    {"_report"},                  # HTML report, evidence, end-to-end check
+    {"_cli", "__init__", "__main__"},
 ]
-#: Modules imported lazily on purpose: the demo's heavy optional dependencies (diffusers, controlnet_aux).
-LAZY_OK = {("demo", "testing")}
+#: Imported lazily on purpose: the demo runs the zoo's tiny pipeline (heavy optional dependencies: diffusers,
+#: controlnet_aux), the one place library code uses :mod:`shapetrace.testing`.
+LAZY_OK = {("_cli", "testing")}
 MAX_LINES = 420
 
 
@@ -125,3 +129,61 @@ def test_own_modules_are_imported_at_the_top():
 def test_modules_are_small(name):
     lines = len(_modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"shapetrace/{name}.py has {lines} lines; split it (one idea per module)"
+
+
+def test_library_code_never_imports_the_test_zoo_except_the_demo():
+    """:mod:`shapetrace.testing` is for tests (and the demo, which runs its tiny pipeline): no other module of the
+    package imports it, at the top or inside a function."""
+    users = {n for n, p in _modules().items() if not n.startswith("testing")
+             for t in set().union(*_imports(n, p)) if _top(t) == "testing"}
+    assert users == {"_cli.demo"}, users
+
+
+def test_no_import_loop_inside_a_subpackage():
+    graph = {name: {t for t in _imports(name, path)[0] if t in _modules() or f"{t}.__init__" in _modules()}
+             for name, path in _modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1 and nxt != node:
+                pytest.fail(f"import loop: {' -> '.join(stack + [node, nxt])}")
+            if nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+
+
+README = PACKAGE.parent / "README.md"
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_name_the_readme_documents_resolves_as_written():
+    import re
+
+    names = set(re.findall(r"\bshapetrace(?:\.[A-Za-z_]\w*)+", README.read_text()))
+    names |= {f"shapetrace.{n.strip()}" for line in re.findall(r"from shapetrace import ([\w, ]+)", README.read_text())
+              for n in line.split(",")}
+    assert len(names) > 20
+    assert sorted(n for n in names if not _resolves(n)) == []

@@ -10,7 +10,7 @@ import torch
 
 import shapetrace
 from shapetrace import RecordingProxy
-from shapetrace.runtime import PyTorchFallbackWarning, RuntimeProxy
+from shapetrace._serve.runtime import PyTorchFallbackWarning, RuntimeProxy
 
 
 class Holder:

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 import shapetrace
-from shapetrace import cli
-from shapetrace.isa import ISA_ENV, cpu_isa, cpu_features, resolve, without_vnni
-from shapetrace.quality import DEFAULT_MIN_SNR_DB, QualityMeter, snr_db
+from shapetrace._cli import main as cli
+from shapetrace._core.isa import ISA_ENV, cpu_isa, cpu_features, resolve, without_vnni
+from shapetrace._verify.quality import DEFAULT_MIN_SNR_DB, QualityMeter, snr_db
 from shapetrace.manifest import GraphEntry, InputSpec, OutputSpec
-from shapetrace.quantize import QuantizeOptions, quantize_entries, split
-from shapetrace.runtime import psnr
-from shapetrace.samples import SampleStore, stride_for
+from shapetrace._flow.quantize import QuantizeOptions, quantize_entries, split
+from shapetrace._serve.runtime import psnr
+from shapetrace._record.samples import SampleStore, stride_for
 from shapetrace.testing import EXAMPLES
 
 pytest.importorskip("nncf")
@@ -220,7 +220,7 @@ def test_the_isa_in_effect_follows_the_cpu_flags_and_onednns_cap():
 #: the folders given, print one JSON line per folder.
 _NO_VNNI_CHILD = """
 import json, sys, shapetrace
-from shapetrace.isa import cpu_isa
+from shapetrace._core.isa import cpu_isa
 from shapetrace.testing import EXAMPLES
 pipe = EXAMPLES["sd"].build()
 for out in sys.argv[1:]:

@@ -290,3 +290,21 @@ def test_include_limits_what_is_recorded():
     with shapetrace.record(pipe, include=["unet"]) as rec:
         ex.run(pipe)
     assert list(rec.graphs) == ["unet"]
+
+
+def test_a_recording_keeps_no_object_alive_even_one_that_refuses_weak_references():
+    """``export_all(d)`` finds the recording of a dict of modules, but nothing shapetrace holds keeps the dict (or
+    the modules in it) alive once the user lets go of it."""
+    import gc
+    import weakref
+
+    d = {"net": torch.nn.Linear(2, 2)}
+    with shapetrace.record(d):
+        d["net"](torch.randn(1, 2))
+    assert len(shapetrace.recording_for(d).graphs) == 1
+    module = weakref.ref(d["net"])
+    del d
+    gc.collect()
+    assert module() is None
+    with pytest.raises(shapetrace.RecordingError):
+        shapetrace.recording_for({"net": torch.nn.Linear(2, 2)})  # another dict: no recording

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from shapetrace import constraints
-from shapetrace.flat import module_for
-from shapetrace.recording import dtype_from_name
-from shapetrace.serve import ServedGraph
+from shapetrace._export.flat import module_for
+from shapetrace._record.recording import dtype_from_name
+from shapetrace._serve.serve import ServedGraph
 from shapetrace.testing import EXAMPLES
 
 

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import shapetrace
-from shapetrace import tree
+from shapetrace._core import tree
 from shapetrace.testing import EXAMPLES
 
 

@@ -1,4 +1,4 @@
-"""The HTML parity report: what it holds (from `verify --report`, on the tiny export of test_backends), that it is
+"""The HTML parity report: what it holds (from `verify --report`, on the tiny export of tests/_tiny.py), that it is
 self-contained, and the numbers behind it (error histograms, worst elements, end-to-end images)."""
 
 import base64
@@ -11,27 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from shapetrace import cli, e2e
-from shapetrace.compare import compare_arrays
-from shapetrace.evidence import EDGES, EvidenceLog, summarize
-from shapetrace.report import ParityCheck
+from shapetrace._cli import main as cli
+from shapetrace._report import e2e
+from shapetrace._verify.compare import compare_arrays
+from shapetrace._report.evidence import EDGES, EvidenceLog, summarize
+from shapetrace._verify.report import ParityCheck
 
-from test_backends import make_tiny_export
-from test_cli import _shift_linear_weights
+from _tiny import shift_linear_weights
 
 PIL = pytest.importorskip("PIL.Image")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_export(tmp_path_factory.mktemp("tiny-report") / "export")
-
-
-@pytest.fixture
-def tiny(tiny_dir, tmp_path):
-    out = tmp_path / "export"
-    shutil.copytree(tiny_dir, out)
-    return out
 
 
 def _pngs(page):
@@ -58,7 +46,7 @@ def test_verify_report_is_one_self_contained_page(tiny, tmp_path, capsys):
 
 
 def test_a_failing_check_is_red_with_its_worst_elements(tiny, tmp_path, capsys):
-    _shift_linear_weights(tiny, 0.05)
+    shift_linear_weights(tiny, 0.05)
     path = tmp_path / "report.html"
     assert cli.main(["verify", str(tiny), "--backends", "onnxruntime", "--report", str(path)]) == cli.EXIT_FAILED
     page = path.read_text()

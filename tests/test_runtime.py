@@ -20,7 +20,7 @@ import torch
 
 import shapetrace
 from shapetrace.errors import RuntimeMismatchError, SignatureFileError
-from shapetrace.runtime import PyTorchFallbackWarning, RuntimeProxy, max_abs_diff, psnr
+from shapetrace._serve.runtime import PyTorchFallbackWarning, RuntimeProxy, max_abs_diff, psnr
 from shapetrace.testing import EXAMPLES
 
 PSNR_BOUND = 40.0  # dB, final images on the exported graphs vs PyTorch (measured 100-130 dB at f32)

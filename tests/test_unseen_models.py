@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shapetrace import loops
+from shapetrace._export import loops
 
 
 class Dispatch(torch.nn.Module):

@@ -15,10 +15,9 @@ from shapetrace import ParityReport, SignatureFileError, VerifyError
 from shapetrace.constraints import alternative_sizes, check
 from shapetrace.manifest import Dim, GraphEntry
 from shapetrace.testing import EXAMPLES
-from shapetrace.verify import (DEFAULT_TOLERANCES, ParityCheck, compare_arrays, render_report,
+from shapetrace._verify.verify import (DEFAULT_TOLERANCES, ParityCheck, compare_arrays, render_report,
                                resized_inputs, resolve_tolerance)
 
-from test_backends import make_tiny_export
 
 # ============================================================================ comparison rules, synthetic arrays
 
@@ -267,18 +266,6 @@ def test_report_table_is_aligned_and_names_every_failure():
 
 
 # ============================================================================ verify() on a tiny export
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_export(tmp_path_factory.mktemp("tiny-verify") / "export")
-
-
-@pytest.fixture
-def tiny(tiny_dir, tmp_path):
-    out = tmp_path / "export"
-    shutil.copytree(tiny_dir, out)
-    return out
 
 
 def _manifest(out):
@@ -637,8 +624,8 @@ def test_a_left_padded_tokens_undefined_output_does_not_fail_an_llm_encoder(tmp_
 
 
 def test_the_padding_rule_excuses_only_the_padded_positions():
-    from shapetrace.compare import compare_arrays, resolve_tolerance
-    from shapetrace.rejudge import padding_only
+    from shapetrace._verify.compare import compare_arrays, resolve_tolerance
+    from shapetrace._verify.rejudge import padding_only
 
     tol = resolve_tolerance("g", "o", "float32")
     mask = np.array([[0, 1, 1, 1]])
@@ -695,7 +682,7 @@ def test_resized_inputs_keep_the_placeholder_tokens_a_multimodal_prompt_needs(tm
 
 
 def test_extended_token_ids_keep_rows_counts_and_masks():
-    from shapetrace.inputs import extended
+    from shapetrace._verify.inputs import extended
 
     ids = np.array([[5, 9, 9, 9, 3], [7, 9, 9, 9, 4]])
     grown = extended(ids, (3, 7))

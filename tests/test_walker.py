@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import shapetrace
-from shapetrace.walker import Attr, Index, Key, format_path, parse_path, replace, resolve
+from shapetrace._core.walker import Attr, Index, Key, format_path, parse_path, replace, resolve
 
 
 class Holder:

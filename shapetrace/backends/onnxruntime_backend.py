@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import RunnerError
-from .._optional import require
+from .._core.optional import require
 from .base import Runner, by_name_or_position, cast_feed, default_threads, short_error
 
 __all__ = ["OnnxRuntimeRunner", "import_onnxruntime"]

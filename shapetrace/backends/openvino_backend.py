@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import RunnerError
-from .._optional import require
+from .._core.optional import require
 from .base import Runner, by_name_or_position, cast_feed, match_inputs, short_error
 
 __all__ = ["OpenVINORunner", "import_openvino", "PRECISIONS"]

@@ -7,9 +7,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..caches import export_patches
+from .._core.caches import export_patches
 from ..errors import RunnerError
-from ..recording import dtype_from_name, from_numpy, to_numpy
+from .._record.recording import dtype_from_name, from_numpy, to_numpy
 from .base import Runner
 
 __all__ = ["TorchRunner"]
@@ -18,7 +18,7 @@ __all__ = ["TorchRunner"]
 class TorchRunner(Runner):
     """Runs ``module(*inputs in order)`` under ``torch.inference_mode``; inputs are cast to the manifest dtypes. A
     call the module refuses is run again under the patches the graph was traced with
-    (:func:`shapetrace.caches.export_patches`) before the error stands.
+    (:func:`shapetrace._core.caches.export_patches`) before the error stands.
 
     ``module`` must return a tensor or a tuple / list of tensors in ``output_names`` order (export.py's
     ``flat_module`` does).

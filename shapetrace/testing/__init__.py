@@ -54,17 +54,11 @@ Example::
 
 from __future__ import annotations
 
-from .diffusion import _wake_controlnet as _wake_controlnet  # bench/zoo.py wakes full-size ControlNets with it
+from .diffusion import _wake_controlnet as _wake_controlnet
 from .diffusion import controlnet_pipeline, img2img_pipeline, sd_pipeline, sdxl_pipeline
 from .examples import DEFAULT_PROMPT, EXAMPLES, Example
-from .openpose import (
-    OPENPOSE_DETECT_RESOLUTION,
-    OPENPOSE_IMAGE_RESOLUTION,
-    OPENPOSE_INPUT_SHAPE,
-    openpose_detector,
-    pose_image,
-    run_openpose,
-)
+from .openpose import (OPENPOSE_DETECT_RESOLUTION, OPENPOSE_IMAGE_RESOLUTION, OPENPOSE_INPUT_SHAPE,
+                       openpose_detector, pose_image, run_openpose)
 from .text import speech_recognition_pipeline, text_classification_pipeline
 from .tokenizers import CLIP_VOCAB_SIZE, tiny_bert_tokenizer, tiny_clip_tokenizer, tiny_whisper_tokenizer
 

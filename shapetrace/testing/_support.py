@@ -13,7 +13,7 @@ from types import ModuleType
 
 import torch
 
-from .._optional import require as _require
+from .._core.optional import require as _require
 
 #: The extra that installs everything the offline pipelines import.
 EXTRA = "diffusers"

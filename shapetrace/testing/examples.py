@@ -15,14 +15,12 @@ from typing import Any
 
 import torch
 
+from .._sources.defaults import DEFAULT_PROMPT
 from .diffusion import SD_SIZE, controlnet_pipeline, img2img_pipeline, sd_pipeline, sdxl_pipeline
 from .openpose import openpose_detector, pose_image, run_openpose
 from .text import text_classification_pipeline
 
 __all__ = ["DEFAULT_PROMPT", "EXAMPLES", "Example"]
-
-#: The prompt every example runs with unless told otherwise.
-DEFAULT_PROMPT = "chef in the kitchen"
 
 _STEPS = 2
 _RUN_SEED = 0

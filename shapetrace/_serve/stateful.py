@@ -1,0 +1,97 @@
+"""Serving a decoder step from OpenVINO's stateful form (:mod:`shapetrace._export.stateful`).
+
+:class:`StatefulMethod` serves every call of the method (the first, with an empty cache, and the later ones) with
+that one model: a call with an empty cache resets the state, and the cache object handed back to ``generate`` holds
+no data, only its length and the beam order (tensors of shape ``[batch, 1, length, 1]`` whose values are the row
+each batch entry came from), so ``generate`` runs unchanged and a reorder by beam search reaches ``beam_idx``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .._core.optional import require
+from ..backends.openvino_stateful import cache_pairs
+from ..errors import RuntimeMismatchError
+from ..manifest import GraphEntry
+from .serve import ServedGraph
+
+__all__ = ["StatefulMethod"]
+
+
+class StatefulMethod:
+    """Serves every call of one method from the stateful model of its cache-taking variant (see module docs)."""
+
+    def __init__(self, entry: GraphEntry, module: torch.nn.Module, path: Path, device: str, config: Mapping[str, Any],
+                 backend: str) -> None:
+        ov = require("openvino", "openvino")
+        self.entry = entry
+        self.name = entry.name
+        self.served = ServedGraph(entry, module, None, backend, False)  # binds calls, rebuilds outputs
+        self.pairs = cache_pairs(entry)
+        self.compiled = ov.Core().compile_model(str(path), device, dict(config))
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [n for n in entry.input_names if n not in self.pairs]
+        first = entry.input(next(iter(self.pairs)))
+        self.axis = next(a for a, d in enumerate(first.shape) if a and isinstance(d, str))  # the growing dim
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.seconds = 0.0
+
+    def _grown(self, feed: Mapping[str, np.ndarray], past: int) -> int:
+        """The cache's length after this call: ``past`` plus the size of the ``sequence`` dim in the feed (the
+        tokens this call adds), else read off the first state (a copy of it)."""
+        grow = self.entry.dims.get("sequence")
+        if grow is not None:
+            for src in grow.sources:
+                name, axis = src.rsplit(".", 1)
+                if name in feed:
+                    return past + int(feed[name].shape[int(axis)])
+        states = self.request.query_state()
+        return int(states[0].state.shape[self.axis]) if states else past
+
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        t0 = time.perf_counter()
+        nodes, leaves = self.served.bind(args, kwargs)
+        cache = [leaves[n] for n in self.pairs if isinstance(leaves.get(n), torch.Tensor)]
+        missing = [n for n in self.inputs if not isinstance(leaves.get(n), torch.Tensor)]
+        if missing:
+            raise RuntimeMismatchError(f"graph {self.name!r} (stateful): this call gives no tensor for "
+                                       f"{', '.join(map(repr, missing))}; record a call that passes them")
+        problems = self.served.index_problems({n: leaves[n] for n in self.inputs})
+        if problems:
+            raise RuntimeMismatchError(f"graph {self.name!r} (stateful) cannot answer this call: {'; '.join(problems)}")
+        feed = {n: leaves[n].detach().cpu().numpy() for n in self.inputs}
+        batch = next(iter(feed.values())).shape[0]
+        with self.lock:
+            if not cache:  # an empty cache: a new sequence
+                self.request.reset_state()
+                past, order = 0, np.arange(batch)
+            else:
+                marks = cache[0]
+                if marks.shape[-1] != 1 or marks.shape[0] != batch or marks.numel() != batch * marks.shape[self.axis]:
+                    raise RuntimeMismatchError(f"graph {self.name!r} (stateful): the cache passed in was not made by "
+                                               f"this runtime; start generation with an empty cache")
+                past, order = marks.shape[self.axis], marks.reshape(batch, -1)[:, 0].round().long().numpy()
+            feed["beam_idx"] = order.astype(np.int32)
+            result = self.request.infer(feed)
+            grown = self._grown(feed, past)
+        out: dict[str, Any] = {}
+        for o in self.entry.outputs:
+            if o.name in self.pairs.values():
+                rows = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1, 1)
+                shape = [batch] + [1] * (len(o.shape) - 1)
+                shape[self.axis] = int(grown)
+                out[o.key] = rows.reshape([batch] + [1] * (len(o.shape) - 1)).expand(shape).contiguous()
+            else:
+                out[o.key] = torch.from_numpy(np.array(result[self.compiled.output(o.name)]))
+        value = self.served.rebuild(module, nodes, out)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return value
