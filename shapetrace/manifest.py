@@ -161,6 +161,28 @@ class GraphEntry:
     weights_dtype: str | None = None  # the module's floating-point parameter dtype when it was exported
     quantization: Mapping[str, Any] | None = None  # export_all(quantize=...): mode, NNCF, calls, quality (quantize.py)
     extra: Mapping[str, Any] = field(default_factory=lambda: _FROZEN, repr=False)  # JSON keys this version does not know
+    # What the other stages act on. In JSON these stay keys of "tools" (as manifests have always written them); in
+    # memory they are fields, and ``tools`` holds diagnostics only (a key of BEHAVIOUR_KEYS given in ``tools`` moves
+    # to its field when the entry is made).
+    #: Why the graph has no ONNX file though ONNX was asked for (export degraded it on purpose); None when it has one.
+    no_onnx: str | None = None
+    #: Inputs exported as their ``(..., 2)`` real view (``view_as_real``): load converts a complex argument so.
+    complex_inputs: tuple[str, ...] = ()
+    #: ``{input: last valid index}`` of integer inputs that index a table: load refuses an index past it.
+    index_bounds: Mapping[str, int] = field(default_factory=lambda: _FROZEN)
+    #: Calls the module made of itself, past the proxy (``generate``): load serves its own ``forward`` too.
+    calls_without_proxy: int = 0
+    #: Cache outputs the trace does not return (``{"outputs": [...], "why": ...}``): None in their place at load.
+    dropped_outputs: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        moved = {k: v for k, v in self.tools.items() if k in BEHAVIOUR_KEYS}
+        if not moved:
+            return
+        object.__setattr__(self, "tools", MappingProxyType({k: v for k, v in self.tools.items() if k not in moved}))
+        for key, value in moved.items():
+            if getattr(self, key) == _BEHAVIOUR_DEFAULTS[key]:
+                object.__setattr__(self, key, _BEHAVIOUR_TYPES[key](value))
 
     @property
     def ok(self) -> bool:
@@ -205,13 +227,23 @@ class GraphEntry:
                     if f.endswith(".xml"):
                         yield f[:-4] + ".bin"
 
+    def _tools_json(self) -> dict:
+        """``tools`` as JSON has it: the diagnostics, and every behaviour field that is set, under its own key."""
+        out = dict(self.tools)
+        for key in sorted(BEHAVIOUR_KEYS):
+            value = getattr(self, key)
+            if value != _BEHAVIOUR_DEFAULTS[key]:
+                out[key] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) \
+                    else value
+        return out
+
     def to_json(self) -> dict:
         values = {"class": self.cls, "files": dict(self.files), "inputs": [i.to_json() for i in self.inputs],
                   "outputs": [o.to_json() for o in self.outputs], "constants": dict(self.constants),
                   "input_tree": self.input_tree, "output_tree": self.output_tree,
                   "dims": {n: d.to_json() for n, d in self.dims.items()}, "constraints": list(self.constraints),
                   "guards": list(self.guards), "specialized": [dict(s) for s in self.specialized],
-                  "promoted": list(self.promoted), "tools": dict(self.tools), "timings": dict(self.timings),
+                  "promoted": list(self.promoted), "tools": self._tools_json(), "timings": dict(self.timings),
                   "sizes": dict(self.sizes), "error": None if self.error is None else self.error.to_json(),
                   "quantization": None if self.quantization is None else dict(self.quantization)}
         out = {k: values[k] if k in values else getattr(self, k) for k in _ENTRY_KEYS}
@@ -239,6 +271,24 @@ class GraphEntry:
             error=None if err is None else GraphError.from_json(err), variant_of=d.get("variant_of"),
             weights_dtype=d.get("weights_dtype"), quantization=d.get("quantization"),
             extra=MappingProxyType({k: v for k, v in d.items() if k not in _ENTRY_KEYS}))
+
+
+def _frozen_map(value: Any) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+#: The behaviour fields of :class:`GraphEntry` that JSON keeps under ``tools``, with how each is read.
+_BEHAVIOUR_TYPES: Mapping[str, Any] = MappingProxyType({
+    "no_onnx": lambda v: None if v is None else str(v),
+    "complex_inputs": lambda v: tuple(v or ()),
+    "index_bounds": lambda v: MappingProxyType({str(k): int(b) for k, b in dict(v or {}).items()}),
+    "calls_without_proxy": lambda v: int(v or 0),
+    "dropped_outputs": lambda v: None if v is None else _frozen_map(v),
+})
+BEHAVIOUR_KEYS = frozenset(_BEHAVIOUR_TYPES)
+_BEHAVIOUR_DEFAULTS: Mapping[str, Any] = MappingProxyType({"no_onnx": None, "complex_inputs": (),
+                                                           "index_bounds": _FROZEN, "calls_without_proxy": 0,
+                                                           "dropped_outputs": None})
 
 
 _MANIFEST_KEYS = ("format_version", "shapetrace_version", "object_class", "created", "tools", "graphs", "parity")

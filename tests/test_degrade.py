@@ -188,7 +188,7 @@ def test_complex_arithmetic_is_rewritten_real_valued_for_onnx_and_openvino(tmp_p
     result = shapetrace.export_all(pipe, tmp_path / "o", progress=False)
     assert result.ok and result.parity, str(result)
     rot = result.manifest.graph("rotary")
-    assert rot.file("onnx") == "rotary.onnx" and "no_onnx" not in rot.tools
+    assert rot.file("onnx") == "rotary.onnx" and rot.no_onnx is None
     assert {"view_as_complex", "mul", "buffer module_freqs_cis"} <= set(rot.tools["complex_rewritten"])
     assert {(c.backend, c.input_set) for c in result.parity.checks if c.graph == "rotary"} >= {
         ("onnxruntime", "example"), ("onnxruntime", "resized"), ("openvino", "example"), ("openvino", "resized")}
@@ -215,12 +215,12 @@ def test_a_graph_with_complex_tensors_exports_to_openvino_without_onnx(rotary_ex
     assert result.ok, str(result)
     rot = next(e for e in result.manifest.graphs if e.name == "rotary")
     assert rot.ok and rot.file("onnx") is None and rot.file("openvino") == "rotary.xml"
-    assert "complex-valued tensors" in rot.tools["no_onnx"] and "view_as_complex" in rot.tools["no_onnx"]
+    assert "complex-valued tensors" in rot.no_onnx and "view_as_complex" in rot.no_onnx
     assert "aten.abs on complex values" in rot.tools["complex_rewrite_error"]
     assert rot.tools["openvino_from"] == "torch"
     assert not list(out.glob("rotary.onnx*")) and (out / "rotary.xml").is_file()
     head = next(e for e in result.manifest.graphs if e.name == "head")
-    assert head.file("onnx") == "head.onnx" and "no_onnx" not in head.tools  # the other graph keeps its ONNX file
+    assert head.file("onnx") == "head.onnx" and head.no_onnx is None  # the other graph keeps its ONNX file
     # checked on OpenVINO only, against PyTorch at the recorded and at another size; said in a note
     parity = result.parity
     assert parity, str(parity)
@@ -232,7 +232,7 @@ def test_a_graph_with_complex_tensors_exports_to_openvino_without_onnx(rotary_ex
     assert any(c.backend == "onnxruntime" for c in parity.checks if c.graph == "head")
     stored = json.loads((out / "manifest.json").read_text())
     entry = next(g for g in stored["graphs"] if g["name"] == "rotary")
-    assert entry["files"]["onnx"] is None and entry["tools"]["no_onnx"] == rot.tools["no_onnx"]
+    assert entry["files"]["onnx"] is None and entry["tools"]["no_onnx"] == rot.no_onnx
 
 
 def test_the_folder_alone_verifies_the_graph_on_openvino(rotary_export, tmp_path):
@@ -334,7 +334,7 @@ def test_a_complex_graph_input_is_exported_as_its_real_view_and_load_converts_th
     result = shapetrace.export_all(pipe, tmp_path / "o", progress=False)
     assert result.ok and result.parity, str(result)
     block = result.manifest.graph("block")
-    assert block.tools["complex_inputs"] == ["freqs_cis"]
+    assert block.complex_inputs == ("freqs_cis",)
     spec = block.input("freqs_cis")
     assert spec.dtype == "float32" and spec.example_shape == (5, 4, 2)  # the (..., 2) view of complex64 (5, 4)
     assert block.file("onnx") == "block.onnx"  # the complex arithmetic inside is rewritten: ONNX too
@@ -636,9 +636,9 @@ def test_an_onnx_file_onnx_runtime_refuses_is_dropped_and_the_graph_served_from_
     assert result.ok and result.parity, str(result)
     m, k = result.manifest.graph("m"), result.manifest.graph("k")
     assert m.file("onnx") is None and not (tmp_path / "o" / "m.onnx").exists()
-    assert m.tools["no_onnx"].startswith("ONNX Runtime cannot load the exported file: onnxruntime cannot load")
+    assert m.no_onnx.startswith("ONNX Runtime cannot load the exported file: onnxruntime cannot load")
     assert m.file("openvino") and m.dims  # the IR stays, dynamic as exported
-    assert k.file("onnx") and "no_onnx" not in k.tools  # the other graph keeps its file
+    assert k.file("onnx") and k.no_onnx is None  # the other graph keeps its file
     assert any(n.startswith("m: no ONNX file (ONNX Runtime cannot load") for n in result.parity.notes)
     assert {c.backend for c in result.parity.checks if c.graph == "m"} == {"torch", "openvino"}
 

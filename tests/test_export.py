@@ -538,7 +538,7 @@ def test_a_cache_object_the_torchscript_trace_does_not_return_is_dropped_and_loa
     assert isinstance(want.cache, DynamicCache)  # the eager call does return the cache
     assert result.ok and result.parity, str(result)
     entry = result.manifest.graph("m")
-    dropped = entry.tools["dropped_outputs"]
+    dropped = entry.dropped_outputs
     assert dropped["outputs"] == ["cache.layers.0.keys", "cache.layers.0.values"]
     assert [o.key for o in entry.outputs] == ["last_hidden_state"]
     cache_node = entry.output_tree["items"][entry.output_tree["keys"].index("cache")]
@@ -574,7 +574,7 @@ def test_a_cache_built_only_outside_tracing_is_built_in_the_trace_and_served_by_
     h, want, result = record_export(lambda h: h.m(x), m=Decoder())
     entry = result.manifest.graph("m")
     assert result.ok and result.parity, str(result)
-    assert "torch_export_error" in entry.tools and "dropped_outputs" not in entry.tools
+    assert "torch_export_error" in entry.tools and entry.dropped_outputs is None
     assert [o.key for o in entry.outputs] == ["last_hidden_state", "cache.layers.0.keys", "cache.layers.0.values"]
     with shapetrace.load(h, tmp_path / "o", backend="openvino"):
         got = h.m(x)
@@ -735,3 +735,22 @@ def test_an_output_that_is_an_input_passed_through_keeps_both_names_in_the_ir(tm
     got, want = served_on_openvino(h, tmp_path / "o", ids, feats)
     torch.testing.assert_close(got["image_features"], want["image_features"])
     torch.testing.assert_close(got["logits"], want["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_behaviour_fields_read_and_write_the_tools_keys_manifests_have_always_had():
+    """``no_onnx``, ``complex_inputs``, ``index_bounds``, ``calls_without_proxy``, ``dropped_outputs`` are typed
+    fields of a graph entry; in JSON they stay keys of ``tools``, so an older manifest loads and a new one reads as
+    before, and ``tools`` itself holds diagnostics only."""
+    from shapetrace.manifest import GraphEntry
+
+    old = {"name": "m", "tools": {"no_onnx": "ONNX export failed: x", "complex_inputs": ["freqs"],
+                                  "index_bounds": {"ids": 9}, "calls_without_proxy": 3, "opset": 18,
+                                  "dropped_outputs": {"outputs": ["cache.layers.0.keys"], "why": "trace"}}}
+    e = GraphEntry.from_json(old)
+    assert (e.no_onnx, e.complex_inputs, dict(e.index_bounds), e.calls_without_proxy) == \
+        ("ONNX export failed: x", ("freqs",), {"ids": 9}, 3)
+    assert list(e.dropped_outputs["outputs"]) == ["cache.layers.0.keys"] and dict(e.tools) == {"opset": 18}
+    assert e.to_json()["tools"] == old["tools"]
+    plain = GraphEntry.from_json({"name": "m", "tools": {"opset": 18}})
+    assert (plain.no_onnx, plain.complex_inputs, plain.calls_without_proxy, plain.dropped_outputs) == (None, (), 0, None)
+    assert plain.to_json()["tools"] == {"opset": 18}

@@ -73,7 +73,7 @@ def test_the_decoder_step_is_recorded_as_two_variants_with_a_named_cache(generat
     assert step.input("cache.layers.0.keys").shape[2] == "past_sequence"
     assert "output.cache.layers.0.keys" in step.output_names
     # generate() calls the model itself, past the proxy: load serves the module's own forward for these graphs
-    assert first.tools["calls_without_proxy"] == 1 and step.tools["calls_without_proxy"] == 5
+    assert first.calls_without_proxy == 1 and step.calls_without_proxy == 5
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
@@ -289,7 +289,7 @@ def test_openvino_stateful_form_is_token_identical(generation, beams):
 def test_a_position_past_the_models_table_is_refused_not_answered(generation):
     gen, rec, out, _ = generation
     step = read(out).graph("model@2")
-    bounds = dict(step.tools["index_bounds"])
+    bounds = dict(step.index_bounds)
     assert bounds.pop("input_ids") == len(gen.tokenizer) - 1  # the token embedding's rows
     if gen.model.config.model_type == "gpt2":  # a learned position table of 128 rows; Llama's RoPE has none
         assert bounds == {"position_ids": 127}

@@ -214,7 +214,7 @@ def flat_module(module: torch.nn.Module, entry: GraphEntry) -> FlatModule:
     frozen = {k: None for k, v in tree.constants_of(entry.input_tree).items()
               if isinstance(v, str) and v.startswith("<")}
     return FlatModule(module, entry.method, entry.input_tree, entry.input_names, [o.key for o in entry.outputs],
-                      entry.output_tree.get("fields"), frozen, entry.tools.get("complex_inputs") or ())
+                      entry.output_tree.get("fields"), frozen, entry.complex_inputs)
 
 
 def without_outputs(plan: ExportPlan, output_tree: Mapping[str, Any], names: set[str]) -> tuple[ExportPlan, dict]:

@@ -246,8 +246,8 @@ def _drop_onnx(out: Path, unloadable: Mapping[str, str]) -> Manifest:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(out / e.file(kind))
         files = {k: v for k, v in e.files.items() if k not in ("onnx", "onnx_data")}
-        tools = {**e.tools, "no_onnx": f"ONNX Runtime cannot load the exported file: {unloadable[e.name]}"[:1500]}
-        entries.append(dataclasses.replace(e, files=MappingProxyType(files), tools=MappingProxyType(tools)))
+        entries.append(dataclasses.replace(e, files=MappingProxyType(files),
+                                           no_onnx=f"ONNX Runtime cannot load the exported file: {unloadable[e.name]}"[:1500]))
     manifest = dataclasses.replace(current, graphs=tuple(entries))
     manifest_mod.write(out, manifest)
     return manifest

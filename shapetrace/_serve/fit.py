@@ -103,7 +103,7 @@ def plan_load(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str
     for e in entries:
         rel = e.file(kind)
         if not rel:
-            why = str(kind == "onnx" and e.tools.get("no_onnx") or "").split("; ")[0]  # degraded at export
+            why = str(kind == "onnx" and e.no_onnx or "").split("; ")[0]  # degraded at export
             why = why or f"exported with formats without {kind!r}?"
             problems.append(f"graph {e.name!r} has no {kind} file ({why}); use the other backend or export again")
         elif not (out / rel).is_file():

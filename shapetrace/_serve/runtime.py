@@ -148,7 +148,7 @@ class Runtime:
         for path, methods in groups.items():
             module = plan.modules[path][1]
             served = {m: self._method(module, entries, make_runner, static_shapes) for m, entries in methods.items()}
-            direct = any(e.tools.get("calls_without_proxy") for e in methods.get("forward", ()))
+            direct = any(e.calls_without_proxy for e in methods.get("forward", ()))
             swaps.append((plan.modules[path][0], module, served, direct))
         swaps += [(steps, module, {}, False) for steps, module in plan.others]
         for steps, module, methods, direct in swaps:

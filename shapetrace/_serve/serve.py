@@ -85,7 +85,7 @@ class ServedGraph:
     def match(self, nodes: Mapping[str, dict], leaves: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any]:
         """Check the call against the recorded one; return (feed, device of the tensor inputs)."""
         feed, problems = match_call(self.params, nodes, leaves, self.defaults, self.inputs)
-        for n in self.entry.tools.get("complex_inputs") or ():  # exported as its (..., 2) real view
+        for n in self.entry.complex_inputs:  # exported as its (..., 2) real view
             if isinstance(feed.get(n), torch.Tensor) and feed[n].is_complex():
                 feed[n] = torch.view_as_real(feed[n].resolve_conj())
         device = next((v.device for v in feed.values() if isinstance(v, torch.Tensor)), None)
@@ -102,7 +102,7 @@ class ServedGraph:
         """Integer inputs the graph uses as rows of a fixed table (token / position embeddings) holding an index
         past it: PyTorch raises there, a runtime may read another row and answer wrong numbers."""
         problems = []
-        for n, last in (self.entry.tools.get("index_bounds") or {}).items():
+        for n, last in self.entry.index_bounds.items():
             v = feed.get(n)
             if v is not None and getattr(v, "numel", lambda: 0)() and int(v.max()) > int(last):
                 problems.append(f"input {n!r} holds {int(v.max())}, but the graph looks it up in a table of "

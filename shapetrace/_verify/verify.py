@@ -211,8 +211,8 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
         kind = be.FILE_KIND[b]
         if entry.file(kind):
             runners.append(be.open_runner(b, out, entry, device=device, threads=threads))
-        elif kind == "onnx" and entry.tools.get("no_onnx"):  # degraded on purpose at export: said, not a failure
-            notes.append(f"{name}: no ONNX file ({entry.tools['no_onnx']}); checked on "
+        elif kind == "onnx" and entry.no_onnx:  # degraded on purpose at export: said, not a failure
+            notes.append(f"{name}: no ONNX file ({entry.no_onnx}); checked on "
                          f"{', '.join(x for x in backends if x != b) or 'no other backend'} only")
         else:
             checks.append(ParityCheck(name, b, "-", "-", "*", None, f"no {kind} file for this graph in the manifest"))
