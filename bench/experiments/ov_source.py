@@ -1,6 +1,6 @@
 """Which source converts to OpenVINO fastest / leanest / most exactly: torch module, exported program or ONNX file.
 
-Usage: .venv/bin/python bench/ov_source.py {torch|exported_program|onnx} [graph]   (tiny SD pipeline; one source per process)
+Usage: .venv/bin/python bench/experiments/ov_source.py {torch|exported_program|onnx} [graph]   (tiny SD pipeline; one source per process)
 """
 import sys, time, resource, json, torch, numpy as np, warnings
 warnings.filterwarnings("ignore")

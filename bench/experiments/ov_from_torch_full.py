@@ -1,12 +1,12 @@
 """Peak RSS of converting the full-size SD 1.5 UNet to OpenVINO IR straight from the torch module.
 
-Usage: .venv/bin/python bench/ov_from_torch_full.py   (needs ~6 GB; writes /tmp/ovfull/unet.xml)
+Usage: .venv/bin/python bench/experiments/ov_from_torch_full.py   (needs ~6 GB; writes /tmp/ovfull/unet.xml)
 """
 import json, time, torch, warnings, os, sys
 warnings.filterwarnings("ignore")
 import shapetrace, openvino as ov
 from diffusers import UNet2DConditionModel
-from shapetrace._flow.export_all import _PeakRSS  # noqa: the sampler export.py uses
+from shapetrace._export.graph_export import PeakRSS as _PeakRSS
 torch.manual_seed(0)
 unet = UNet2DConditionModel.from_config(json.load(open("bench/configs/sd15-unet.json"))).eval()
 class H: pass
