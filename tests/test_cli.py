@@ -13,7 +13,7 @@ import torch
 import shapetrace
 from shapetrace._cli import main as cli
 
-from _tiny import Tiny, tiny_inputs
+from _tiny import Tiny, shift_linear_weights, tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

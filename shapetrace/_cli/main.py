@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import export as cli_export, demo
 from .. import manifest as manifest_mod
+from .._core import table
 from ..errors import ShapetraceError, SignatureFileError
 from .._report.evidence import EvidenceLog
 from .exitcodes import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE
@@ -84,10 +85,7 @@ def _shape(shape: Sequence[Any]) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], indent: str = "    ") -> list[str]:
-    if not rows:
-        return []
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
+    return table.render(rows, rule=False, indent=indent)
 
 
 def render_manifest(manifest: Manifest) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .._core import tree
+from .._core import table, tree
 from .._version import __version__
 from ..errors import SignatureFileError
 from .._core.files import FORMAT_VERSION, read_json, save_npz, write_json
@@ -259,11 +259,4 @@ def render_table(rec: Recording) -> str:
         for i in range(max(len(ins), len(outs))):
             rows.append((g.name if i == 0 else "", str(g.num_calls) if i == 0 else "",
                          ins[i] if i < len(ins) else "", outs[i] if i < len(outs) else ""))
-    widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    line = "  ".join("-" * w for w in widths)
-    out = [("  ".join(v.ljust(w) for v, w in zip(rows[0], widths))).rstrip(), line]
-    for r in rows[1:]:
-        if r[0] and len(out) > 2:
-            out.append("")
-        out.append(("  ".join(v.ljust(w) for v, w in zip(r, widths))).rstrip())
-    return "\n".join(out)
+    return "\n".join(table.render(rows, breaks={k for k, r in enumerate(rows[1:]) if r[0] and k}))

@@ -41,7 +41,7 @@ import torch
 
 from .. import backends as be
 from .. import manifest as manifest_mod
-from .._core import tree
+from .._core import table, tree
 from ..backends.base import Runner
 from ..backends.openvino_backend import PRECISIONS
 from ..errors import RunnerError, RuntimeMismatchError
@@ -215,11 +215,7 @@ class Runtime:
         """A table: graph, where it ran, calls, seconds."""
         rows = [("graph", "ran on", "calls", "seconds")]
         rows += [(s.graph, s.ran_on, str(s.calls), f"{s.seconds:.3f}") for s in self.stats()]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return "\n".join(table.render(rows, right={2, 3}, right_header=True))
 
     def __str__(self) -> str:
         return self.summary()

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .._core import table
 from .compare import OutputComparison
 
 __all__ = ["ParityCheck", "ParityReport", "render_report"]
@@ -34,6 +35,16 @@ class ParityCheck:
     error: str | None = None
     sizes: Mapping[str, int] = field(default_factory=dict)
     bound: Mapping[str, Any] | None = None
+
+    #: ``backend`` / ``reference`` / ``input_set`` of a check that is about no particular one; ``output`` of a check
+    #: about every output of the graph.
+    NONE, EVERY = "-", "*"
+
+    @classmethod
+    def could_not_run(cls, graph: str, error: str, *, backend: str = "-", reference: str = "-", input_set: str = "-",
+                      output: str = "*", sizes: Mapping[str, int] | None = None) -> "ParityCheck":
+        """A check that could not run (``result`` None), and why: about every output unless ``output`` is named."""
+        return cls(graph, backend, reference, input_set, output, None, error, dict(sizes or {}))
 
     @property
     def passed(self) -> bool:
@@ -170,21 +181,9 @@ def render_report(report: ParityReport) -> str:
         else:
             metrics = (_num(r.max_abs), _num(r.max_rel), _num(r.cosine, ".6f"), _num(r.needed_atol))
         rows.append((c.graph, c.backend, c.reference, c.input_set, c.output) + metrics + (c.verdict,))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    numeric = {5, 6, 7, 8}
-
-    def fmt(row: Sequence[str]) -> str:
-        cells = [v.rjust(w) if i in numeric and row is not head else v.ljust(w)
-                 for i, (v, w) in enumerate(zip(row, widths))]
-        return "  ".join(cells).rstrip()
-
-    lines = [fmt(head), "  ".join("-" * w for w in widths)]
-    previous = None
-    for c, row in zip(report.checks, rows[1:]):
-        if previous is not None and c.graph != previous:
-            lines.append("")
-        previous = c.graph
-        lines.append(fmt(row))
+    checks = report.checks
+    lines = table.render(rows, right={5, 6, 7, 8},
+                         breaks={k for k in range(1, len(checks)) if checks[k].graph != checks[k - 1].graph})
     sizes: dict[tuple[str, str], Mapping[str, int]] = {}
     for c in report.checks:
         if c.sizes and c.input_set != "-":
@@ -204,8 +203,7 @@ def render_report(report: ParityReport) -> str:
                    _num(c.bound.get("cosine"), ".6f"),
                    f">= {c.bound.get('min_snr_db'):g} dB" if c.bound.get("binding", True) else "shown only", c.verdict)
                   for c in bounded if c.bound is not None]
-        w2 = [max(len(r[i]) for r in rows2) for i in range(len(rows2[0]))]
-        lines.extend("  " + "  ".join(v.ljust(w) for v, w in zip(r, w2)).rstrip() for r in rows2)
+        lines.extend(table.render(rows2, rule=False, indent="  "))
         lines.extend(f"  {why}" for why in dict.fromkeys(str(c.bound.get("why")) for c in bounded
                                                           if c.bound is not None))
     failures = report.failures

@@ -169,19 +169,19 @@ def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str
     the other graphs go on. Only a wrong ``obj`` (no such module in it) raises, before any work."""
     name = entry.name
     if entry.error is not None:
-        return [ParityCheck(name, "-", "-", "-", "-", None, f"not exported: {entry.error}")]
+        return [ParityCheck.could_not_run(name, f"not exported: {entry.error}", output="-")]
     module = _live_module(obj, entry) if obj is not None else None
     checks: list[ParityCheck] = []
     try:
         _check_graph(out, entry, module, backends, atol, rtol, tolerances, device, threads, seed, notes, on_check,
                      checks, bound)
     except MemoryError as e:
-        checks.append(ParityCheck(name, "-", "-", "-", "*", None, f"MemoryError: ran out of memory checking this "
-                                  f"graph{f' ({e})' if str(e) else ''}; its other checks were not run"))
+        checks.append(ParityCheck.could_not_run(name, f"MemoryError: ran out of memory checking this "
+                                                f"graph{f' ({e})' if str(e) else ''}; its other checks were not run"))
     except (RunnerError, VerifyError) as e:
-        checks.append(ParityCheck(name, "-", "-", "-", "*", None, str(e)))
+        checks.append(ParityCheck.could_not_run(name, str(e)))
     except Exception as e:  # one graph never stops the others: its failure is its check
-        checks.append(ParityCheck(name, "-", "-", "-", "*", None, f"{short_error(e)} (while checking this graph)"))
+        checks.append(ParityCheck.could_not_run(name, f"{short_error(e)} (while checking this graph)"))
     return checks
 
 
@@ -192,7 +192,7 @@ def _open(stack: contextlib.ExitStack, runner: Any, name: str, checks: list[Pari
         return True
     except Exception as e:  # RunnerError from the runtimes; MemoryError or anything else loading the model too
         reason = str(e) if isinstance(e, RunnerError) else short_error(e)
-        checks.append(ParityCheck(name, runner.name, "-", "-", "*", None, reason))
+        checks.append(ParityCheck.could_not_run(name, reason, backend=runner.name))
         return False
 
 
@@ -215,7 +215,7 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
             notes.append(f"{name}: no ONNX file ({entry.no_onnx}); checked on "
                          f"{', '.join(x for x in backends if x != b) or 'no other backend'} only")
         else:
-            checks.append(ParityCheck(name, b, "-", "-", "*", None, f"no {kind} file for this graph in the manifest"))
+            checks.append(ParityCheck.could_not_run(name, f"no {kind} file for this graph in the manifest", backend=b))
 
     def compare(backend: str, reference: str, set_name: str, got: Mapping[str, np.ndarray],
                 ref: Mapping[str, np.ndarray], set_sizes: Mapping[str, int]) -> None:
@@ -272,7 +272,7 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
         try:
             stateful = StatefulRunner(out, entry, device)
         except Exception as e:
-            checks.append(ParityCheck(name, StatefulRunner.name, "-", "-", "*", None, short_error(e)))
+            checks.append(ParityCheck.could_not_run(name, short_error(e), backend=StatefulRunner.name))
     with contextlib.ExitStack() as stack:
         if torch_runner is not None and not _open(stack, torch_runner, name, checks):
             torch_runner = None
@@ -298,7 +298,7 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                         feeds[set_name] = feed
                         break
                     if reference is None:
-                        checks.append(ParityCheck(name, "torch", "-", set_name, "*", None, short_error(e), set_sizes))
+                        checks.append(ParityCheck.could_not_run(name, short_error(e), backend="torch", input_set=set_name, sizes=set_sizes))
                 if reference is not None and set_name == "example":  # the live module still computes the export
                     compare("torch", "recorded", set_name, reference, recorded, set_sizes)
             if reference is None and set_name == "example":
@@ -308,14 +308,16 @@ def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[s
                 try:
                     results.append((r.name, r.infer(feed)))
                 except RunnerError as e:  # a runtime rejecting the inputs (static shapes, ...) is a failed check
-                    checks.append(ParityCheck(name, r.name, reference_name or "-", set_name, "*", None,
-                                              short_error(e.__cause__ or e), set_sizes))
+                    checks.append(ParityCheck.could_not_run(name, short_error(e.__cause__ or e), backend=r.name,
+                                                            reference=reference_name or "-", input_set=set_name,
+                                                            sizes=set_sizes))
             if stateful is not None and set_name == "example":  # the stateful IR, on the recorded cache
                 try:
                     results.append((stateful.name, stateful.infer(feed)))
                 except Exception as e:
-                    checks.append(ParityCheck(name, stateful.name, reference_name or "-", set_name, "*", None,
-                                              short_error(e), set_sizes))
+                    checks.append(ParityCheck.could_not_run(name, short_error(e), backend=stateful.name,
+                                                            reference=reference_name or "-", input_set=set_name,
+                                                            sizes=set_sizes))
             if reference is None and results:  # resized without torch: the first backend is the reference
                 reference_name, reference = results[0]
                 if len(results) == 1:
