@@ -13,13 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .. import manifest as manifest_mod
 from .._record.recording import Recording
 from .._verify.verify import ParityReport
 from .._verify.verify import verify as run_verify
-from ..manifest import Manifest
+from ..manifest import GraphEntry, Manifest
 
 __all__ = ["INCONSISTENT_ONNX", "verified"]
 
@@ -60,25 +60,32 @@ def _unloadable_onnx(manifest: Manifest, report: ParityReport) -> dict[str, str]
     return bad
 
 
-def _drop_onnx(out: Path, unloadable: Mapping[str, str]) -> Manifest:
-    """Remove the ONNX files of ``unloadable`` from ``out`` and their manifest entries (``tools.no_onnx`` says
-    why; the IR, converted from the file or not, stays): verify then checks those graphs on OpenVINO, with a note."""
+def _rewrite_entries(out: Path, change: Mapping[str, Callable[[GraphEntry], GraphEntry]]) -> Manifest:
+    """The manifest in ``out`` with each graph named in ``change`` replaced by what its function makes of it
+    (which also moves that graph's files), written back; the other graphs as they were."""
     current = manifest_mod.read(out)
-    entries = []
-    for e in current.graphs:
-        if e.name not in unloadable:
-            entries.append(e)
-            continue
-        for kind in ("onnx", "onnx_data"):
-            if e.file(kind):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(out / e.file(kind))
-        files = {k: v for k, v in e.files.items() if k not in ("onnx", "onnx_data")}
-        entries.append(dataclasses.replace(e, files=MappingProxyType(files),
-                                           no_onnx=f"ONNX Runtime cannot load the exported file: {unloadable[e.name]}"[:1500]))
-    manifest = dataclasses.replace(current, graphs=tuple(entries))
+    entries = tuple(change[e.name](e) if e.name in change else e for e in current.graphs)
+    manifest = dataclasses.replace(current, graphs=entries)
     manifest_mod.write(out, manifest)
     return manifest
+
+
+def _unlink(out: Path, names: Iterable[str]) -> None:
+    for f in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out / f)
+
+
+def _drop_onnx(out: Path, unloadable: Mapping[str, str]) -> Manifest:
+    """Remove the ONNX files of ``unloadable`` from ``out`` and their manifest entries (``no_onnx`` says why;
+    the IR, converted from the file or not, stays): verify then checks those graphs on OpenVINO, with a note."""
+    def without_onnx(e: GraphEntry) -> GraphEntry:
+        _unlink(out, (e.file(kind) for kind in ("onnx", "onnx_data") if e.file(kind)))
+        files = {k: v for k, v in e.files.items() if k not in ("onnx", "onnx_data")}
+        return dataclasses.replace(e, files=MappingProxyType(files),
+                                   no_onnx=f"ONNX Runtime cannot load the exported file: {unloadable[e.name]}"[:1500])
+
+    return _rewrite_entries(out, {n: without_onnx for n in unloadable})
 
 
 def _dynamic_failures(manifest: Manifest, report: ParityReport, dynamic: Any) -> list[str]:
@@ -134,24 +141,17 @@ def _splice(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: P
         again = run_verify(tmp / "x", obj, write=False)
         redone = manifest_mod.read(tmp / "x")
         passed = {n for n in names if redone.graph(n).ok and all(c for c in again.checks if c.graph == n)}
-        current = manifest_mod.read(out)
-        entries = []
-        for e in current.graphs:
-            if e.name not in passed:
-                entries.append(e)
-                continue
+        def spliced(e: GraphEntry) -> GraphEntry:
             why = next(c for c in report.checks if c.graph == e.name and not c)
             new = redone.graph(e.name)
-            for f in e.file_names():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(out / f)
+            _unlink(out, e.file_names())
             for f in new.file_names():
                 os.replace(tmp / "x" / f, out / f)
-            note = {"given_up": sorted(e.dims)} if extra is None else \
-                {"from": e.tools.get("openvino_from"), **extra}
+            note = {"given_up": sorted(e.dims)} if extra is None else {"from": e.tools.get("openvino_from"), **extra}
             note["because"] = f"{why.where}: {why.message}"[:500]
-            entries.append(dataclasses.replace(new, tools=MappingProxyType({**new.tools, key: note})))
-        manifest_mod.write(out, dataclasses.replace(current, graphs=tuple(entries)))
+            return dataclasses.replace(new, tools=MappingProxyType({**new.tools, key: note}))
+
+        _rewrite_entries(out, {n: spliced for n in passed})
         return passed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
