@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-corpus bench-corpus-transformers clean
+.PHONY: setup demo test docs test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-corpus bench-corpus-transformers clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# the manual (docs/) as a site in site/; --strict: a broken link or a renamed function fails the build
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
@@ -55,7 +59,7 @@ bench-corpus-transformers: setup
 	$(PY) bench/corpus_transformers.py $(if $(BUDGET),--budget $(BUDGET),) $(if $(KIND),--kind $(KIND),) $(if $(OVERLAY),--overlay $(OVERLAY),)
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache site
 
 # optimum-cli in its own venv (optimum-intel 2.2.0 pins huggingface-hub<1.22, diffusers 0.42.1 needs >=1.32)
 OPTIMUM_VENV ?= bench/.venv-optimum

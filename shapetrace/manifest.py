@@ -3,7 +3,7 @@ graph, each with its :class:`InputSpec` / :class:`OutputSpec` rows and its :clas
 
 :func:`read` is the one reader (it validates as it builds the records) and :func:`write` the one writer (atomic).
 Export builds the records; verify, load, the backends and the CLI read attributes, never string keys. The JSON
-layout (documented in the README, ``format_version`` 1) is unchanged by the records: ``GraphEntry.to_json()`` writes
+layout (documented in docs/export.md, ``format_version`` 1) is unchanged by the records: ``GraphEntry.to_json()`` writes
 the same keys in the same order, and keys a reader does not know are kept (``extra``) so that a rewrite loses
 nothing.
 """

@@ -93,7 +93,7 @@ def _np_dtype(dtype: torch.dtype) -> Any:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """Everything needed to export one graph with any tool (see the README's "other tools" section).
+    """Everything needed to export one graph with any tool (see docs/export.md, "For other tools").
 
     ``torch.export.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes)`` and
     ``torch.onnx.export(plan.module, plan.args, dynamic_shapes=plan.dynamic_shapes,

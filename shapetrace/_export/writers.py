@@ -330,7 +330,7 @@ def write_onnx_or_skip(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.Dim
 
 
 #: Graphs with more fp32 weights than this convert to IR from the torch module (weights shared, no copy); smaller
-#: ones from the ONNX file just written (a few times faster). See the README, "Which source for OpenVINO".
+#: ones from the ONNX file just written (a few times faster). See docs/export.md, "Which source for OpenVINO".
 OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
 
 

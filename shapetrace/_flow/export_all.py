@@ -102,7 +102,7 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                compress_to_fp16: bool = False, openvino_from: str = "auto", verify: bool = True,
                progress: bool = True, stateful: bool = False, quantize: Any = None,
                quantize_options: quantize_mod.QuantizeOptions | None = None, **verify_kwargs: Any) -> ExportResult:
-    """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and the README).
+    """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and docs/export.md).
 
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
     ``openvino_from``: ``"auto"`` (default: from the torch module for graphs above 1 GiB of weights, which shares

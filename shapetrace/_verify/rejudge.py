@@ -1,5 +1,5 @@
 """Re-judgments of a failed float check against PyTorch where the values at those inputs cannot tell a right export
-from a wrong one (README, verify section): positions a padding mask marks (:func:`padding_only`) and PyTorch's own
+from a wrong one (docs/verify.md): positions a padding mask marks (:func:`padding_only`) and PyTorch's own
 sensitivity to ~1e-6 input noise (:func:`within_sensitivity`). Each passing re-judgment adds a note; the third, a
 selection among tied scores, is :mod:`shapetrace._verify.selection`."""
 

@@ -5,7 +5,7 @@ inputs when scores tie: random weights give many candidates one exact score, and
 each break the tie their own way (ONNX: lower index first; PyTorch's CPU kernel: no promise). Everything gathered at
 the selected indices then differs, though every runtime computed the same numbers.
 
-The rule (see the README's verify section): an output that fails against PyTorch is re-judged only when
+The rule (see docs/verify.md): an output that fails against PyTorch is re-judged only when
 
 1. PyTorch's own run of the graph split exact ties in some selection (a ``topk`` whose k-th score also occurs among
    the candidates left out, or whose selected scores repeat; a ``sort`` / ``argsort`` of repeated scores, which

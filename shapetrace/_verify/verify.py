@@ -92,14 +92,16 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
         obj: the live object the export was made from; makes PyTorch the reference on both input sets.
         backends: any of ``"onnxruntime"``, ``"openvino"`` (OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``).
             A backend for which the export holds no file at all is left out, with a note.
-        atol, rtol: override the float defaults of :data:`DEFAULT_TOLERANCES` for every float output.
+        atol: overrides the float default of :data:`DEFAULT_TOLERANCES` for every float output.
+        rtol: likewise, the relative tolerance.
         tolerances: per graph / per output overrides, applied after ``atol`` / ``rtol``; keys are a graph name or
             ``"graph:output"``, values ``{"atol": ..., "rtol": ...}`` (either key optional)::
 
                 verify(out, tolerances={"unet": {"atol": 1e-3}, "vae.decode:sample": {"rtol": 1e-2}})
 
         graphs: check only these graphs (default: all).
-        device, threads: passed to the runners (``"CPU"``; threads default to the usable cores, at most 8).
+        device: passed to the runners (``"CPU"``).
+        threads: passed to the runners (default: the usable cores, at most 8).
         seed: seeds the ``resized`` input set.
         write: store the report as the manifest's ``"parity"`` (atomic rewrite).
         on_check: called as ``on_check(check, got, ref)`` with the arrays of every compared output, as each check
