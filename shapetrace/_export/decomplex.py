@@ -40,133 +40,172 @@ _DIM_ARG = {"unsqueeze": 1, "squeeze": 1, "select": 1, "slice": 1, "narrow": 1, 
 
 def rewrite(gm: torch.fx.GraphModule) -> torch.nn.Module:
     """The real-valued form of ``gm`` (an exported program's ``module()``), see the module docstring."""
-    graph = torch.fx.Graph()
-    graph.set_codegen(gm.graph._codegen)  # the exported module's pytree calling convention
-    env: dict[torch.fx.Node, Any] = {}
-    real_of: dict[torch.fx.Node, torch.fx.Node] = {}  # complex node -> its [..., 2] real node
-    owner = torch.nn.Module()
-    aten = torch.ops.aten
+    return _Positional(_Rewrite(gm).run())
 
-    def arg(a: Any) -> Any:
-        return torch.fx.map_arg(a, lambda n: env[n])
 
-    def r(n: Any) -> Any:
-        if isinstance(n, torch.fx.Node) and n in real_of:
-            return real_of[n]
+aten = torch.ops.aten
+Node = torch.fx.Node
+
+
+class _Rewrite:
+    """One pass over ``gm``'s nodes into a new graph: nodes without complex values are copied, each complex op
+    goes to its handler in :data:`_HANDLERS` (by the op's name), which returns its ``[..., 2]`` real node."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        self.gm = gm
+        self.graph = torch.fx.Graph()
+        self.graph.set_codegen(gm.graph._codegen)  # the exported module's pytree calling convention
+        self.env: dict[Node, Any] = {}
+        self.real_of: dict[Node, Node] = {}  # complex node -> its [..., 2] real node
+        self.owner = torch.nn.Module()
+
+    # ---- helpers the handlers use
+    def arg(self, a: Any) -> Any:
+        return torch.fx.map_arg(a, lambda n: self.env[n])
+
+    def r(self, n: Any) -> Any:
+        if isinstance(n, Node) and n in self.real_of:
+            return self.real_of[n]
         raise NotRewritable(f"a complex value reaches an op from a non-complex one ({n})")
 
-    def call(fn: Any, *args: Any) -> torch.fx.Node:
-        return graph.call_function(fn, args)
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Node:
+        return self.graph.call_function(fn, args, kwargs or None)
 
-    def parts(n: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node]:
-        return call(aten.select.int, n, -1, 0), call(aten.select.int, n, -1, 1)
+    def parts(self, n: Node) -> tuple[Node, Node]:
+        return self.call(aten.select.int, n, -1, 0), self.call(aten.select.int, n, -1, 1)
 
-    def pair(re: Any, im: Any) -> torch.fx.Node:
-        return call(aten.stack.default, [re, im], -1)
+    def pair(self, re: Any, im: Any) -> Node:
+        return self.call(aten.stack.default, [re, im], -1)
 
-    for node in gm.graph.nodes:
+    # ---- the pass
+    def run(self) -> torch.fx.GraphModule:
+        for node in self.gm.graph.nodes:
+            self._node(node)
+        self.graph.lint()
+        for name, buf in self.owner.named_buffers():
+            self.gm.register_buffer(name, buf)
+        return torch.fx.GraphModule(self.gm, self.graph)
+
+    def _node(self, node: Node) -> None:
+        env, graph = self.env, self.graph
         complex_in = any(_is_complex(a) for a in node.all_input_nodes)
         if node.op == "placeholder":
             if _is_complex(node):
                 raise NotRewritable(f"complex graph input {node.name}")
             env[node] = graph.placeholder(node.name)
             env[node].meta = dict(node.meta)
-            continue
-        if node.op == "output":
-            if any(_is_complex(a) for a in node.all_input_nodes):
+        elif node.op == "output":
+            if complex_in:
                 raise NotRewritable("a complex graph output")
-            graph.output(arg(node.args[0]))
-            continue
-        if node.op == "get_attr":
-            value = _fetch(gm, node.target)
+            graph.output(self.arg(node.args[0]))
+        elif node.op == "get_attr":
+            value = _fetch(self.gm, node.target)
             if isinstance(value, torch.Tensor) and value.is_complex():
                 name = f"_real_{node.target.replace('.', '_')}"
-                owner.register_buffer(name, torch.view_as_real(value.resolve_conj()).clone())
-                real_of[node] = graph.get_attr(name)
-                env[node] = real_of[node]
+                self.owner.register_buffer(name, torch.view_as_real(value.resolve_conj()).clone())
+                env[node] = self.real_of[node] = graph.get_attr(name)
             else:
                 env[node] = graph.node_copy(node, lambda n: env[n])
-            continue
-        if not (_is_complex(node) or complex_in):
+        elif not (_is_complex(node) or complex_in):
             env[node] = graph.node_copy(node, lambda n: env[n])
-            continue
-        if node.op != "call_function":
+        elif node.op != "call_function":
             raise NotRewritable(f"{node.op} {node.target} on complex values")
-        if node.target is operator.getitem:
+        elif node.target is operator.getitem:
             raise NotRewritable("getitem on complex values")
-        op = getattr(getattr(node.target, "overloadpacket", None), "__name__", str(node.target))
-        a = list(node.args)
-        out: Any
-        if op == "view_as_complex":
-            out = env[a[0]]
-        elif op == "view_as_real":
-            env[node] = r(a[0])
-            continue
-        elif op in _SAME:
-            out = call(node.target, r(a[0]), *[arg(x) for x in a[1:]])
-        elif op in ("_to_copy", "to"):
-            dtype = node.kwargs.get("dtype", a[1] if len(a) > 1 and isinstance(a[1], torch.dtype) else None)
-            src = a[0]
-            if _is_complex(node) and not _is_complex(src):  # real -> complex: imaginary part 0
-                x = graph.call_function(aten._to_copy.default, (env[src],), {"dtype": _real_dtype(dtype)})
-                out = pair(x, call(aten.zeros_like.default, x))
-            elif _is_complex(node):  # complex -> complex
-                out = graph.call_function(aten._to_copy.default, (r(src),), {"dtype": _real_dtype(dtype)})
-            else:  # complex -> real: the real part
-                out = graph.call_function(aten._to_copy.default, (call(aten.select.int, r(src), -1, 0),),
-                                          {"dtype": dtype})
-                env[node] = out
-                continue
-        elif op in ("mul", "add", "sub"):
-            x, y = a[0], a[1]
-            xc, yc = _is_complex(x), _is_complex(y)
-            if op == "mul" and xc and yc:
-                xr, xi = parts(r(x))
-                yr, yi = parts(r(y))
-                out = pair(call(aten.sub.Tensor, call(aten.mul.Tensor, xr, yr), call(aten.mul.Tensor, xi, yi)),
-                           call(aten.add.Tensor, call(aten.mul.Tensor, xr, yi), call(aten.mul.Tensor, xi, yr)))
-            elif op == "mul":  # complex times real
-                c, s = (x, y) if xc else (y, x)
-                s = call(aten.unsqueeze.default, env[s], -1) if isinstance(s, torch.fx.Node) else s
-                out = call(aten.mul.Tensor, r(c), s)
-            elif xc and yc:
-                out = call(node.target, r(x), r(y))
-            else:
-                raise NotRewritable(f"{op} of a complex and a real value")
-        elif op == "polar":
-            mag, ang = env[a[0]], env[a[1]]
-            out = pair(call(aten.mul.Tensor, mag, call(aten.cos.default, ang)),
-                       call(aten.mul.Tensor, mag, call(aten.sin.default, ang)))
-        elif op in ("view", "reshape", "_unsafe_view", "expand"):
-            out = call(node.target, r(a[0]), [*arg(a[1]), 2])
-        elif op == "permute":
-            rank = len(node.meta["val"].shape)
-            out = call(node.target, r(a[0]), [d % rank for d in a[1]] + [rank])
-        elif op == "index":
-            out = call(node.target, r(a[0]), arg(a[1]))
-        elif op in ("cat", "stack"):
-            if not all(_is_complex(t) for t in a[0]):
-                raise NotRewritable(f"{op} of complex and real values")
-            out = call(node.target, [r(t) for t in a[0]], _dim(a[1] if len(a) > 1 else 0))
-        elif op in _DIM_ARG:
-            where = _DIM_ARG[op]
-            where = where if isinstance(where, tuple) else (where,)
-            new = [r(a[0]), *[arg(x) for x in a[1:]]]
-            for i in where:
-                if i < len(new) and isinstance(new[i], int):
-                    new[i] = _dim(new[i])
-            if op == "flatten" and len(new) == 2:
-                new.append(-2)
-            out = call(node.target, *new)
         else:
-            raise NotRewritable(f"aten.{op} on complex values")
-        out.meta = {}
-        real_of[node] = out
-        env[node] = out
-    graph.lint()
-    for name, buf in owner.named_buffers():
-        gm.register_buffer(name, buf)
-    return _Positional(torch.fx.GraphModule(gm, graph))
+            op = getattr(getattr(node.target, "overloadpacket", None), "__name__", str(node.target))
+            handler = _HANDLERS.get(op) or (_same if op in _SAME else _dim_arg if op in _DIM_ARG else None)
+            if handler is None:
+                raise NotRewritable(f"aten.{op} on complex values")
+            out = handler(self, node, op, list(node.args))
+            env[node] = out
+            if _is_complex(node):  # a real result (view_as_real, a cast to real) is an ordinary value
+                out.meta = {}
+                self.real_of[node] = out
+
+
+# ---- one handler per op: (rewrite, node, op name, args) -> the node standing for the result
+def _view_as_complex(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    return rw.env[a[0]]
+
+
+def _view_as_real(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    return rw.r(a[0])
+
+
+def _same(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    return rw.call(node.target, rw.r(a[0]), *[rw.arg(x) for x in a[1:]])
+
+
+def _cast(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    dtype = node.kwargs.get("dtype", a[1] if len(a) > 1 and isinstance(a[1], torch.dtype) else None)
+    src = a[0]
+    if _is_complex(node) and not _is_complex(src):  # real -> complex: imaginary part 0
+        x = rw.call(aten._to_copy.default, rw.env[src], dtype=_real_dtype(dtype))
+        return rw.pair(x, rw.call(aten.zeros_like.default, x))
+    if _is_complex(node):  # complex -> complex
+        return rw.call(aten._to_copy.default, rw.r(src), dtype=_real_dtype(dtype))
+    return rw.call(aten._to_copy.default, rw.call(aten.select.int, rw.r(src), -1, 0), dtype=dtype)  # the real part
+
+
+def _arith(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    x, y = a[0], a[1]
+    xc, yc = _is_complex(x), _is_complex(y)
+    if op == "mul" and xc and yc:
+        (xr, xi), (yr, yi) = rw.parts(rw.r(x)), rw.parts(rw.r(y))
+        mul = aten.mul.Tensor
+        return rw.pair(rw.call(aten.sub.Tensor, rw.call(mul, xr, yr), rw.call(mul, xi, yi)),
+                       rw.call(aten.add.Tensor, rw.call(mul, xr, yi), rw.call(mul, xi, yr)))
+    if op == "mul":  # complex times real
+        c, s = (x, y) if xc else (y, x)
+        s = rw.call(aten.unsqueeze.default, rw.env[s], -1) if isinstance(s, Node) else s
+        return rw.call(aten.mul.Tensor, rw.r(c), s)
+    if xc and yc:
+        return rw.call(node.target, rw.r(x), rw.r(y))
+    raise NotRewritable(f"{op} of a complex and a real value")
+
+
+def _polar(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    mag, ang = rw.env[a[0]], rw.env[a[1]]
+    return rw.pair(rw.call(aten.mul.Tensor, mag, rw.call(aten.cos.default, ang)),
+                   rw.call(aten.mul.Tensor, mag, rw.call(aten.sin.default, ang)))
+
+
+def _reshape(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    return rw.call(node.target, rw.r(a[0]), [*rw.arg(a[1]), 2])
+
+
+def _permute(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    rank = len(node.meta["val"].shape)
+    return rw.call(node.target, rw.r(a[0]), [d % rank for d in a[1]] + [rank])
+
+
+def _index(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    return rw.call(node.target, rw.r(a[0]), rw.arg(a[1]))
+
+
+def _join(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    if not all(_is_complex(t) for t in a[0]):
+        raise NotRewritable(f"{op} of complex and real values")
+    return rw.call(node.target, [rw.r(t) for t in a[0]], _dim(a[1] if len(a) > 1 else 0))
+
+
+def _dim_arg(rw: _Rewrite, node: Node, op: str, a: list) -> Node:
+    where = _DIM_ARG[op] if isinstance(_DIM_ARG[op], tuple) else (_DIM_ARG[op],)
+    new = [rw.r(a[0]), *[rw.arg(x) for x in a[1:]]]
+    for i in where:
+        if i < len(new) and isinstance(new[i], int):
+            new[i] = _dim(new[i])
+    if op == "flatten" and len(new) == 2:
+        new.append(-2)
+    return rw.call(node.target, *new)
+
+
+_HANDLERS: dict[str, Any] = {
+    "view_as_complex": _view_as_complex, "view_as_real": _view_as_real, "_to_copy": _cast, "to": _cast,
+    "mul": _arith, "add": _arith, "sub": _arith, "polar": _polar, "view": _reshape, "reshape": _reshape,
+    "_unsafe_view": _reshape, "expand": _reshape, "permute": _permute, "index": _index, "cat": _join, "stack": _join,
+}
 
 
 class _Positional(torch.nn.Module):
