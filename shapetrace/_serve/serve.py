@@ -111,37 +111,50 @@ class ServedGraph:
         return problems
 
     def _check_tensors(self, feed: Mapping[str, Any]) -> list[str]:
-        problems: list[str] = []
-        shapes: dict[str, tuple[int, ...]] = {}
-        for n, v in feed.items():
-            spec = self.inputs[n]
-            if isinstance(v, torch.Tensor):
-                want = spec.dtype
-                got = str(v.dtype).replace("torch.", "")
-                if got != want:
-                    problems.append(f"input {n!r} is {got}, the graph was exported for {want}; cast it (or the "
-                                    f"module) to {want}, or record and export the pipeline in {got}")
-                shapes[n] = tuple(v.shape)
-            else:
-                shapes[n] = ()
-        missing = [n for n in self.inputs if n not in feed]
-        if missing:
-            problems.append(f"this call gives no value for input(s) {', '.join(map(repr, missing))}; re-export")
-        problems.extend(self.index_problems(feed))
+        """Why the runtime cannot answer this feed, rule by rule (dtypes and missing inputs and index bounds; the
+        fixed shapes of ``static_shapes``; ranks, fixed sizes and tied dims; derived sizes and constraints): the
+        first rule that finds a problem answers. A shape key that passed once is not checked again."""
+        shapes = {n: tuple(v.shape) if isinstance(v, torch.Tensor) else () for n, v in feed.items()}
+        problems = self._dtype_problems(feed) + self._missing(feed) + self.index_problems(feed)
+        key = tuple(shapes[n] for n in self.inputs) if not problems else None
+        if problems or key in self._shapes_ok:
+            return problems
+        problems = self._static_problems(shapes)
         if problems:
             return problems
-        key = tuple(shapes[n] for n in self.inputs)
-        if key in self._shapes_ok:
+        problems, values, derived = self._size_problems(shapes)
+        if problems:
             return problems
-        if self.static_shapes:
-            for n, shape in shapes.items():
-                ex = tuple(self.inputs[n].example_shape)
-                if shape != ex:
-                    problems.append(f"input {n!r} has shape {list(shape)}, but load(static_shapes=True) fixed "
-                                    f"this graph to the recorded {list(ex)}; load with static_shapes=False to run "
-                                    f"other sizes")
-            if problems:
-                return problems
+        problems = self._relation_problems(values, derived)
+        if not problems:
+            self._shapes_ok.add(key)
+        return problems
+
+    def _dtype_problems(self, feed: Mapping[str, Any]) -> list[str]:
+        problems = []
+        for n, v in feed.items():
+            want, got = self.inputs[n].dtype, str(getattr(v, "dtype", "")).replace("torch.", "")
+            if isinstance(v, torch.Tensor) and got != want:
+                problems.append(f"input {n!r} is {got}, the graph was exported for {want}; cast it (or the "
+                                f"module) to {want}, or record and export the pipeline in {got}")
+        return problems
+
+    def _missing(self, feed: Mapping[str, Any]) -> list[str]:
+        missing = [n for n in self.inputs if n not in feed]
+        return [f"this call gives no value for input(s) {', '.join(map(repr, missing))}; re-export"] if missing else []
+
+    def _static_problems(self, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+        if not self.static_shapes:
+            return []
+        return [f"input {n!r} has shape {list(shape)}, but load(static_shapes=True) fixed this graph to the "
+                f"recorded {list(self.inputs[n].example_shape)}; load with static_shapes=False to run other sizes"
+                for n, shape in shapes.items() if shape != tuple(self.inputs[n].example_shape)]
+
+    def _size_problems(self, shapes: Mapping[str, tuple[int, ...]]
+                       ) -> tuple[list[str], dict[str, int], list[tuple[str, int, str]]]:
+        """Ranks, fixed sizes and dims the export ties together; also the value of every named dim and the
+        sizes given by an expression (checked by :meth:`_relation_problems`)."""
+        problems: list[str] = []
         values: dict[str, int] = {}
         where: dict[str, str] = {}
         derived: list[tuple[str, int, str]] = []
@@ -152,23 +165,25 @@ class ServedGraph:
                                 f"for rank {len(want)} ({want}); record a call like this one")
                 continue
             for d, (w, s) in enumerate(zip(want, shape)):
-                if isinstance(w, int):
-                    if w != s:
-                        problems.append(
-                            f"input {n!r} has size {s} at dim {d}, but the graph was exported with a fixed size "
-                            f"{w} there; export with dynamic={{{self.name!r}: {{{n!r}: [{d}]}}}} (or record calls "
-                            f"where it varies) to make it dynamic")
+                if isinstance(w, int) and w != s:
+                    problems.append(
+                        f"input {n!r} has size {s} at dim {d}, but the graph was exported with a fixed size "
+                        f"{w} there; export with dynamic={{{self.name!r}: {{{n!r}: [{d}]}}}} (or record calls "
+                        f"where it varies) to make it dynamic")
+                elif isinstance(w, int):
+                    continue
+                elif w in self.dims and w in values and values[w] != s:
+                    problems.append(f"dim {w!r} is {values[w]} in {where[w]} but {s} in {n}.{d}; the export "
+                                    f"ties them together (they must be equal)")
                 elif w in self.dims:
-                    if w in values and values[w] != s:
-                        problems.append(f"dim {w!r} is {values[w]} in {where[w]} but {s} in {n}.{d}; the export "
-                                        f"ties them together (they must be equal)")
-                    else:
-                        values.setdefault(w, s)
-                        where.setdefault(w, f"{n}.{d}")
+                    values.setdefault(w, s)
+                    where.setdefault(w, f"{n}.{d}")
                 else:
                     derived.append((w, s, f"{n}.{d}"))
-        if problems:
-            return problems
+        return problems, values, derived
+
+    def _relation_problems(self, values: Mapping[str, int], derived: list[tuple[str, int, str]]) -> list[str]:
+        problems = []
         for expr, s, at in derived:
             try:
                 expected = constraints.evaluate(expr, values)
@@ -182,8 +197,6 @@ class ServedGraph:
             problems.append(f"this call's sizes ({sizes}) break the export's constraint(s) {'; '.join(failed)}; "
                             f"the graph only covers sizes that satisfy them (torch.export fixed the model's "
                             f"size-dependent branches and ties to the recorded call's side): call it at such sizes")
-        if not problems:
-            self._shapes_ok.add(key)
         return problems
 
     # ------------------------------------------------------------------------------------------ output
