@@ -13,7 +13,7 @@ import torch
 import shapetrace
 from shapetrace import RuntimeMismatchError, VerifyError
 from shapetrace._export import writers
-from shapetrace._verify import verify as verify_mod
+from shapetrace._verify import graph_check
 from shapetrace.backends.onnxruntime_backend import OnnxRuntimeRunner
 
 from _tiny import make_tiny_export
@@ -104,7 +104,7 @@ def test_an_unreadable_data_file_fails_its_graph_only(two):
 
 
 def test_running_out_of_memory_is_a_failed_check(two, monkeypatch):
-    real_compare, real_resized = verify_mod.compare_arrays, verify_mod.resized_inputs
+    real_compare, real_resized = graph_check.compare_arrays, graph_check.resized_inputs
 
     def compare(got, ref, **kw):
         if got.dtype == np.float32 and got.ndim == 3:  # output 'h' of every graph
@@ -116,8 +116,8 @@ def test_running_out_of_memory_is_a_failed_check(two, monkeypatch):
             raise MemoryError()
         return real_resized(entry, *a, **kw)
 
-    monkeypatch.setattr(verify_mod, "compare_arrays", compare)
-    monkeypatch.setattr(verify_mod, "resized_inputs", resized)
+    monkeypatch.setattr(graph_check, "compare_arrays", compare)
+    monkeypatch.setattr(graph_check, "resized_inputs", resized)
     report = shapetrace.verify(two, write=False)
     tiny = _by(report, "tiny")
     assert {c.output for c in tiny if not c} == {"h"}  # each 'h' comparison failed, the others ran and passed

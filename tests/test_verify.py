@@ -520,9 +520,7 @@ def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(tmp_path):
 def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(tmp_path, monkeypatch):
     import torch
 
-    import sys
-
-    verify_mod = sys.modules["shapetrace.verify"]
+    from shapetrace._verify import graph_check
 
     class Head(torch.nn.Module):  # an LLM head: outputs far larger than its inputs
         def __init__(self):
@@ -540,7 +538,7 @@ def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(tmp_path, monkey
     h.m = Head()
     with shapetrace.record(h):
         h.m(torch.randn(2, 16, 8))
-    monkeypatch.setattr(verify_mod, "LARGE_OUTPUTS_BYTES", 1024)  # 2*16*64 floats = 8 KiB counts as large here
+    monkeypatch.setattr(graph_check, "LARGE_OUTPUTS_BYTES", 1024)  # 2*16*64 floats = 8 KiB counts as large here
     result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
     assert result.parity, str(result.parity)
     resized = [c for c in result.parity.checks if c.input_set == "resized"]

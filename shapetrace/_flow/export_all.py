@@ -36,6 +36,7 @@ from .._export import writers
 from .._export.flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of
 from .._export.graph_export import export_graph
 from .._record.recording import Recording
+from .._verify.report import ParityReport
 from ..errors import ExportError
 from ..manifest import MANIFEST, GraphEntry, Manifest
 from . import policy

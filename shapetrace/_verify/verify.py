@@ -24,60 +24,25 @@ rtol=5e-2``, float64 ``atol=1e-7, rtol=1e-6``. Per-graph / per-output overrides:
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 
 from .. import backends as be
-from .. import constraints
 from .. import manifest as manifest_mod
-from ..backends.base import short_error
 from .compare import (DEFAULT_TOLERANCES, OutputComparison, Tolerance, check_tolerance_keys, compare_arrays,
                       resolve_tolerance)
-from ..errors import RunnerError, VerifyError
-from .._core.files import load_npz
-from .._export.flat import flat_module
-from .inputs import input_sizes, other_sets, perturbed, resized_inputs
-from ..manifest import GraphEntry, Manifest
+from ..errors import VerifyError
+from .inputs import resized_inputs
+from ..manifest import GraphEntry
 from .._core.isa import cpu_isa
-from .quality import held_out_checks, isa_notes, judge, quantized_bound
+from .quality import held_out_checks, isa_notes, quantized_bound
+from .graph_check import CheckOptions, GraphCheck, OnCheck
 from .report import ParityCheck, ParityReport, render_report
-from .rejudge import padding_only, within_sensitivity
-from .selection import rejudged, tied_runs
-from ..backends.openvino_stateful import STATEFUL_FILE, StatefulRunner
-from .._core.tree import qualname
-from .._core.walker import parse_path, resolve
 
 __all__ = ["DEFAULT_TOLERANCES", "Tolerance", "OutputComparison", "ParityCheck", "ParityReport", "compare_arrays",
            "resolve_tolerance", "resized_inputs", "verify", "render_report"]
-
-
-#: ``on_check(check, got, ref)``: sees every compared output's arrays (verify keeps none of them)
-OnCheck = Callable[[ParityCheck, np.ndarray, np.ndarray], None]
-
-
-def _live_module(obj: Any, entry: GraphEntry) -> Any:
-    """The graph's flat wrapper around the live module of ``obj`` (forward(*inputs) -> tuple of outputs)."""
-    try:
-        _, _, module = resolve(obj, parse_path(entry.module))
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
-        raise VerifyError(f"graph {entry.name!r}: no module at {entry.module!r} in this "
-                          f"{type(obj).__name__} ({e}); pass the object the export was made from") from e
-    if entry.cls and qualname(type(module)) != entry.cls:
-        raise VerifyError(f"graph {entry.name!r}: the module at {entry.module!r} is a "
-                          f"{type(module).__name__}, the export was made from a {entry.cls.rsplit(':', 1)[-1]}; "
-                          f"pass the object the export was made from")
-    return flat_module(module, entry)
-
-
-def _module_device(module: Any) -> str:
-    for t in list(module.parameters())[:1] + list(module.buffers())[:1]:
-        return str(t.device)
-    return "cpu"
 
 
 def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[str] = ("onnxruntime", "openvino"),
@@ -145,12 +110,12 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
 
     isa = cpu_isa() if "openvino" in usable else None
     checks: list[ParityCheck] = []
+    options = CheckOptions(tuple(usable), atol, rtol, tolerances, device, threads, seed, on_check)
     for entry in entries:
         bound = quantized_bound(entry, min_snr_db)
         if bound is not None and isa is not None:
             notes.extend(isa_notes(entry, isa))
-        checks.extend(_verify_graph(out, entry, obj, usable, atol, rtol, tolerances, device, threads, seed, notes,
-                                    on_check, bound))
+        checks.extend(GraphCheck(out, entry, obj, options, notes, bound).run())
         if bound is not None and "openvino" in usable:
             checks.extend(held_out_checks(entry, bound))
             if 0 in ((entry.quantization or {}).get("calibration") or {}).get("calls", []):
@@ -160,181 +125,6 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
     if write:
         manifest_mod.store_parity(out, report.to_json())
     return report
-
-
-def _verify_graph(out: Path, entry: GraphEntry, obj: Any, backends: Sequence[str], atol: float | None,
-                  rtol: float | None, tolerances: Mapping[str, Any] | None, device: str, threads: int | None,
-                  seed: int, notes: list[str], on_check: OnCheck | None = None,
-                  bound: float | None = None) -> list[ParityCheck]:
-    """The checks of one graph. Whatever goes wrong inside one graph (a runtime that cannot load or compile its
-    file, an unreadable data file, running out of memory) is a failed check naming the reason, never an exception:
-    the other graphs go on. Only a wrong ``obj`` (no such module in it) raises, before any work."""
-    name = entry.name
-    if entry.error is not None:
-        return [ParityCheck.could_not_run(name, f"not exported: {entry.error}", output="-")]
-    module = _live_module(obj, entry) if obj is not None else None
-    checks: list[ParityCheck] = []
-    try:
-        _check_graph(out, entry, module, backends, atol, rtol, tolerances, device, threads, seed, notes, on_check,
-                     checks, bound)
-    except MemoryError as e:
-        checks.append(ParityCheck.could_not_run(name, f"MemoryError: ran out of memory checking this "
-                                                f"graph{f' ({e})' if str(e) else ''}; its other checks were not run"))
-    except (RunnerError, VerifyError) as e:
-        checks.append(ParityCheck.could_not_run(name, str(e)))
-    except Exception as e:  # one graph never stops the others: its failure is its check
-        checks.append(ParityCheck.could_not_run(name, f"{short_error(e)} (while checking this graph)"))
-    return checks
-
-
-def _open(stack: contextlib.ExitStack, runner: Any, name: str, checks: list[ParityCheck]) -> bool:
-    """Enter ``runner``; a runtime that cannot load or compile the file is that backend's failed check."""
-    try:
-        stack.enter_context(runner)
-        return True
-    except Exception as e:  # RunnerError from the runtimes; MemoryError or anything else loading the model too
-        reason = str(e) if isinstance(e, RunnerError) else short_error(e)
-        checks.append(ParityCheck.could_not_run(name, reason, backend=runner.name))
-        return False
-
-
-def _check_graph(out: Path, entry: GraphEntry, module: Any, backends: Sequence[str], atol: float | None,
-                 rtol: float | None, tolerances: Mapping[str, Any] | None, device: str, threads: int | None,
-                 seed: int, notes: list[str], on_check: OnCheck | None, checks: list[ParityCheck],
-                 bound: float | None = None) -> None:
-    name = entry.name
-    sets = _input_sets(out, entry, seed, notes)
-    recorded = _load(out, entry, "outputs")
-    torch_runner = None
-    if module is not None:
-        torch_runner = be.open_runner("torch", out, entry, device=_module_device(module), module=module)
-    runners = []
-    for b in backends:
-        kind = be.FILE_KIND[b]
-        if entry.file(kind):
-            runners.append(be.open_runner(b, out, entry, device=device, threads=threads))
-        elif kind == "onnx" and entry.no_onnx:  # degraded on purpose at export: said, not a failure
-            notes.append(f"{name}: no ONNX file ({entry.no_onnx}); checked on "
-                         f"{', '.join(x for x in backends if x != b) or 'no other backend'} only")
-        else:
-            checks.append(ParityCheck.could_not_run(name, f"no {kind} file for this graph in the manifest", backend=b))
-
-    def compare(backend: str, reference: str, set_name: str, got: Mapping[str, np.ndarray],
-                ref: Mapping[str, np.ndarray], set_sizes: Mapping[str, int]) -> None:
-        for o in entry.outputs:
-            tol = resolve_tolerance(name, o.name, o.dtype, atol=atol, rtol=rtol, tolerances=tolerances)
-            if o.name not in ref:
-                checks.append(ParityCheck(name, backend, reference, set_name, o.name, None,
-                                          f"the reference has no output {o.name!r}", set_sizes))
-                continue
-            try:
-                result = compare_arrays(got[o.name], ref[o.name], atol=tol.atol, rtol=tol.rtol, exact=tol.exact)
-            except MemoryError as e:
-                checks.append(ParityCheck(name, backend, reference, set_name, o.name, None,
-                                          f"MemoryError: ran out of memory comparing this output ({e})", set_sizes))
-                continue
-            held_to = None
-            if bound is not None and backend == "openvino" and not result.exact:  # quantized: an SNR, not atol
-                result, held_to = judge(result, got[o.name], ref[o.name], bound, str(entry.quantization["mode"]),
-                                        binding=set_name != "resized")
-            elif not result.passed and reference == "torch" and backend != "torch" and not result.exact:
-                result = padding_only(result, o.name, got[o.name], ref[o.name], feeds.get(set_name, {}), tol,
-                                       name, backend, set_name, notes)
-                if not result.passed:
-                    result = within_sensitivity(result, o.name, probe(set_name), got[o.name], ref[o.name], name,
-                                                 backend, set_name, notes)
-                if not result.passed:
-                    result = rejudged(result, o.name, tied(set_name), got[o.name], tol, name, backend, set_name,
-                                      notes)
-            checks.append(ParityCheck(name, backend, reference, set_name, o.name, result, None, set_sizes, held_to))
-            if on_check is not None:
-                on_check(checks[-1], got[o.name], ref[o.name])
-
-    probes: dict[str, Any] = {}  # set name -> PyTorch's outputs on the perturbed feed (when a check failed)
-    feeds: dict[str, Mapping[str, np.ndarray]] = {}
-
-    def probe(set_name: str) -> Mapping[str, np.ndarray] | None:
-        if set_name not in probes:
-            try:
-                probes[set_name] = torch_runner.infer(perturbed(feeds[set_name], seed)) if torch_runner else None
-            except Exception:  # the probe is a refinement: without it the check stays failed
-                probes[set_name] = None
-        return probes[set_name]
-
-    selections: dict[str, Any] = {}  # set name -> selection.TiedRuns, or None
-
-    def tied(set_name: str) -> Any:
-        if set_name not in selections:
-            selections[set_name] = None if torch_runner is None else tied_runs(
-                lambda: torch_runner.infer(feeds[set_name]), out, entry, feeds[set_name])
-        return selections[set_name]
-
-    stateful = None
-    if "openvino" in backends and entry.file(STATEFUL_FILE):
-        try:
-            stateful = StatefulRunner(out, entry, device)
-        except Exception as e:
-            checks.append(ParityCheck.could_not_run(name, short_error(e), backend=StatefulRunner.name))
-    with contextlib.ExitStack() as stack:
-        if torch_runner is not None and not _open(stack, torch_runner, name, checks):
-            torch_runner = None
-        runners = [r for r in runners if _open(stack, r, name, checks)]
-        for set_name, feed in sets:
-            feeds[set_name] = feed
-            set_sizes = input_sizes(entry, feed)
-            reference_name, reference = None, None
-            if torch_runner is not None:
-                try:
-                    reference_name, reference = "torch", torch_runner.infer(feed)
-                except Exception as e:  # the live module cannot run the flat call: say so, fall back
-                    reference_name, reference = None, None
-                    for how, other in other_sets(entry, sets[0][1], seed) if set_name == "resized" else ():
-                        try:  # the model refuses these sizes (a position table, dims tied in Python): try others
-                            reference_name, reference = "torch", torch_runner.infer(other)
-                        except Exception:
-                            continue
-                        notes.append(f"{name}: PyTorch refused the resized sizes {dict(set_sizes)} "
-                                     f"({short_error(e)[:160]}); resized to {input_sizes(entry, other)} ({how}) "
-                                     f"instead")
-                        feed, set_sizes = other, input_sizes(entry, other)
-                        feeds[set_name] = feed
-                        break
-                    if reference is None:
-                        checks.append(ParityCheck.could_not_run(name, short_error(e), backend="torch", input_set=set_name, sizes=set_sizes))
-                if reference is not None and set_name == "example":  # the live module still computes the export
-                    compare("torch", "recorded", set_name, reference, recorded, set_sizes)
-            if reference is None and set_name == "example":
-                reference_name, reference = "recorded", recorded
-            results: list[tuple[str, dict[str, np.ndarray]]] = []
-            for r in runners:
-                try:
-                    results.append((r.name, r.infer(feed)))
-                except RunnerError as e:  # a runtime rejecting the inputs (static shapes, ...) is a failed check
-                    checks.append(ParityCheck.could_not_run(name, short_error(e.__cause__ or e), backend=r.name,
-                                                            reference=reference_name or "-", input_set=set_name,
-                                                            sizes=set_sizes))
-            if stateful is not None and set_name == "example":  # the stateful IR, on the recorded cache
-                try:
-                    results.append((stateful.name, stateful.infer(feed)))
-                except Exception as e:
-                    checks.append(ParityCheck.could_not_run(name, short_error(e), backend=stateful.name,
-                                                            reference=reference_name or "-", input_set=set_name,
-                                                            sizes=set_sizes))
-            if reference is None and results:  # resized without torch: the first backend is the reference
-                reference_name, reference = results[0]
-                if len(results) == 1:
-                    compare(reference_name, "self", set_name, reference, reference, set_sizes)
-                    notes.append(f"{name}: resized inputs ran on {reference_name} only; checked for NaN, not values")
-                results = results[1:]
-            for backend, got in results:
-                compare(backend, reference_name or "-", set_name, got, reference, set_sizes)
-            del results, reference
-            probes.pop(set_name, None)
-
-
-#: Above this many bytes of example outputs, the resized set tries smaller sizes first.
-LARGE_OUTPUTS_BYTES = 256 << 20
-_NP_SIZES = {"bfloat16": "float16", "bool": "bool"}
 
 
 def _check_files_present(out: Path, entries: Sequence[GraphEntry], backends: Sequence[str]) -> None:
@@ -357,27 +147,3 @@ def _check_files_present(out: Path, entries: Sequence[GraphEntry], backends: Seq
                           f"(or verify the other graphs: graphs=[...] without {', '.join(map(repr, graphs))})")
 
 
-def _load(out: Path, entry: GraphEntry, kind: str) -> dict[str, np.ndarray]:
-    rel = entry.file(kind)
-    if not rel:
-        raise VerifyError(f"graph {entry.name!r} names no {kind} file in the manifest; re-run export_all")
-    return load_npz(out / rel, f"the example {kind} of graph {entry.name!r}", error=VerifyError)
-
-
-def _input_sets(out: Path, entry: GraphEntry, seed: int, notes: list[str]) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """``example`` (the recorded inputs) and, where a dim can change, ``resized``."""
-    example = _load(out, entry, "inputs")
-    missing = [n for n in entry.input_names if n not in example]
-    if missing:
-        raise VerifyError(f"{out / (entry.file('inputs') or '')} lacks input(s) {', '.join(map(repr, missing))} of "
-                          f"graph {entry.name!r}; re-run export_all")
-    sets: list[tuple[str, dict[str, np.ndarray]]] = [("example", example)]
-    # big outputs (an LLM text encoder's logits over its vocabulary): check at smaller sizes, not twice the memory
-    large = sum(math.prod(o.example_shape) * np.dtype(_NP_SIZES.get(o.dtype, "float32")).itemsize
-                for o in entry.outputs) > LARGE_OUTPUTS_BYTES
-    sizes = constraints.alternative_sizes(entry.dims, entry.constraints, smaller_first=large)
-    if sizes:
-        sets.append(("resized", resized_inputs(entry, example, sizes, seed)))
-    else:
-        notes.append(f"{entry.name}: no dynamic dim can change; checked on the example inputs only")
-    return sets
