@@ -79,7 +79,7 @@ def test_openvino_compiles_at_f32_for_parity(tiny):
     out, entry = tiny
     with open_runner("openvino", out, entry) as runner:
         assert isinstance(runner, OpenVINORunner)
-        hint = runner._compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = runner.compiled.get_property("INFERENCE_PRECISION_HINT")
     assert hint == ov.Type.f32
 
 

@@ -238,7 +238,7 @@ def test_static_shapes_and_options(cn):
     with shapetrace.load(pipe, out, backend="onnxruntime", threads=2) as rt:
         assert close(rt) and rt.served["controlnet"] == "onnxruntime:CPU"
     with shapetrace.load(pipe, out, streams=2, threads=2, config={"PERFORMANCE_HINT": "THROUGHPUT"}) as rt:
-        compiled = rt._graphs["controlnet"].runner._compiled
+        compiled = rt.runner("controlnet").compiled
         assert str(compiled.get_property("NUM_STREAMS")) == "2"
         assert str(compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
         assert close(rt)

@@ -205,6 +205,13 @@ class Runtime:
         out.update({name: "torch" for name in self._torch})
         return MappingProxyType(out)
 
+    def runner(self, graph: str) -> Runner:
+        """The runner serving ``graph`` (its runtime objects: ``OpenVINORunner.compiled``, ...), for inspection."""
+        served = self._graphs.get(graph)
+        if served is None or getattr(served, "runner", None) is None:
+            raise KeyError(f"graph {graph!r} is not served by a runner here; served: {', '.join(self._graphs)}")
+        return served.runner
+
     def stats(self) -> tuple[GraphStats, ...]:
         rows = [GraphStats(n, self.backend, g.calls, round(g.seconds, 4)) for n, g in self._graphs.items()]
         with self._lock:

@@ -47,6 +47,12 @@ class OpenVINORunner(Runner):
         self._compiled: Any = None
         self._request: Any = None
 
+    @property
+    def compiled(self) -> Any:
+        """The ``openvino.CompiledModel`` while the runner is entered (None outside): its properties say how it
+        was compiled (``compiled.get_property("NUM_STREAMS")``)."""
+        return self._compiled
+
     def _activate(self) -> None:
         ov = import_openvino()
         bin_path = os.path.splitext(self.path)[0] + ".bin"
