@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._sources.defaults import pose_image
+from .._sources import defaults
 from ._support import require, seeded
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -111,3 +111,11 @@ def run_openpose(det: OpenposeDetector, image: Image.Image | np.ndarray | None =
     )
     kwargs.update(overrides)
     return det(pose_image() if image is None else image, **kwargs)
+
+
+def pose_image(width: int = 192, height: int = 256) -> "Image.Image":
+    """The built-in picture (:func:`shapetrace._sources.defaults.pose_image`): a deterministic RGB stick figure
+    standing in a room, portrait 192 wide and 256 high by default (numpy shape ``(256, 192, 3)``), the "256x192
+    image" that :func:`run_openpose` turns into a ``(1, 3, 184, 136)`` body-network input; no files needed."""
+    require("PIL.Image")
+    return defaults.pose_image(width, height)
