@@ -168,7 +168,10 @@ def _save(images: Any, path: Path) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo with parsed ``args`` (see :func:`add_demo_command`); returns the exit status."""
+    """Run the demo with parsed ``args`` (see :func:`add_demo_command`); returns the exit status.
+
+    Long by design: the demo's stages in the order a reader follows them (build, record, export, verify, load,
+    images, summary), each a few lines under its own clock stage; split, the story would be spread over helpers."""
     import warnings
 
     import numpy as np

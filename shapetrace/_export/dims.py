@@ -156,7 +156,9 @@ def symbol_map_rename(text: str, symbols: Mapping[str, str]) -> str:
 def describe_program(ep: "torch.export.ExportedProgram", input_names: Sequence[str], output_names: Sequence[str],
                      candidates: Mapping[str, Mapping[int, str | None]],
                      example_shapes: Mapping[str, tuple]) -> DimInfo:
-    """Read dims, names, ranges and guards off an exported program whose inputs are ``*args`` in order."""
+    """Read dims, names, ranges and guards off an exported program whose inputs are ``*args`` in order.
+
+    Long by design: one pass over the program's symbols, each step reading the names the one before gave."""
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
     user = [n for n in placeholders if n.name in set(ep.graph_signature.user_inputs)]
     if len(user) != len(input_names):

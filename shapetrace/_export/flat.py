@@ -145,7 +145,10 @@ def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = No
 
     ``grow``: ``{input: {dim: n}}`` traced n longer (their last slice repeated), beside the size-1 dims traced at 2.
     ``keep_static``: ``{input: dims}`` left static whatever ``dynamic`` asks (export uses it for a size-1 dim that
-    only broadcasts, which tracing at 2 would tie to a real dim)."""
+    only broadcasts, which tracing at 2 would tie to a real dim).
+
+    Long by design: the plan's fields are built in one pass, each from the ones before it (inputs, dims, grown
+    examples, dynamic shapes, OpenVINO's input list)."""
     if not isinstance(graph, GraphRecord):
         rec = recording if recording is not None else recording_of(obj)
         graph = rec[graph]

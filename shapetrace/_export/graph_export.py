@@ -191,6 +191,10 @@ PRUNE_BUDGET_S = 30.0
 def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, formats: Sequence[str],
                   dynamic: Any, opset: int | None, compress_to_fp16: bool, openvino_from: str,
                   stateful: bool = False, scope: contextlib.ExitStack | None = None) -> None:
+    """The files of one graph into ``d`` (trace, reference outputs, dims and constraints, ONNX, IR, stateful IR).
+
+    Long by design: one straight sequence of the steps in the order the files depend on each other, each step a
+    call with its degrade branch next to it (what failed and what replaced it lands in ``d.tools``)."""
     plan, ep, info = tracing.trace(obj, g, dynamic, d.tools, d.timings)
     if "widened_loops" in d.tools and scope is not None:  # the exporters that trace by running the module too
         scope.enter_context(loops.every_position(loops.skipped(d.tools.get("widened_loops_skipped", ()))))

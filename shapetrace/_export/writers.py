@@ -117,6 +117,10 @@ def _check_translations() -> dict:
 
 
 def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, opset: int | None) -> dict:
+    """The ONNX file of one graph; returns what the manifest's tools note (exporter, translations, fixes).
+
+    Long by design: the exporter chain (dynamo, dynamo with transformers' lowerings, TorchScript) and the file
+    fixes after it are one sequence whose every step reads the one before."""
     onnx = require("onnx", "onnx")
     require("onnxscript", "onnx")
     tools: dict[str, Any] = {}

@@ -45,7 +45,10 @@ def _check_not_wrapped(path: str, module: Any) -> None:
 
 def plan_load(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str, graphs: Iterable[str] | None,
           strict: bool) -> LoadPlan:
-    """Check that the export fits ``obj`` and ``backend``; nothing is touched yet."""
+    """Check that the export fits ``obj`` and ``backend``; nothing is touched yet.
+
+    Long by design: every check before ``load`` touches the object, in the order their messages read best (the
+    folder, the backend, each module, the modules without a graph); all problems are gathered into one error."""
     where = f"the export in {out}"
     if manifest.object_class and manifest.object_class != tree.qualname(type(obj)):
         raise RuntimeMismatchError(

@@ -72,6 +72,9 @@ def match_call(params: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, dict
 
 def _compare(name: str, rec: dict, got: dict, leaves: Mapping[str, Any], inputs: Mapping[str, InputSpec],
              feed: dict, problems: list[str], follows: list[tuple[str, Any, str, int]]) -> None:
+    """One node of the recorded argument tree against the call's: tensors go to ``feed``, what differs to
+    ``problems``. Long by design: one arm per node kind of :mod:`shapetrace._core.tree` (tensor, const, list,
+    dict, object, ...), recursing into containers; the arms share the accumulators."""
     rt, gt = rec["t"], got["t"]
     if rt == "tensor":
         spec = inputs.get(rec["name"])

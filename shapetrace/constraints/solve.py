@@ -35,7 +35,7 @@ def alternative_sizes(dims: Mapping[str, Dim], constraints: Iterable[str],
     Dims tied by an equality (``height == 1 + (-1 + cond_height) // 8``) are derived from the others; the free dims
     are searched depth first, nearest candidates first, each constraint checked once its dims are known; if no
     assignment changes every dim, the first that the search finds with examples allowed wins. None when there is no
-    dim or none can change.
+    dim or none can change. Long by design: the search's closures share its state (assignment, budget, order).
     """
     dims = dict(dims)
     if not dims:
