@@ -21,6 +21,7 @@ import torch
 
 from . import dims as dims_mod
 from .._core import inplace, tree
+from .._core.phases import phase
 from ..errors import ExportError, FlattenError, RecordingError
 from ..manifest import GraphEntry
 from .._record.proxy import recording_for
@@ -138,6 +139,7 @@ def module_for(obj: Any, g: GraphRecord) -> torch.nn.Module:
     return module
 
 
+@phase("prepare")
 def prepare(obj: Any, graph: str | GraphRecord, recording: Recording | None = None,
             dynamic: Any = "auto", keep_static: Mapping[str, Any] | None = None,
             grow: Mapping[str, Any] | None = None) -> ExportPlan:

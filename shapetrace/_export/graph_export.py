@@ -10,9 +10,7 @@ import contextlib
 import dataclasses
 import errno
 import gc
-import os
 import shutil
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,46 +25,13 @@ from . import stateful as stateful_mod
 from . import branches, datachecks, decomplex, loops, tracing, writers
 from ..errors import ShapetraceError
 from .._core.files import json_value, save_npz
+from .._core.memory import PeakRSS
+from .._core.phases import phase
 from .flat import ExportPlan, module_for, weights_dtype, without_outputs
 from ..manifest import Dim, GraphEntry, GraphError, InputSpec, OutputSpec
 from .._record.recording import GraphRecord, dtype_name, file_stem, to_numpy
 
 __all__ = ["export_graph", "PeakRSS"]
-
-
-class PeakRSS:
-    """Samples this process's resident memory in a thread; ``peak`` is the high-water mark in bytes."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def current() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = self.current()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
 
 
 class _Draft:
@@ -248,8 +213,9 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     onnx_path = None
     if "onnx" in formats:  # a graph ONNX cannot hold (complex tensors) degrades to IR from the torch module
         t = time.perf_counter()
-        onnx_path = writers.write_onnx_or_skip(ir_plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
-                                               can_skip="openvino" in formats and openvino_from != "onnx")
+        with phase("onnx (total)"):
+            onnx_path = writers.write_onnx_or_skip(ir_plan, ep, stage / f"{stem}.onnx", info, opset, d.tools,
+                                                   can_skip="openvino" in formats and openvino_from != "onnx")
         d.timings["onnx"] = round(time.perf_counter() - t, 3)
         d.constraints += tuple(f"{n} != 1" for n in d.tools.get("onnx_squeeze_assumes_not_one", ())
                                if f"{n} != 1" not in d.constraints)
@@ -263,8 +229,9 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     if "openvino" in formats:
         t = time.perf_counter()
         xml = stage / f"{stem}.xml"
-        d.tools.update(writers.write_openvino(onnx_path, ir_plan, xml, compress_to_fp16, openvino_from,
-                                              d.weights_bytes or 0, ep))
+        with phase("openvino (total)"):
+            d.tools.update(writers.write_openvino(onnx_path, ir_plan, xml, compress_to_fp16, openvino_from,
+                                                  d.weights_bytes or 0, ep))
         ep = None  # the program is a source of last resort; free it before the stateful conversion
         d.files["openvino"] = xml.name
         d.timings["openvino"] = round(time.perf_counter() - t, 3)

@@ -48,6 +48,7 @@ from . import dims as dims_mod
 from . import loops
 from .._core import tree
 from .._core.caches import export_patches
+from .._core.phases import phase
 from ..constraints.expr import names as constraint_names
 from ..errors import ExportError
 from .flat import ExportPlan, MissingOutputsError, prepare, without_outputs
@@ -271,7 +272,8 @@ def export_program(plan: ExportPlan, timings: dict[str, float], dynamic: bool = 
     t = time.perf_counter()
     bounded = dynamic and any(plan.candidates.values())
     try:
-        with _budget(DYNAMIC_EXPORT_BUDGET_S if bounded else 0), torch.no_grad(), export_patches("dynamo"):
+        with _budget(DYNAMIC_EXPORT_BUDGET_S if bounded else 0), torch.no_grad(), export_patches("dynamo"), \
+                phase("torch.export"):
             return torch.export.export(plan.module, plan.args,
                                        dynamic_shapes=plan.dynamic_shapes if dynamic else None)
     finally:

@@ -27,6 +27,7 @@ from . import dims as dims_mod
 from . import onnx_checks
 from .._core.optional import require
 from .._core.caches import export_patches, onnx_translations
+from .._core.phases import phase
 from ..errors import ExportError
 from .flat import ExportPlan
 
@@ -46,6 +47,7 @@ def versions() -> dict[str, str | None]:
 
 
 
+@phase("rename dims (onnx load+save)")
 def _rename_onnx_dims(path: Path, symbols: Mapping[str, str], input_shapes: Mapping[str, list],
                       output_shapes: Mapping[str, list]) -> int:
     """Write our dim names into the ONNX graph's inputs / outputs; returns the opset."""
@@ -69,6 +71,7 @@ def _rename_onnx_dims(path: Path, symbols: Mapping[str, str], input_shapes: Mapp
     return int(opset) if opset is not None else -1
 
 
+@phase("rename dims (in memory)")
 def _rename_ir_dims(model: Any, symbols: Mapping[str, str], input_shapes: Mapping[str, list],
                     output_shapes: Mapping[str, list]) -> None:
     """Write our dim names into an in-memory ``onnx_ir`` model (no load / save round trip of the weights)."""
@@ -128,7 +131,7 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
         if ep is None:  # no torch.export program (tracing.trace): only the TorchScript exporter can do it
             raise ExportError("torch.export could not trace this graph")
         try:
-            with _lenient_unbacked():
+            with _lenient_unbacked(), phase("torch.onnx.export"):
                 prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
                                          output_names=list(plan.output_names), opset_version=opset, optimize=True,
                                          verbose=False, custom_translation_table=_check_translations())
@@ -138,7 +141,7 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
             table = onnx_translations()
             if not table:
                 raise
-            with _lenient_unbacked():
+            with _lenient_unbacked(), phase("torch.onnx.export"):
                 prog = torch.onnx.export(ep, (), dynamo=True, input_names=list(plan.input_names),
                                          output_names=list(plan.output_names), opset_version=opset, optimize=True,
                                          verbose=False, custom_translation_table={**table, **_check_translations()})
@@ -153,9 +156,10 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
         dynamic_axes = {n: {d: s for d, s in enumerate(shape) if isinstance(s, str)}
                         for n, shape in {**info.input_shapes, **info.output_shapes}.items()}
         try:
-            torch.onnx.export(plan.module, plan.args, str(path), dynamo=False, input_names=list(plan.input_names),
-                              output_names=list(plan.output_names), dynamic_axes=dynamic_axes,
-                              opset_version=opset or 17)
+            with phase("torch.onnx.export"):
+                torch.onnx.export(plan.module, plan.args, str(path), dynamo=False, input_names=list(plan.input_names),
+                                  output_names=list(plan.output_names), dynamic_axes=dynamic_axes,
+                                  opset_version=opset or 17)
         except MemoryError:
             raise
         except Exception as ts:
@@ -172,14 +176,16 @@ def write_onnx(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.DimInfo, op
         # weights of large graphs go to external data next to the file (<graph>.onnx.data): a single-file proto is
         # serialised and later re-read whole (checker, OpenVINO), which costs its size again in memory
         large = sum(p.numel() * p.element_size() for p in plan.module.parameters()) > ONNX_EXTERNAL_DATA_ABOVE_BYTES
-        prog.save(str(path), external_data=True if large else None)
+        with phase("ONNXProgram.save"):
+            prog.save(str(path), external_data=True if large else None)
         opset_found = prog.model.opset_imports.get("", None)
         del prog
         tools["opset"] = int(opset_found) if opset_found is not None else -1
     else:
         tools["opset"] = _rename_onnx_dims(path, info.symbols, info.input_shapes, info.output_shapes)
     gc.collect()
-    onnx.checker.check_model(str(path))
+    with phase("onnx.checker"):
+        onnx.checker.check_model(str(path))
     return tools
 
 
@@ -371,11 +377,13 @@ def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, com
         raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
     if source == "onnx":
         # read_model, not convert_model(str): the latter splits a path on commas
-        model = ov.Core().read_model(str(onnx_path))
+        with phase("openvino.Core.read_model"):
+            model = ov.Core().read_model(str(onnx_path))
     elif source == "program":
         if ep is None:
             raise ExportError("openvino_from='program' needs the graph's torch.export program")
-        model = ov.convert_model(ep)
+        with phase("openvino.convert_model"):
+            model = ov.convert_model(ep)
         if len(model.inputs) != len(plan.input_names) or len(model.outputs) != len(plan.output_names):
             raise ExportError(f"the IR converted from the exported program has {len(model.inputs)} inputs / "
                               f"{len(model.outputs)} outputs, the graph {len(plan.input_names)} / "
@@ -383,9 +391,11 @@ def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, com
         model = _name_ports(model, plan.input_names, plan.output_names)
     else:
         shapes = [(shape, dtype) for _, shape, dtype in plan.openvino_input]
-        with export_patches("openvino") if source == "torch-patched" else contextlib.nullcontext():
+        with export_patches("openvino") if source == "torch-patched" else contextlib.nullcontext(), \
+                phase("openvino.convert_model"):
             model = ov.convert_model(plan.module, example_input=plan.args, input=shapes)
         model = _name_ports(model, plan.input_names, plan.output_names)
-    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    with phase("openvino.save_model"):
+        ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
     del model
     return {"openvino_from": source, "compress_to_fp16": compress_to_fp16}

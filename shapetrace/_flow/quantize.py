@@ -58,7 +58,7 @@ import numpy as np
 from .._core.optional import require
 from ..backends.openvino_backend import OpenVINORunner
 from ..errors import ExportError
-from .._export.graph_export import PeakRSS
+from .._core.memory import PeakRSS
 from .._core.isa import cpu_isa
 from ..manifest import GraphEntry
 from .._verify.quality import DEFAULT_MIN_SNR_DB, QualityMeter

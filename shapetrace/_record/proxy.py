@@ -42,6 +42,10 @@ class RecordingProxy(StandIn):
             object.__getattribute__(self, "_st_path"), object.__getattribute__(self, "_st_wrapped"), method, fn,
             args, kwargs)
 
+    def __getattr__(self, name: str) -> Any:  # counted: an attribute read forwarded to the module (rec.stats)
+        object.__getattribute__(self, "_st_recorder").stats.attribute_reads += 1
+        return StandIn.__getattr__(self, name)
+
     def _st_run_forwarded(self, method: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
         return object.__getattribute__(self, "_st_recorder").run_forwarded(
             object.__getattribute__(self, "_st_path"), object.__getattribute__(self, "_st_wrapped"), fn, args, kwargs)

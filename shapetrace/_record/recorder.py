@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable
@@ -20,6 +21,7 @@ import torch
 from .._core import inplace, modstate, tree
 from .recording import GraphRecord, TensorSpec
 from .samples import SampleStore
+from .stats import StatsCounter
 from .._core.signature import bind_call, method_info
 
 __all__ = ["Recorder"]
@@ -92,6 +94,7 @@ class Recorder:
         self._local = threading.local()  # per thread: ids of the modules inside a recorded call, hook stacks
         self._variants: dict[str, list[str]] = {}  # graph base name -> call structures seen, in order
         self._descendants: dict[int, dict[int, str]] = {}
+        self.stats = StatsCounter()  # what recording cost (rec.stats)
 
     def snapshot(self) -> MappingProxyType:
         with self._lock:
@@ -102,7 +105,28 @@ class Recorder:
     # ---- the three ways a call reaches the recorder ---------------------------------------------------------
     def call(self, proxy_path: str, module: torch.nn.Module, method: str, fn: Callable, args: tuple,
              kwargs: dict) -> Any:
-        """A call through a proxy (``pipe.unet(...)``, ``pipe.vae.decode(...)``): run it, record it.
+        """A call through a proxy (``pipe.unet(...)``, ``pipe.vae.decode(...)``): run it, record it, and count
+        the time it took minus the wrapped call's into :attr:`stats` (:mod:`shapetrace._record.stats`)."""
+        inner = 0.0
+
+        def timed(*a: Any, **k: Any) -> Any:
+            nonlocal inner
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                inner += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        try:
+            return self._call(proxy_path, module, method, timed, args, kwargs)
+        finally:
+            self.stats.calls += 1
+            self.stats.own_seconds += time.perf_counter() - t0 - inner
+
+    def _call(self, proxy_path: str, module: torch.nn.Module, method: str, fn: Callable, args: tuple,
+              kwargs: dict) -> Any:
+        """The call itself (see :meth:`call`).
 
         A method other than ``forward`` that calls the same module (or one of its submodules) more than once is a
         loop (``generate``): its outermost module calls are the graphs, not the method (see :class:`_LoopWatch`).

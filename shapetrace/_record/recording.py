@@ -32,6 +32,7 @@ from .._version import __version__
 from ..errors import SignatureFileError
 from .._core.files import FORMAT_VERSION, read_json, save_npz, write_json
 from .samples import SampleStore
+from .stats import RecordingStats
 
 __all__ = ["TensorSpec", "GraphRecord", "Recording", "FORMAT_VERSION", "file_stem", "dtype_name",
            "dtype_from_name", "to_numpy", "from_numpy", "read_json"]
@@ -175,6 +176,7 @@ class Recording:
         self.object_class = object_class
         self._source = _source  # the live recorder while recording
         self.samples = samples
+        self._stats = RecordingStats()
 
     @property
     def graphs(self) -> Mapping[str, GraphRecord]:
@@ -182,9 +184,17 @@ class Recording:
             return self._source.snapshot()
         return self._graphs
 
+    @property
+    def stats(self) -> RecordingStats:
+        """What recording cost (:class:`~shapetrace._record.stats.RecordingStats`); zeros for a loaded recording."""
+        if self._source is not None:
+            return self._source.stats.freeze()
+        return self._stats
+
     def _finish(self) -> None:
         if self._source is not None:
             self._graphs = self._source.snapshot()
+            self._stats = self._source.stats.freeze()
             self._source = None
 
     def __getitem__(self, name: str) -> GraphRecord:
