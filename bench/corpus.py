@@ -1,8 +1,8 @@
 """Coverage benchmark: diffusers' own test pipelines (the corpus in ../shared/corpus) through record -> export_all
-with verify -> load(openvino) -> output PSNR >= 40 dB, and a table of how far each got: bench/CORPUS.md.
+with verify -> load(openvino) -> output PSNR >= 40 dB, and a table of how far each got: bench/results/CORPUS.md.
 
     DIFFUSERS_MIRROR=<git dir> .venv/bin/python bench/corpus.py [--budget SECONDS] [--filter S ...]
-    .venv/bin/python bench/corpus.py --render-only          # the table again from bench/corpus.jsonl
+    .venv/bin/python bench/corpus.py --render-only          # the table again from bench/results/corpus.jsonl
 
 The sweep appends to ``--out`` (JSON lines, one per case, as ``diffusers_corpus.py`` writes them) and skips cases
 already in it, so a sweep cut short by ``--budget`` goes on where it stopped; delete the file to start over (after a
@@ -25,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+RESULTS = HERE / "results"
 STAGES = ("record", "export", "verify", "load", "parity")
 
 
@@ -106,8 +107,8 @@ def render(records: list[dict], meta: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"), help="the corpus folder")
-    ap.add_argument("--out", default=str(HERE / "corpus.jsonl"))
-    ap.add_argument("--markdown", default=str(HERE / "CORPUS.md"))
+    ap.add_argument("--out", default=str(RESULTS / "corpus.jsonl"))
+    ap.add_argument("--markdown", default=str(RESULTS / "CORPUS.md"))
     ap.add_argument("--budget", type=float, default=0, help="stop starting new cases after this many seconds")
     ap.add_argument("--filter", action="append", default=[])
     ap.add_argument("--render-only", action="store_true")

@@ -1,5 +1,5 @@
 """Coverage benchmark: transformers' own model tests (the corpus in ../shared/corpus) through record -> export_all
-with verify -> load(openvino) -> outputs / greedy tokens compared with PyTorch: bench/CORPUS-transformers.md.
+with verify -> load(openvino) -> outputs / greedy tokens compared with PyTorch: bench/results/CORPUS-transformers.md.
 
     TRANSFORMERS_MIRROR=<git dir> .venv/bin/python bench/corpus_transformers.py [--budget S] [--kind generate]
     .venv/bin/python bench/corpus_transformers.py --render-only     # the table again from the records
@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 from corpus import STAGES, _check, _isa, _stage  # noqa: E402  (the diffusers sweep's record readers)
 
@@ -114,8 +115,8 @@ def _stamp(path: Path, before: set[str], commit: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpus"), help="the corpus folder")
-    ap.add_argument("--out", default=str(HERE / "corpus-transformers.jsonl"))
-    ap.add_argument("--markdown", default=str(HERE / "CORPUS-transformers.md"))
+    ap.add_argument("--out", default=str(RESULTS / "corpus-transformers.jsonl"))
+    ap.add_argument("--markdown", default=str(RESULTS / "CORPUS-transformers.md"))
     ap.add_argument("--budget", type=float, default=0, help="stop starting new cases after this many seconds")
     ap.add_argument("--kind", choices=("all", *KINDS), default="all")
     ap.add_argument("--filter", action="append", default=[])

@@ -1,7 +1,7 @@
 """Generation benchmark: a GPT-2-small-size decoder (124M parameters, random weights, bench/configs/gpt2.json),
 greedy, prompt 32 tokens, 64 new tokens; PyTorch eager vs the exported decoder step on OpenVINO (explicit cache and stateful) and ONNX Runtime.
 
-    .venv/bin/python bench/generation.py [--runs 3] [--out bench/generation.json]
+    .venv/bin/python bench/generation.py [--runs 3] [--out bench/results/generation.json]
 
 Records one short generate, exports it with ``shapetrace.export_all(..., stateful=True)`` (ONNX + IR + the
 stateful IR, verified), then times
@@ -9,7 +9,7 @@ stateful IR, verified), then times
 tokens (median of ``--runs`` after a warm-up), time to first token (``max_new_tokens=1``), and checks that every
 backend produced the very same tokens. Export wall time and peak RSS (VmHWM, reset before the export) are recorded
 too. Results go to ``--out`` (JSON, with machine, ISA and command) and are printed as a Markdown section for
-bench/RESULTS.md.
+bench/results/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,40 +26,13 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite.environment import cpu_name, isa  # noqa: E402
+from suite.metrics import reset_hwm, vm_hwm  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 PROMPT, NEW = 32, 64
-
-
-def _isa() -> list[str]:
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
-
-
-def _cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_hwm() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 class Holder:
@@ -70,7 +42,7 @@ class Holder:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "generation.json"))
+    ap.add_argument("--out", default=str(RESULTS / "generation.json"))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     import transformers
@@ -88,7 +60,7 @@ def main() -> None:
     prompt = torch.randint(0, config.vocab_size, (1, PROMPT), generator=g)
     r: dict = {"command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "machine": {"cpu": _cpu(), "isa": _isa(), "cpus": len(os.sched_getaffinity(0)),
+               "machine": {"cpu": cpu_name(), "isa": isa(), "cpus": len(os.sched_getaffinity(0)),
                            "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()},
                "versions": {p: __import__(p).__version__ for p in ("torch", "transformers", "openvino",
                                                                  "onnxruntime")},
@@ -99,10 +71,10 @@ def main() -> None:
             h.model.generate(prompt[:, :8], max_new_tokens=4, **kw)
         work = tempfile.TemporaryDirectory(prefix="shapetrace-gen-bench-")  # 2.4 GB of files: removed at exit
         out = Path(work.name) / "export"
-        _reset_hwm()
+        reset_hwm()
         t0 = time.perf_counter()
         result = shapetrace.export_all(h, out, progress=False, stateful=True)
-        r["export"] = {"seconds": round(time.perf_counter() - t0, 1), "vm_hwm_bytes": _hwm(),
+        r["export"] = {"seconds": round(time.perf_counter() - t0, 1), "vm_hwm_bytes": (vm_hwm() or 0),
                        "weights_bytes": params * 4, "ok": result.ok,
                        "parity": result.parity.summary() if result.parity is not None else None,
                        "graphs": {n: {"seconds": ge.entry.seconds, "peak_rss_bytes": ge.entry.peak_rss_bytes,
@@ -141,8 +113,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(r, indent=2))
     section = render(r) + CAVEAT_IF_LOADED(r)
     print(section)
-    results = HERE / "RESULTS.md"  # replace this section (it is the file's last) or append it
-    if results.exists() and Path(args.out).resolve() == (HERE / "generation.json").resolve():
+    results = RESULTS / "RESULTS.md"  # replace this section (it is the file's last) or append it
+    if results.exists() and Path(args.out).resolve() == (RESULTS / "generation.json").resolve():
         text = results.read_text()
         text = text[:text.index("## Generation")] if "## Generation" in text else text
         results.write_text(text.rstrip() + "\n\n" + section)

@@ -10,7 +10,7 @@ openvino``: wall time, peak memory, graphs produced, whether the ControlNet is e
 2. runs each tool in a child process on each folder, OpenVINO IR fp32 for both; shapetrace a second time with its
    defaults (ONNX + IR + parity checks), which optimum-cli does not do. Each child's wall time and peak RSS
    (``wait4`` ru_maxrss: the largest resident set of the child or a descendant);
-3. writes ``bench/RESULTS.optimum.md`` and ``bench/results.optimum.json``.
+3. writes ``bench/results/RESULTS.optimum.md`` and ``bench/results/results.optimum.json``.
 
 optimum-cli lives in its own venv (``--venv-optimum``; ``make bench-optimum`` creates it) because optimum-intel 2.2.0
 pins ``huggingface-hub<1.22`` while diffusers 0.42.1 needs ``>=1.32``: that venv resolves to diffusers 0.39.0 and
@@ -33,6 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                               str(work / "st-full-sd15-controlnet"), "--overwrite", *size]))
     only = set(args.only.split(",")) if args.only else None
     results = []
-    previous = HERE / "results.optimum.json"
+    previous = RESULTS / "results.optimum.json"
     if only and previous.exists():  # re-run some rows, keep the others
         results = [r for r in json.loads(previous.read_text())["results"] if r["run"] not in only]
     for label, tool, folder, cmd in runs:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {m['seconds']} s, peak {m['peak_rss_bytes'] / 1e9:.2f} GB, rc {m['returncode']}, graphs "
               f"{produced['graphs']}", flush=True)
         results.append(row)
-        (HERE / "results.optimum.json").write_text(json.dumps(_env(folders, folder_seconds, results), indent=2))
+        (RESULTS / "results.optimum.json").write_text(json.dumps(_env(folders, folder_seconds, results), indent=2))
     _write_md(_env(folders, folder_seconds, results))
     return 0
 
@@ -204,7 +205,7 @@ def _write_md(data: dict) -> None:
               "encoder before exporting it (its log's LOAD REPORT lists the weights as MISSING).",
               "- Wall times move with the machine's load (2 shared cores): compare rows whose load averages are "
               "alike. Exports and logs are under the `--work` folder."]
-    (HERE / "RESULTS.optimum.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "RESULTS.optimum.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

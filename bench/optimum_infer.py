@@ -16,8 +16,8 @@ process (runs interleaved, so a drifting machine load hits both).
    dynamic, bf16 static (``reshape``) and its hybrid quantization (``OVWeightQuantizationConfig(bits=8,
    quant_method="hybrid", dataset=CALIBRATION_PROMPTS)``: optimum collects the UNet's inputs itself, at 512x512 and
    the pipeline's default 50 steps), each timed the same way.
-4. Writes ``bench/optimum_infer.json``, the "Same work as optimum-intel" section of ``bench/RESULTS.md`` and the
-   key ``peer_optimum_sd15`` of ``bench/results.json``.
+4. Writes ``bench/results/optimum_infer.json``, the "Same work as optimum-intel" section of ``bench/results/RESULTS.md`` and the
+   key ``peer_optimum_sd15`` of ``bench/results/results.json``.
 
 Workload (both sides): prompt "chef in the kitchen", 256x256, 4 DDIM steps, guidance 7.5, ``torch.Generator``
 seed 0, ``output_type="np"``; medians of ``--runs`` timed runs after one warm-up. PSNR is against this side's
@@ -38,9 +38,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from suite.metrics import timed  # numpy only: the optimum venv's child shares it
+RESULTS = HERE / "results"
 PROMPT = "chef in the kitchen"
 WORKLOAD = dict(height=256, width=256, num_inference_steps=4, guidance_scale=7.5)
 CALIBRATION_PROMPTS = ["a photo of an astronaut riding a horse", "a red car in the rain", "portrait of an old man",
@@ -54,13 +57,9 @@ ST_VARIANTS = (("shapetrace f32 dynamic", "float", "f32", False), ("shapetrace b
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
 def _psnr(a: Any, b: Any) -> float | None:
+    """PSNR over [0, 1] images; its own copy of ``shapetrace.psnr``: the optimum side runs in optimum-intel's venv,
+    which has no shapetrace."""
     import numpy as np
 
     if a is None or b is None:
@@ -85,13 +84,13 @@ def _rss_peak() -> int:
 def _variant(pipe_rt: Any, pipe_pt: Any, runs: int, ref: Any) -> dict:
     """Warm-up, then runtime and PyTorch runs alternately; speedup = median over (runtime run, PyTorch run right
     after it) pairs of PyTorch seconds / runtime seconds."""
-    t_first, _ = _timed(lambda: _run(pipe_rt))
+    t_first, _ = timed(lambda: _run(pipe_rt))
     times, torch_times, image = [], [], None
     for _ in range(runs):
         gc.collect()
-        t, image = _timed(lambda: _run(pipe_rt))
+        t, image = timed(lambda: _run(pipe_rt))
         times.append(t)
-        t, _ = _timed(lambda: _run(pipe_pt))
+        t, _ = timed(lambda: _run(pipe_pt))
         torch_times.append(t)
     pairs = [p / r for r, p in zip(times, torch_times)]
     return {"first_s": round(t_first, 3), "times_s": times, "median_s": statistics.median(times),
@@ -126,7 +125,7 @@ def side_shapetrace(folder: Path, work: Path, runs: int, samples: int) -> dict:
     np.save(work / "ref_torch.npy", ref)
     res: dict[str, Any] = {"exports": {}, "variants": {}}
     with PeakRSS() as rss:
-        t_rec, rec = _timed(lambda: _record(shapetrace, pipe, samples))
+        t_rec, rec = timed(lambda: _record(shapetrace, pipe, samples))
     res["recording"] = {"prompts": len(CALIBRATION_PROMPTS), "seconds": round(t_rec, 1), "peak_rss": rss.peak,
                         "kept": {g: len(rec.samples.samples(g)) for g in rec.graphs}}
     for name, quantize in (("float", None), ("int8", "int8"), ("hybrid", "hybrid")):
@@ -135,7 +134,7 @@ def side_shapetrace(folder: Path, work: Path, runs: int, samples: int) -> dict:
         gc.collect()
         _say(f"shapetrace export {name}")
         with PeakRSS() as rss:
-            t, result = _timed(lambda: shapetrace.export_all(pipe, out, recording=rec, formats=("openvino",),
+            t, result = timed(lambda: shapetrace.export_all(pipe, out, recording=rec, formats=("openvino",),
                                                              quantize=quantize, verify=False, progress=False))
         size = sum(p.stat().st_size for p in out.rglob("*.bin"))
         res["exports"][name] = {"seconds": round(t, 1), "peak_rss": rss.peak, "ok": result.ok, "ir_bytes": size}
@@ -197,7 +196,7 @@ def side_optimum(folder: Path, work: Path, runs: int, samples: int) -> dict:
         gc.collect()
         _say(f"optimum export {name}")
         try:
-            t, model = _timed(make)
+            t, model = timed(make)
             model.save_pretrained(out)
             del model
             size = sum(p.stat().st_size for p in out.rglob("*.bin"))
@@ -296,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = subprocess.run(cmd, env=env, cwd=HERE.parent).returncode if Path(python).exists() else None
         data[side] = json.loads(out.read_text()) if out.exists() else \
             {"error": f"exit {rc}" if rc is not None else f"{python} not found (make bench-optimum)"}
-        (HERE / "optimum_infer.json").write_text(json.dumps(data, indent=2, default=str))
+        (RESULTS / "optimum_infer.json").write_text(json.dumps(data, indent=2, default=str))
     data["loadavg_end"] = os.getloadavg()
     data["summary"] = summary(data)
-    (HERE / "optimum_infer.json").write_text(json.dumps(data, indent=2, default=str))
-    results = HERE / "results.json"
+    (RESULTS / "optimum_infer.json").write_text(json.dumps(data, indent=2, default=str))
+    results = RESULTS / "results.json"
     if results.exists():
         r = json.loads(results.read_text())
         r["peer_optimum_sd15"] = data["summary"]

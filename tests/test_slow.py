@@ -11,7 +11,7 @@ import shapetrace
 CONFIGS = Path(__file__).resolve().parent.parent / "bench" / "configs"
 
 # Export peak RSS (the whole process: weights included) over the graph's fp32 weights. The project's target is
-# <= 2x; bench/RESULTS.md (section 2, "Export", and "Export memory: UNet met (1.55x)") measured the SD 1.5 UNet at
+# <= 2x; bench/results/RESULTS.md (section 2, "Export", and "Export memory: UNet met (1.55x)") measured the SD 1.5 UNet at
 # 5.34 GB peak for 3.44 GB of weights = 1.55x, both as VmHWM of a fresh child and as the manifest's sampled
 # peak_rss_bytes. The 0.45x between the two (~1.5 GB) absorbs what an earlier test left in this process.
 PEAK_OVER_WEIGHTS_BOUND = 2.0

@@ -1,4 +1,4 @@
-"""bench/run.py's ``quantize`` section: INT8 from recorded runs (``export_all(quantize=...)``).
+"""Section ``quantize``: INT8 from recorded runs (``export_all(quantize=...)``).
 
 1. Records the pipeline with ``shapetrace.record(pipe, samples=N)`` over several runs (other seeds than the
    benchmark's own run), timing the block and its peak RSS.
@@ -19,11 +19,14 @@ from __future__ import annotations
 import gc
 import shutil
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
-import zoo
+from .context import PIPE_GRAPHS, Context
+from .e2e import variant
+from .metrics import med, snr_db, timed
 
 MODES = ("int8", "hybrid")
 #: e2e variants per mode: (precision hint for what stays float, static shapes)
@@ -36,32 +39,37 @@ def _label(mode: str, precision: str, static: bool) -> str:
     return f"OpenVINO {mode} ({precision} rest) {'static' if static else 'dynamic'}"
 
 
-def run(b: Any, graphs: tuple[str, ...]) -> None:
-    """The section; ``b`` is bench/run.py's Bench (its pipeline, logging, e2e machinery, results dict)."""
+@dataclass(frozen=True)
+class QuantizeResult:
+    detail: Mapping[str, Any]                # results.json "quantize": recording, per mode, e2e rows
+    headline: Mapping[str, Any]              # e2e_speedup_openvino_int8_vs_torch, ..._quantized_best
+    ir_size_ratios: Mapping[str, float | None]  # mode -> float IR bytes / quantized IR bytes
+
+    def to_json(self) -> dict:
+        return {"quantize": dict(self.detail), **self.headline,
+                **{f"ir_size_ratio_{m}": v for m, v in self.ir_size_ratios.items()}}
+
+
+def run(b: Context, graphs: tuple[str, ...] = PIPE_GRAPHS) -> QuantizeResult:
+    """Record with ``samples=``, export each mode, time it per graph and end to end."""
     import shapetrace
-    from shapetrace.backends import open_runner
-    from shapetrace._export.flat import flat_module
-    from shapetrace._export.graph_export import PeakRSS
+    from shapetrace._core.memory import PeakRSS
     from shapetrace.manifest import read as read_manifest
-    from shapetrace._core.walker import parse_path, resolve
 
-    from run import med, psnr, snr_db, timed  # noqa: E402 - bench/run.py's helpers
-
-    res: dict[str, Any] = b.r.setdefault("quantize", {})
+    res: dict[str, Any] = {}
+    ratios: dict[str, float | None] = {}
     n_samples, n_runs = SAMPLES[b.suite], RECORD_RUNS[b.suite]
     b.log(f"quantize: record {n_runs} runs keeping up to {n_samples} calls per graph")
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         with shapetrace.record(b.pipe, samples=n_samples) as rec:
             for i in range(n_runs):
-                zoo.run_pipeline(b.pipe, b.suite, b.a.seed + 100 + i)
+                b.run_pipe(seed=b.a.seed + 100 + i)
         t_rec = time.perf_counter() - t0
     res["recording"] = {"runs": n_runs, "samples": n_samples, "seconds": round(t_rec, 2), "peak_rss": rss.peak,
                         "kept": {g: [s.call for s in rec.samples.samples(g)] for g in rec.graphs},
                         "calls": {g: rec.graphs[g].num_calls for g in rec.graphs}}
-    ref = getattr(b, "torch_image", None)
-    if ref is None:
-        ref = b.run_pipe()
+    ref = b.reference_image()
     rows: dict[str, Any] = {}
     res["e2e"] = rows
     for mode in MODES:
@@ -77,7 +85,7 @@ def run(b: Any, graphs: tuple[str, ...]) -> None:
         except Exception as e:
             res[mode] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
             b.log(f"  {mode}: ERROR {res[mode]['error']}")
-            b.save(None)
+            b.checkpoint("quantize", res)
             continue
         m = read_manifest(folder)
         per_graph: dict[str, Any] = {}
@@ -87,8 +95,7 @@ def run(b: Any, graphs: tuple[str, ...]) -> None:
                                                        "passed", "kept_float", "float_ir_bytes", "ir_bytes",
                                                        "seconds", "peak_rss_bytes", "parameters", "error")}
             per_graph[e.name]["export_seconds"] = e.seconds
-            per_graph[e.name].update(_graph_speed(b, folder, e, open_runner, flat_module, resolve, parse_path, med,
-                                                  timed, snr_db))
+            per_graph[e.name].update(_graph_speed(b, folder, e))
             b.log(f"  {mode} {e.name}: held-out SNR {q.get('worst_snr_db')}, IR {q.get('float_ir_bytes')} -> "
                   f"{q.get('ir_bytes')} B, speedup {per_graph[e.name].get('speedup')}")
         float_b = sum(g["float_ir_bytes"] or 0 for g in per_graph.values())
@@ -97,14 +104,14 @@ def run(b: Any, graphs: tuple[str, ...]) -> None:
                      "float_ir_bytes": float_b, "ir_bytes": q_b, "ir_size_ratio": float_b / q_b if q_b else None,
                      "calibration_s": round(sum(g["seconds"] or 0 for g in per_graph.values()), 2),
                      "calibration_peak_rss": max((g["peak_rss_bytes"] or 0 for g in per_graph.values()), default=0)}
-        b.r[f"ir_size_ratio_{mode}"] = res[mode]["ir_size_ratio"]
-        b.save(None)
+        ratios[mode] = res[mode]["ir_size_ratio"]
+        b.checkpoint("quantize", res)
         for precision, static in E2E:
             label = _label(mode, precision, static)
             gc.collect()
             b.log(f"e2e: {label} (interleaved with PyTorch runs)")
             try:
-                row = b._e2e_variant(shapetrace.load, folder, "openvino", precision, static, ref)
+                row = variant(b, shapetrace.load, folder, "openvino", precision, static, ref)
                 row["speedup_vs_interleaved_torch"] = med(row["torch_times_s"]) / row["median_s"] \
                     if row.get("torch_times_s") else None
             except Exception as e:
@@ -113,15 +120,16 @@ def run(b: Any, graphs: tuple[str, ...]) -> None:
             rows[label] = row
             b.log(f"  {label}: {row.get('median_s', float('nan')):.2f}s, pair speedup "
                   f"{row.get('median_pair_speedup')}, PSNR vs float {row.get('psnr_db')} {row.get('error') or ''}")
-            _headline(b.r, rows)
-            b.save(None)
-    _headline(b.r, rows)
-    b.save("quantize")
+            b.checkpoint("quantize", res)
+    return QuantizeResult(res, _headline(rows), ratios)
 
 
-def _graph_speed(b: Any, folder: Any, entry: Any, open_runner: Any, flat_module: Any, resolve: Any, parse_path: Any,
-                 med: Any, timed: Any, snr_db: Any) -> dict:
+def _graph_speed(b: Context, folder: Any, entry: Any) -> dict:
     """PyTorch eager vs the quantized IR on the recorded example inputs (median of ``b.runs``)."""
+    from shapetrace._core.walker import parse_path, resolve
+    from shapetrace._export.flat import flat_module
+    from shapetrace.backends import open_runner
+
     with np.load(folder / entry.file("inputs")) as z:
         feed = {k: z[k] for k in z.files}
     with np.load(folder / entry.file("outputs")) as z:
@@ -146,7 +154,9 @@ def _graph_speed(b: Any, folder: Any, entry: Any, open_runner: Any, flat_module:
     return out
 
 
-def _headline(r: dict, rows: dict) -> None:
+def _headline(rows: dict) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+
     def speed(row: dict) -> float | None:
         return row.get("median_pair_speedup") or row.get("speedup_vs_interleaved_torch")
 
@@ -161,6 +171,7 @@ def _headline(r: dict, rows: dict) -> None:
         best = max(found)
         r["e2e_speedup_openvino_quantized_best"] = {"speedup": round(best[0], 3), "variant": best[1],
                                                     "psnr_db": rows[best[1]].get("psnr_db")}
+    return r
 
 
 def render(r: dict) -> list[str]:
