@@ -28,7 +28,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite.metrics import Sampler, reset_hwm, rss, rss_split, vm_hwm  # noqa: E402
+from suite.metrics import Sampler, reset_hwm, rss, rss_split, vm_hwm
 
 
 def _export_py_version() -> dict:
@@ -61,10 +61,10 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
+    import zoo
+
     import shapetrace
     from shapetrace._record.recording import Recording
-
-    import zoo
 
     torch.set_grad_enabled(False)
     marks = {"after_imports": rss()}

@@ -22,11 +22,10 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from suite import RENDERERS, REGISTRY, SECTIONS  # noqa: E402
-from suite.context import RESULTS, Context  # noqa: E402
-from suite.render import document  # noqa: E402
+import torch
+from suite import REGISTRY, RENDERERS, SECTIONS
+from suite.context import RESULTS, Context
+from suite.render import document
 
 
 def _args() -> argparse.Namespace:
@@ -66,6 +65,7 @@ def render(r: dict, folder: Path) -> str:
 def _signatures(ctx: Context) -> None:
     """Without the ``overhead`` section: the calls per run and the PyTorch image from an earlier run's work folder."""
     import numpy as np
+
     from shapetrace._record.recording import Recording
 
     ctx.calls = {g.name: g.num_calls for key in ("pipe", "openpose")

@@ -16,8 +16,9 @@ results.json), its targets as data (:mod:`.targets`) and one renderer per sectio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import breakdown, e2e, export, graphs, overhead, quantize, tables
 

@@ -8,8 +8,9 @@ import contextlib
 import gc
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .context import Context
 from .metrics import timed

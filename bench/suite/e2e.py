@@ -7,9 +7,10 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def variant(ctx: Context, load: Any, folder: Path, backend: str, precision: str,
                  for st in runtime.stats()]
     finally:
         runtime.close()
-        del runtime, shell
+        runtime = shell = None
         gc.collect()
     pairs = [p / r for r, p in zip(times, torch_times)]  # each runtime run and the PyTorch run right after it
     return {"load_s": t_load, "first_s": t_first, "times_s": times, "median_s": med(times),

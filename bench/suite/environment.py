@@ -53,7 +53,7 @@ def machine() -> dict[str, Any]:
 def git_head() -> str:
     with contextlib.suppress(Exception):
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
+                              text=True, check=False).stdout.strip()
     return ""
 
 

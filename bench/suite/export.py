@@ -11,9 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .context import BENCH, OPENPOSE_GRAPHS, PIPE_GRAPHS, Context
 from .metrics import gb, timed
@@ -86,7 +87,8 @@ def _one(ctx: Context, name: str, out_root: Path, formats: str, openvino_from: s
     ctx.log(f"export {name} ({formats}) in a child process")
     log = out_root / f"{name}.log"
     with open(log, "w") as f:
-        t, proc = timed(lambda: subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=ctx.a.export_timeout))
+        t, proc = timed(lambda: subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=ctx.a.export_timeout,
+                                               check=False))
     if proc.returncode != 0 or not res_file.exists():
         ctx.log(f"  FAILED ({proc.returncode}); see {log}")
         return {"error": f"child exited {proc.returncode}", "log_tail": log.read_text()[-2000:]}

@@ -7,8 +7,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -71,23 +72,23 @@ def _variants(ctx: Context, name: str, folder: Any, entry: dict) -> dict[str, An
     torch_times: list[float] = []
     for label, backend, precision, static in VARIANTS + (VARIANTS[0],):  # torch again last: drift check
         gc.collect()
-        kw: dict[str, Any] = dict(precision=precision, static_shapes=static)
+        kw: dict[str, Any] = {"precision": precision, "static_shapes": static}
         if backend == "torch":
             kw = {"module": flat_module(module, GraphEntry.from_json(entry))}
         try:
             runner = open_runner(backend, folder, GraphEntry.from_json(entry), **kw)
             t_open, _ = timed(runner.__enter__)
             try:
-                t_first, _ = timed(lambda: runner.infer(feed))
+                t_first, _ = timed(lambda r=runner: r.infer(feed))
                 times = []
                 result = None
                 for _ in range(ctx.runs):
-                    t, result = timed(lambda: runner.infer(feed))
+                    t, result = timed(lambda r=runner: r.infer(feed))
                     times.append(t)
                 rss_in = rss()
             finally:
                 runner.__exit__(None, None, None)
-            del runner
+            runner = None
         except Exception as e:  # one variant failing never stops the others
             rows[label] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             ctx.log(f"  {name} / {label}: ERROR {rows[label]['error']}")

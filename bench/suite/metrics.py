@@ -13,12 +13,25 @@ import os
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["rss", "rss_split", "vm_hwm", "reset_hwm", "Sampler", "psnr", "snr_db", "med", "timed", "gb",
-           "fmt_db", "jsonable"]
+__all__ = [
+    "Sampler",
+    "fmt_db",
+    "gb",
+    "jsonable",
+    "med",
+    "psnr",
+    "reset_hwm",
+    "rss",
+    "rss_split",
+    "snr_db",
+    "timed",
+    "vm_hwm",
+]
 
 def rss() -> int:
     """Resident bytes now (:func:`shapetrace._core.memory.resident_bytes`, what ``PeakRSS`` samples)."""
@@ -88,7 +101,7 @@ class Sampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 

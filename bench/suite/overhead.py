@@ -8,12 +8,12 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-
 import zoo
 
 from .context import PIPE_GRAPHS, Context

@@ -5,11 +5,12 @@ optimum-intel) and the hand-written analysis (``bench/results/analysis.md``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import targets
 from .metrics import gb
+
 
 def header(r: dict) -> list[str]:
     """Title, commands, machine, versions, workload, models."""

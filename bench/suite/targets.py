@@ -5,8 +5,9 @@ a value against its bound; :func:`render` writes the table."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 #: the image PSNR an OpenVINO variant must keep to count for the e2e speedup target (dB, vs PyTorch's image)
 E2E_MIN_PSNR_DB = 40.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 __all__ = ["PeakRSS", "resident_bytes"]
 
@@ -38,12 +37,12 @@ class PeakRSS:
             self.peak = max(self.peak, self.current())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak = self.current()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.current())

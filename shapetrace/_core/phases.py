@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .memory import resident_bytes
 
-__all__ = ["Phase", "phase", "listen"]
+__all__ = ["Phase", "listen", "phase"]
 
 
 @dataclass(frozen=True)

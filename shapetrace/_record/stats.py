@@ -33,7 +33,7 @@ class RecordingStats:
 class StatsCounter:
     """The recorder's live counters; :meth:`freeze` gives the :class:`RecordingStats`."""
 
-    __slots__ = ("calls", "own_seconds", "attribute_reads")
+    __slots__ = ("attribute_reads", "calls", "own_seconds")
 
     def __init__(self) -> None:
         self.calls = 0
