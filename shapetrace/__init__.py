@@ -2,8 +2,8 @@
 
 The public face: everything a user needs is importable from here (and from :mod:`shapetrace.manifest`,
 :mod:`shapetrace.constraints`, :mod:`shapetrace.backends`, :mod:`shapetrace.errors`, :mod:`shapetrace.testing`).
-The stages live in private subpackages, one each: ``_record``, ``_export``, ``_verify``, ``_serve``, ``_flow``
-(``export_all``), ``_report``, ``_sources`` and ``_cli``, over ``_core``.
+The stages live in private subpackages, one each: ``_record``, ``_skeleton`` (the object without its weights),
+``_export``, ``_verify``, ``_serve``, ``_flow`` (``export_all``), ``_report``, ``_sources`` and ``_cli``, over ``_core``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ._flow.export_all import ExportResult, export_all
 from ._flow.quantize import QuantizeOptions
 from ._record.proxy import RecordingProxy, record, recording_for
 from ._record.recording import GraphRecord, Recording, TensorSpec
+from ._serve.deployed import load_pipeline, rebuild, runtime_of
 from ._serve.runtime import GraphStats, PyTorchFallbackWarning, Runtime, load
 from ._verify.compare import DEFAULT_TOLERANCES, Tolerance
 from ._verify.images import max_abs_diff, psnr
@@ -24,7 +25,8 @@ from ._verify.report import ParityCheck, ParityReport
 from ._verify.verify import verify
 from ._version import __version__
 from .errors import (ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RunnerError,
-                     RuntimeMismatchError, ShapetraceError, SignatureFileError, SourceError, VerifyError)
+                     RuntimeMismatchError, ShapetraceError, SignatureFileError, SkeletonError, SourceError,
+                     UnsafePathError, VerifyError)
 
 __all__ = [
     "__version__",
@@ -44,6 +46,9 @@ __all__ = [
     "cpu_isa",
     "CpuIsa",
     "load",
+    "load_pipeline",
+    "rebuild",
+    "runtime_of",
     "Runtime",
     "GraphStats",
     "PyTorchFallbackWarning",
@@ -60,6 +65,8 @@ __all__ = [
     "RecordingError",
     "FlattenError",
     "SignatureFileError",
+    "UnsafePathError",
+    "SkeletonError",
     "ExportError",
     "VerifyError",
     "RuntimeMismatchError",

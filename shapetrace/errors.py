@@ -7,6 +7,8 @@
     ├── RecordingError           record() misuse: nested on the same object, no recording for an object
     ├── FlattenError             a value shapetrace cannot flatten (register a flattener)
     ├── SignatureFileError       a signatures.json / manifest.json that is missing, corrupt or from a newer version
+    │   └── UnsafePathError      a file name in it that points outside the export folder
+    ├── SkeletonError            an object whose skeleton cannot be written, or a folder it cannot be rebuilt from
     ├── ExportError              export_all() could not start, or a graph failed to export
     ├── VerifyError              verify() could not run (missing files, nothing to compare)
     ├── RuntimeMismatchError     load() on another object, or a call the exported graph cannot answer
@@ -26,6 +28,8 @@ __all__ = [
     "RecordingError",
     "FlattenError",
     "SignatureFileError",
+    "UnsafePathError",
+    "SkeletonError",
     "ExportError",
     "VerifyError",
     "RuntimeMismatchError",
@@ -52,6 +56,15 @@ class FlattenError(ShapetraceError):
 
 class SignatureFileError(ShapetraceError):
     """A saved ``signatures.json`` or ``manifest.json`` is missing, corrupt or too new."""
+
+
+class UnsafePathError(SignatureFileError):
+    """A manifest names a file outside its export folder (an absolute path, ``..``): refused, never opened."""
+
+
+class SkeletonError(ShapetraceError):
+    """The object's skeleton cannot be written (a part another process cannot rebuild), or an export folder cannot
+    be rebuilt into an object (no skeleton, a class that is not installed)."""
 
 
 class ExportError(ShapetraceError):

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 from ._version import __version__
 from .errors import SignatureFileError
-from ._core.files import FORMAT_VERSION, read_json, write_json
+from ._core.files import FORMAT_VERSION, inside, read_json, write_json
 
 __all__ = ["MANIFEST", "Dim", "InputSpec", "OutputSpec", "GraphError", "GraphEntry", "Manifest", "read", "write",
            "store_parity", "pick"]
@@ -291,7 +291,8 @@ _BEHAVIOUR_DEFAULTS: Mapping[str, Any] = MappingProxyType({"no_onnx": None, "com
                                                            "dropped_outputs": None})
 
 
-_MANIFEST_KEYS = ("format_version", "shapetrace_version", "object_class", "created", "tools", "graphs", "parity")
+_MANIFEST_KEYS = ("format_version", "shapetrace_version", "object_class", "created", "tools", "graphs", "parity",
+                  "skeleton")
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,10 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     shapetrace_version: str = __version__
     extra: Mapping[str, Any] = field(default_factory=lambda: _FROZEN, repr=False)
+    #: how to rebuild the object without its weights (:func:`shapetrace.load_pipeline`): ``{"format", "root",
+    #: "dropped"}`` (the tree, docs/deploy.md), or ``{"error": why}`` when it could not be written; None in exports
+    #: older than the skeleton
+    skeleton: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def graph(self, name: str) -> GraphEntry:
         for g in self.graphs:
@@ -330,6 +335,8 @@ class Manifest:
         out = {"format_version": self.format_version, "shapetrace_version": self.shapetrace_version,
                "object_class": self.object_class, "created": self.created, "tools": dict(self.tools),
                "graphs": [g.to_json() for g in self.graphs], "parity": self.parity}
+        if self.skeleton is not None:
+            out["skeleton"] = self.skeleton
         out.update(self.extra)
         return out
 
@@ -355,7 +362,8 @@ class Manifest:
         return cls(tuple(entries), str(d.get("object_class") or ""), str(d.get("created") or ""),
                    MappingProxyType(dict(d.get("tools") or {})), d.get("parity"), int(d["format_version"]),
                    str(d.get("shapetrace_version") or ""),
-                   MappingProxyType({k: v for k, v in d.items() if k not in _MANIFEST_KEYS}))
+                   MappingProxyType({k: v for k, v in d.items() if k not in _MANIFEST_KEYS}),
+                   d.get("skeleton") if isinstance(d.get("skeleton"), dict) else None)
 
 
 def read(out_dir: str | Path) -> Manifest:
@@ -364,7 +372,11 @@ def read(out_dir: str | Path) -> Manifest:
     if out.exists() and not out.is_dir():
         raise SignatureFileError(f"{out} is a file, not a folder: pass the folder export_all() wrote")
     path = out / MANIFEST
-    return Manifest.from_json(read_json(path, what="export manifest"), where=str(path))
+    manifest = Manifest.from_json(read_json(path, what="export manifest"), where=str(path))
+    for e in manifest.graphs:  # a tampered manifest never makes a reader open a file outside the folder
+        for f in e.file_names():
+            inside(out, f, f"graph {e.name!r}'s file")
+    return manifest
 
 
 def write(out_dir: str | Path, manifest: Manifest) -> Path:

@@ -16,7 +16,7 @@ LAYERS = [
     {"errors", "_version"},
     {"_core"},                    # walker, tree, caches, signature, stand-ins, files, ISA
     {"manifest"},
-    {"constraints", "_record"},   # the manifest's constraint language; record()
+    {"constraints", "_record", "_skeleton"},  # the manifest's constraint language; record(); the object's skeleton
     {"backends"},                 # one runner per runtime
     {"_export"},                  # one graph: trace, rewrites, writers, stateful form
     {"_verify"},                  # parity against PyTorch, its records

@@ -9,6 +9,8 @@ EXPECTED = {
     # the names the README documents (the house issue): load's runtime, verify's records and bounds, quantization
     "Runtime", "GraphStats", "PyTorchFallbackWarning", "ParityCheck", "DEFAULT_TOLERANCES", "Tolerance",
     "DEFAULT_MIN_SNR_DB", "QuantizeOptions", "psnr", "max_abs_diff", "cpu_isa", "CpuIsa",
+    # deploying from the export folder alone (the deployment issue)
+    "load_pipeline", "rebuild", "runtime_of", "SkeletonError", "UnsafePathError",
 }
 
 
@@ -23,5 +25,5 @@ def test_every_name_resolves():
 
 def test_error_tree_is_rooted():
     for name in ("ModuleNotFoundInObject", "RecordingError", "FlattenError", "SignatureFileError", "ExportError",
-                 "VerifyError", "RuntimeMismatchError", "RunnerError", "SourceError"):
+                 "VerifyError", "RuntimeMismatchError", "RunnerError", "SourceError", "SkeletonError", "UnsafePathError"):
         assert issubclass(getattr(shapetrace, name), shapetrace.ShapetraceError)

@@ -1,4 +1,4 @@
-"""The command line: ``python -m shapetrace {inspect,verify,export,demo} ...`` (also installed as ``shapetrace``).
+"""The command line: ``python -m shapetrace {inspect,verify,export,run,demo} ...`` (also installed as ``shapetrace``).
 
 ``inspect PATH [--json]``
     a recording folder (``signatures.json``): the recorded graphs table; an export folder (``manifest.json``):
@@ -10,6 +10,9 @@
 ``export SOURCE OUT``
     records one run of SOURCE (a save_pretrained folder, ``module:function``, ``file.py:function``), exports and
     verifies it (:mod:`shapetrace._cli.export`).
+``run OUT``
+    rebuilds the exported object from the folder alone and runs it once on a call built from the options, printing
+    which graph ran where and writing its output (:mod:`shapetrace._cli.run`).
 
 Exit status: 0 when everything passed, 1 when a parity check failed (the last line names the worst graph and
 output), 2 when the input is unusable (missing / corrupt / newer manifest, missing model files, a runtime not
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import export as cli_export, demo
+from . import run as cli_run
 from .. import manifest as manifest_mod
 from .._core import table
 from ..errors import ShapetraceError, SignatureFileError
@@ -207,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verify)
 
     cli_export.add_export_command(sub)
+    cli_run.add_run_command(sub)
     _register_extra_commands(sub)
     return parser
 

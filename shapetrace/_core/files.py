@@ -17,12 +17,24 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import SignatureFileError
+from ..errors import SignatureFileError, UnsafePathError
 
-__all__ = ["FORMAT_VERSION", "atomic_write", "write_json", "read_json", "save_npz", "load_npz", "json_value"]
+__all__ = ["FORMAT_VERSION", "inside", "atomic_write", "write_json", "read_json", "save_npz", "load_npz", "json_value"]
 
 #: The version of ``signatures.json`` and ``manifest.json``; readers refuse newer files.
 FORMAT_VERSION = 1
+
+
+def inside(folder: str | os.PathLike, rel: str | os.PathLike, what: str = "a file") -> Path:
+    """``folder / rel`` when that stays inside ``folder``; :class:`UnsafePathError` for an absolute name, a ``..``
+    that climbs out, or a link inside the folder that points outside it (a tampered manifest is never followed)."""
+    folder = Path(folder)
+    rel_path = Path(rel)
+    target = (folder / rel_path).resolve()
+    if rel_path.is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise UnsafePathError(f"{folder / 'manifest.json'} names {what} {str(rel)!r} outside the export folder; "
+                              f"refused (a manifest only names files inside its folder): re-export into a new folder")
+    return folder / rel_path
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:

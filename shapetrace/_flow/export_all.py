@@ -43,6 +43,8 @@ from . import policy
 from . import quantize as quantize_mod
 from .staging import progress as progress_bar
 from .staging import staged
+from .._skeleton.describe import describe_or_why
+from .._skeleton.weights import unserved
 
 __all__ = ["export_all", "ExportResult", "GraphExport", "FlatModule", "ExportPlan", "prepare", "flat_module",
            "MANIFEST"]
@@ -102,7 +104,8 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                dynamic: Any = "auto", overwrite: bool = False, opset: int | None = None,
                compress_to_fp16: bool = False, openvino_from: str = "auto", verify: bool = True,
                progress: bool = True, stateful: bool = False, quantize: Any = None,
-               quantize_options: quantize_mod.QuantizeOptions | None = None, **verify_kwargs: Any) -> ExportResult:
+               quantize_options: quantize_mod.QuantizeOptions | None = None, skeleton: bool = True,
+               **verify_kwargs: Any) -> ExportResult:
     """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and docs/export.md).
 
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
@@ -115,6 +118,9 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     ``quantize``: ``"int8"``, ``"hybrid"``, ``"int8-weights"``, ``"int4-weights"`` for every graph, or
     ``{graph: mode or None}``; the IR is quantized with NNCF on the recorded calls (:mod:`shapetrace._flow.quantize`;
     ``quantize_options``: held-out fraction, SNR bound, keep float below it). The ONNX file stays float.
+    ``skeleton=True`` (default) also writes what :func:`shapetrace.load_pipeline` rebuilds the object from, without
+    its weights (the manifest's ``skeleton``, files under ``skeleton/``); an object it cannot describe exports as
+    before, the manifest saying why (docs/deploy.md).
     """
     if openvino_from not in ("auto", "torch", "onnx"):
         raise ExportError(f"openvino_from={openvino_from!r}: choose 'auto', 'torch' or 'onnx'")
@@ -162,7 +168,9 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                                                         getattr(bar, "write", None))
             manifest = Manifest(tuple(entries), rec.object_class,
                                 _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                MappingProxyType(writers.versions()))
+                                MappingProxyType(writers.versions()),
+                                skeleton=describe_or_why(obj, stage, unserved(obj, [e.module for e in entries if e.ok]))
+                                if skeleton else None)
             manifest_mod.write(stage, manifest)
         if not (verify and manifest.exported):
             return ExportResult(out, _by_name(manifest), manifest)

@@ -137,7 +137,8 @@ def _splice(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: P
     replace theirs in ``out`` (files and manifest entry, ``tools[key]`` saying what changed and why)."""
     tmp = Path(tempfile.mkdtemp(prefix=".shapetrace-redo-", dir=out))
     try:
-        export(obj, tmp / "x", recording=rec, graphs=list(names), verify=False, progress=False, **export_kwargs)
+        export(obj, tmp / "x", recording=rec, graphs=list(names), verify=False, progress=False, skeleton=False,
+               **export_kwargs)
         again = run_verify(tmp / "x", obj, write=False)
         redone = manifest_mod.read(tmp / "x")
         passed = {n for n in names if redone.graph(n).ok and all(c for c in again.checks if c.graph == n)}

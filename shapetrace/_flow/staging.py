@@ -67,6 +67,8 @@ def _commit(stage: Path, out: Path) -> None:
             if (out / f).exists() and "/" not in f:
                 os.replace(out / f, trash / f)
         for f in sorted(stage.iterdir()):
+            if f.is_dir() and (out / f.name).is_dir():  # a folder of the earlier export (skeleton/) is replaced whole
+                os.replace(out / f.name, trash / f.name)
             if f.name != MANIFEST:
                 os.replace(f, out / f.name)
         os.replace(stage / MANIFEST, out / MANIFEST)

@@ -16,6 +16,7 @@ from .._core import tree
 from ..errors import RuntimeMismatchError, SignatureFileError
 from .._export.flat import weights_dtype
 from ..manifest import GraphEntry
+from .weightless import is_weightless, meta_paths
 from .._core.walker import find_module_aliases, find_module_paths, format_path, parse_path, resolve
 
 __all__ = ["LoadPlan", "plan_load", "BACKENDS"]
@@ -102,6 +103,10 @@ def plan_load(obj: Any, out: Path, manifest: manifest_mod.Manifest, backend: str
         if format_path(steps) not in exported_paths:
             _check_not_wrapped(format_path(steps), module)
             others.append((steps, module))
+            if is_weightless(module):
+                problems.append(f"{format_path(steps)!r} has no exported graph and no weights (its parameters are on "
+                                f"the meta device, e.g. {', '.join(meta_paths(module)) or 'a buffer'}): record a run "
+                                f"that calls it and export again, or give it its weights before load()")
     kind = BACKENDS[backend]
     for e in entries:
         rel = e.file(kind)

@@ -51,6 +51,7 @@ from .._verify.images import max_abs_diff, psnr
 from .serve import ServedGraph, ServedMethod
 from ..backends.openvino_stateful import STATEFUL_FILE
 from .stateful import StatefulMethod
+from . import weightless
 from .._core.standin import StandIn
 from .._core.walker import format_path, replace, resolve
 
@@ -127,6 +128,7 @@ class Runtime:
         self._graphs: dict[str, ServedGraph] = {}
         self._installed: list[tuple[tuple, torch.nn.Module, RuntimeProxy]] = []
         self._overrides: list[tuple[torch.nn.Module, Any, Callable]] = []
+        self._dressed: list[torch.nn.Module] = []  # weightless modules answering device="cpu" while served
         self._runners: list[Runner] = []
         self._torch: dict[str, list] = {}  # fall-through "path.method" -> [calls, seconds]
         self._warned: set[tuple[str, str]] = set()
@@ -148,6 +150,8 @@ class Runtime:
         for path, methods in groups.items():
             module = plan.modules[path][1]
             served = {m: self._method(module, entries, make_runner, static_shapes) for m, entries in methods.items()}
+            if weightless.dress(module):
+                self._dressed.append(module)
             direct = any(e.calls_without_proxy for e in methods.get("forward", ()))
             swaps.append((plan.modules[path][0], module, served, direct))
         swaps += [(steps, module, {}, False) for steps, module in plan.others]
@@ -263,9 +267,12 @@ class Runtime:
                         del own["forward"]
                     else:
                         own["forward"] = before
+            for module in self._dressed:
+                weightless.undress(module)
         finally:
             self._installed = []
             self._overrides = []
+            self._dressed = []
             for r in reversed(self._runners):
                 try:
                     r.__exit__(None, None, None)
@@ -290,7 +297,9 @@ class Runtime:
                           f"it on {self.backend_name})", PyTorchFallbackWarning, stacklevel=3)
         t0 = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            if not weightless.is_weightless(module):
+                return fn(*args, **kwargs)
+            return weightless.checked(name, path, module, fn, args, kwargs)  # a loop around served graphs is fine
         finally:
             with self._lock:
                 row = self._torch.setdefault(name, [0, 0.0])
@@ -303,7 +312,7 @@ class Runtime:
 def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",
          static_shapes: bool = False, threads: int | None = None, streams: int | str | None = None,
          config: Mapping[str, Any] | None = None, graphs: Iterable[str] | None = None,
-         strict: bool = True, stateful: bool = False) -> Runtime:
+         strict: bool = True, stateful: bool = False, cache_dir: str | Path | None = None) -> Runtime:
     """Serve ``obj``'s exported modules from ``out_dir`` (a folder written by :func:`shapetrace.export_all`).
 
     Args:
@@ -324,6 +333,8 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
             in the compiled OpenVINO model, every call of the method goes to it (OpenVINO only). At ``precision="f32"``
             the cache is kept in f32 too (OpenVINO's CPU default is u8, which changes tokens); other precisions keep
             OpenVINO's default (``config={"KV_CACHE_PRECISION": ...}`` overrides).
+        cache_dir: OpenVINO's model cache (``CACHE_DIR``): the first start writes each compiled graph there, later
+            starts (any process) read it instead of compiling again (OpenVINO only).
 
     Everything is checked before anything is swapped: a manifest that is missing or corrupt raises
     :class:`~shapetrace.SignatureFileError`; an export made for another object (another class, a missing path, a
@@ -335,9 +346,12 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
     extra: dict[str, Any] = dict(config or {})
     if streams is not None:
         extra.setdefault("NUM_STREAMS", str(streams))
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        extra.setdefault("CACHE_DIR", str(cache_dir))
     if extra and backend != "openvino":
-        raise ValueError(f"streams= / config= are OpenVINO compile properties; backend={backend!r} takes threads= "
-                         f"only")
+        raise ValueError(f"streams= / config= / cache_dir= are OpenVINO compile properties; backend={backend!r} takes "
+                         f"threads= only")
     out = Path(out_dir)
     plan = plan_load(obj, out, manifest_mod.read(out), backend, graphs, strict)
 

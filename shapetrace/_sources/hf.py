@@ -31,7 +31,7 @@ from .._core.optional import require
 from ..errors import SourceError
 from .defaults import DEFAULT_PROMPT, pose_image
 
-__all__ = ["CallOptions", "open_folder", "TASK_BY_ARCHITECTURE", "DIFFUSERS_TASKS"]
+__all__ = ["CallOptions", "open_folder", "call_for", "TASK_BY_ARCHITECTURE", "DIFFUSERS_TASKS"]
 
 _STEPS = 2
 _MAX_NEW_TOKENS = 2
@@ -284,3 +284,21 @@ def _transformers_call(pipe: Any, task: str, options: CallOptions) -> tuple[list
         kwargs["max_new_tokens"] = options.max_new_tokens or _MAX_NEW_TOKENS
     kwargs.update(options.call_json)
     return args, kwargs
+
+
+# ------------------------------------------------------------------------------------------------ any object
+def call_for(obj: Any, options: CallOptions) -> tuple[Callable[[], Any], dict[str, str]]:
+    """``(run, call shown)`` for an object already built (``shapetrace run``): a transformers pipeline by its
+    ``task``, anything else callable by its ``__call__``'s parameters (prompt, image, size, steps), as ``export``
+    builds them; ``--call-json`` on top."""
+    task = getattr(obj, "task", None)
+    if isinstance(task, str) and hasattr(obj, "model") and callable(obj):
+        args, kwargs = _transformers_call(obj, options.task or task, options)
+        shown = {"task": task, **({"inputs": _show(args[0])} if args else {}),
+                 **{k: _show(v) for k, v in kwargs.items()}}
+        return lambda: obj(*args, **kwargs), shown
+    if not callable(obj):
+        raise SourceError(f"the exported {type(obj).__name__} is not callable; rebuild it with "
+                          f"shapetrace.load_pipeline(OUT) and call its methods from Python")
+    kwargs, shown = _diffusers_call(obj, options)
+    return lambda: obj(**kwargs, **_generator(obj, options.seed)), shown
