@@ -31,18 +31,20 @@ def tiny(tiny_dir, tmp_path):
 
 @pytest.fixture
 def record_export(tmp_path):
-    """``record_export(call, **modules)``: a plain holder with ``modules`` as its attributes, recorded (no grad) while
-    ``call(holder)`` runs, then exported to ``tmp_path / "o"`` (verify on); returns (holder, call's output, result)."""
+    """``record_export(call, export_kwargs=None, **modules)``: a plain holder with ``modules`` as its attributes,
+    recorded (no grad) while ``call(holder)`` runs, then exported to ``tmp_path / "o"`` by
+    ``export_all(progress=False, **export_kwargs)`` (verify on unless they say otherwise); returns (holder, call's
+    output, result)."""
     import shapetrace
     import torch
 
-    def run(call, **modules):
+    def run(call, *, export_kwargs=None, **modules):
         holder = type("Holder", (), {})()
         for name, module in modules.items():
             setattr(holder, name, module)
         with torch.no_grad(), shapetrace.record(holder):
             out = call(holder)
-        return holder, out, shapetrace.export_all(holder, tmp_path / "o", progress=False)
+        return holder, out, shapetrace.export_all(holder, tmp_path / "o", progress=False, **(export_kwargs or {}))
 
     return run
 

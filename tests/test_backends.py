@@ -87,9 +87,9 @@ def test_onnxruntime_uses_one_cpu_session_with_the_threads_asked(tiny):
     out, entry = tiny
     with open_runner("onnxruntime", out, entry, threads=1) as runner:
         assert isinstance(runner, OnnxRuntimeRunner)
-        assert runner._session.get_providers() == ["CPUExecutionProvider"]
-        assert runner._session.get_session_options().intra_op_num_threads == 1
-    assert runner._session is None  # leaving the block frees the session
+        assert runner.session.get_providers() == ["CPUExecutionProvider"]
+        assert runner.session.get_session_options().intra_op_num_threads == 1
+    assert runner.session is None  # leaving the block frees the session
     with pytest.raises(ValueError, match="precision='bf16' is not supported"):
         open_runner("onnxruntime", out, entry, precision="bf16")
 

@@ -410,6 +410,10 @@ def test_a_failed_graph_removes_only_its_own_files(tmp_path, record_export):
     assert all(c for c in result.parity.checks if c.graph == "model.decode")  # verified, not raised
 
 
+#: ``record_export``'s export writing the OpenVINO IR alone (no ONNX file to fall back on)
+IR_ONLY = {"formats": ("openvino",)}
+
+
 class Windows(torch.nn.Module):
     """``Tensor.unfold``: OpenVINO's PyTorch frontend has no rule for it; transformers.exporters' OpenVINO patches
     swap it for a convertible equivalent."""
@@ -422,17 +426,12 @@ class Windows(torch.nn.Module):
         return self.lin(x.unfold(-1, 4, 4).sum(-2))
 
 
-def test_an_ir_the_frontend_cannot_convert_comes_from_the_patched_trace(tmp_path):
+def test_an_ir_the_frontend_cannot_convert_comes_from_the_patched_trace(tmp_path, record_export):
     """IR only (no ONNX file to fall back on): the IR-from-torch path degrades to a trace under transformers'
     OpenVINO patches, says so, and the graph verifies and serves on OpenVINO."""
     pytest.importorskip("transformers")
     torch.manual_seed(0)
-    h = type("Holder", (), {})()
-    h.m = Windows()
-    x = torch.randn(2, 3, 8)
-    with torch.no_grad(), shapetrace.record(h):
-        h.m(x)
-    result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 3, 8)), m=Windows(), export_kwargs=IR_ONLY)
     entry = result.manifest.graph("m")
     assert result.ok and result.parity, str(result.parity)
     assert entry.tools["openvino_from"] == "torch-patched"
@@ -479,15 +478,11 @@ class NoTorchScript(torch.nn.Module):
         return torch.relu(self.lin(x))
 
 
-def test_an_ir_torchscript_cannot_trace_comes_from_the_exported_program(tmp_path):
+def test_an_ir_torchscript_cannot_trace_comes_from_the_exported_program(tmp_path, record_export):
     """IR only: the torch module cannot be traced by TorchScript, so the IR comes from the graph's torch.export
     program (``openvino_from: "program"``), dynamic dims kept; when no source works the graph's error names each."""
     torch.manual_seed(0)
-    h = type("Holder", (), {})()
-    h.m = NoTorchScript()
-    with torch.no_grad(), shapetrace.record(h):
-        h.m(torch.randn(2, 3, 4))
-    result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 3, 4)), m=NoTorchScript(), export_kwargs=IR_ONLY)
     entry = result.manifest.graph("m")
     assert result.ok and result.parity, str(result.parity)
     assert entry.tools["openvino_from"] == "program" and "TorchScript" in entry.tools["openvino_from_torch_error"]
@@ -563,15 +558,12 @@ class SameTensorTwice(torch.nn.Module):
         return {"last_hidden_state": h, "pooler_output": h}
 
 
-def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(tmp_path, served_on_openvino):
+def test_two_outputs_that_are_one_tensor_are_both_served_on_openvino(record_export, served_on_openvino):
     """In an IR converted from the torch module, OpenVINO's compiled model merges the names of two results of one
     tensor (both called pooler_output): the runner maps the outputs by the IR's own names, in port order."""
     torch.manual_seed(0)
-    h = type("Holder", (), {})()
-    h.m = SameTensorTwice()
-    with torch.no_grad(), shapetrace.record(h):
-        h.m(torch.randn(2, 3, 4))
-    result = shapetrace.export_all(h, tmp_path / "o", formats=("openvino",), openvino_from="torch", progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 3, 4)), m=SameTensorTwice(),
+                                 export_kwargs={**IR_ONLY, "openvino_from": "torch"})
     assert result.ok and result.parity, str(result.parity)
     got, want = served_on_openvino(h, result.out_dir, torch.randn(3, 5, 4))
     for key in ("last_hidden_state", "pooler_output"):

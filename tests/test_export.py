@@ -217,7 +217,7 @@ def test_failure_midway_leaves_an_earlier_export_intact(exports, tmp_path, monke
     assert after == before
 
 
-def test_unflattenable_output_fails_alone_with_a_fix(tmp_path):
+def test_unflattenable_output_fails_alone_with_a_fix(record_export):
     class Box:  # slots, no __dict__: not flattened by its attributes (a plain class would be)
         __slots__ = ("t",)
 
@@ -228,15 +228,8 @@ def test_unflattenable_output_fails_alone_with_a_fix(tmp_path):
         def forward(self, x):
             return Box(x * 2)
 
-    class Holder:
-        pass
-
-    holder = Holder()
-    holder.boxer, holder.lin = Boxer(), torch.nn.Linear(3, 3)
-    with shapetrace.record(holder) as rec:
-        holder.boxer(torch.randn(2, 3))
-        holder.lin(torch.randn(2, 3))
-    result = shapetrace.export_all(holder, tmp_path / "o", recording=rec, progress=False, verify=False)
+    _, _, result = record_export(lambda h: (h.boxer(torch.randn(2, 3)), h.lin(torch.randn(2, 3))),
+                                 boxer=Boxer(), lin=torch.nn.Linear(3, 3), export_kwargs={"verify": False})
     assert not result.ok
     assert "Box" in result.graphs["boxer"].error and "register_flattener" in result.graphs["boxer"].error
     assert result.graphs["lin"]
@@ -276,7 +269,7 @@ def test_large_graphs_keep_their_weights_in_external_data(exports, tmp_path, mon
     assert any(init.data_location == onnx.TensorProto.EXTERNAL for init in small.graph.initializer)
 
 
-def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path):
+def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path, record_export):
     class Rotary(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -285,15 +278,8 @@ def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path):
         def forward(self, x, table):  # table [1, seq, 8] broadcasts over x's batch
             return self.proj(x) * table + x
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Rotary()
-    with shapetrace.record(h):
-        h.m(torch.randn(2, 5, 8), torch.randn(1, 5, 8))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 5, 8), torch.randn(1, 5, 8)), m=Rotary())
     assert result.ok and result.parity, str(result)
     entry = result.manifest.graph("m")
     assert entry.input("table").shape[0] == 1 and entry.input("x").shape[0] == "batch"  # not tied to batch
@@ -304,7 +290,7 @@ def test_a_size_one_dim_that_broadcasts_is_not_tied_to_batch(tmp_path):
         torch.testing.assert_close(h.m(x, table), want, atol=1e-5, rtol=1e-5)
 
 
-def test_a_size_one_dim_the_trace_at_two_makes_static_stays_at_its_recorded_size(tmp_path):
+def test_a_size_one_dim_the_trace_at_two_makes_static_stays_at_its_recorded_size(tmp_path, record_export):
     class Pinned(torch.nn.Module):  # traced at batch 2 (against 0/1 specialisation) the branch guards batch == 2
         def __init__(self):
             super().__init__()
@@ -314,15 +300,8 @@ def test_a_size_one_dim_the_trace_at_two_makes_static_stays_at_its_recorded_size
             y = self.lin(x)
             return y * 3 if x.shape[0] == 2 else y
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Pinned()
-    with shapetrace.record(h):
-        h.m(torch.randn(1, 5, 4))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(1, 5, 4)), m=Pinned())
     assert result.ok and result.parity, str(result)
     entry = result.manifest.graph("m")
     assert entry.input("x").shape[0] == 1 and entry.input("x").shape[1] == "sequence"  # not pinned at 2
@@ -333,7 +312,7 @@ def test_a_size_one_dim_the_trace_at_two_makes_static_stays_at_its_recorded_size
         torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
 
 
-def test_export_leaves_every_module_in_its_mode_even_through_the_torchscript_exporter(tmp_path, monkeypatch):
+def test_export_leaves_every_module_in_its_mode_even_through_the_torchscript_exporter(monkeypatch, record_export):
     class Encoder(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -342,9 +321,6 @@ def test_export_leaves_every_module_in_its_mode_even_through_the_torchscript_exp
 
         def forward(self, x):
             return self.drop(self.lin(x))
-
-    class Holder:
-        pass
 
     real_export = torch.onnx.export
 
@@ -355,21 +331,18 @@ def test_export_leaves_every_module_in_its_mode_even_through_the_torchscript_exp
 
     monkeypatch.setattr(torch.onnx, "export", no_dynamo)
     torch.manual_seed(0)
-    h = Holder()
-    h.enc = Encoder().eval()
-    h.enc.training = True  # mixed modes, as pipelines leave them: the top says training, the dropout is off
-    modes = {n: m.training for n, m in h.enc.named_modules()}
+    enc = Encoder().eval()
+    enc.training = True  # mixed modes, as pipelines leave them: the top says training, the dropout is off
+    modes = {n: m.training for n, m in enc.named_modules()}
     x = torch.randn(2, 3, 8)
-    with shapetrace.record(h):
-        want = h.enc(x)
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, want, result = record_export(lambda h: h.enc(x), enc=enc)
     assert result.manifest.graph("enc").tools["onnx_exporter"] == "torch.onnx.export(dynamo=False)"
     assert {n: m.training for n, m in h.enc.named_modules()} == modes  # the dropout was not switched on
     torch.testing.assert_close(h.enc(x), want)
     assert result.ok and result.parity, str(result)
 
 
-def test_when_the_dynamic_export_fails_only_the_dims_that_break_it_are_given_up(tmp_path):
+def test_when_the_dynamic_export_fails_only_the_dims_that_break_it_are_given_up(tmp_path, record_export):
     class SizeKeyed(torch.nn.Module):  # a table cached per sequence length: a dynamic length cannot be a dict key
         def __init__(self):
             super().__init__()
@@ -379,15 +352,8 @@ def test_when_the_dynamic_export_fails_only_the_dims_that_break_it_are_given_up(
             scale = {x.shape[1]: 0.5}
             return self.lin(x) * scale[x.shape[1]]
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = SizeKeyed()
-    with shapetrace.record(h):
-        h.m(torch.randn(2, 5, 8))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(2, 5, 8)), m=SizeKeyed())
     assert result.ok and result.parity, str(result)
     entry = result.manifest.graph("m")
     assert "unhashable" in entry.tools["dynamic_error"]
@@ -399,7 +365,7 @@ def test_when_the_dynamic_export_fails_only_the_dims_that_break_it_are_given_up(
         torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
 
 
-def test_a_module_torch_export_cannot_trace_is_exported_static_by_the_tracing_exporters(tmp_path):
+def test_a_module_torch_export_cannot_trace_is_exported_static_by_the_tracing_exporters(tmp_path, record_export):
     class Checked(torch.nn.Module):  # data-dependent tests: torch.export fails even with static shapes, and their
         def __init__(self):  # answers differ from row to row, so they cannot be answered as recorded either
             super().__init__()
@@ -412,17 +378,11 @@ def test_a_module_torch_export_cannot_trace_is_exported_static_by_the_tracing_ex
                     out[i] = out[i] * 2
             return out
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Checked()
+    m = Checked()
     x = torch.randn(2, 5, 8)
     x[0], x[1] = x[0].abs(), -x[1].abs()
-    with shapetrace.record(h):
-        want = h.m(x)
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, want, result = record_export(lambda h: h.m(x), m=m)
     assert result.ok and result.parity, str(result)
     entry = result.manifest.graph("m")
     assert "data-dependent" in entry.tools["torch_export_error"]
@@ -433,7 +393,7 @@ def test_a_module_torch_export_cannot_trace_is_exported_static_by_the_tracing_ex
         torch.testing.assert_close(h.m(x), want, atol=1e-5, rtol=1e-5)
 
 
-def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
+def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path, record_export):
     class Branchy(torch.nn.Module):  # traced at batch 2, the batch-1 branch is never seen: no guard, wrong at 1
         def __init__(self):
             super().__init__()
@@ -443,15 +403,8 @@ def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
             y = self.lin(x)
             return y * 2 if x.shape[0] == 1 else y * 3
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Branchy()
-    with shapetrace.record(h):
-        h.m(torch.randn(1, 4))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    h, _, result = record_export(lambda h: h.m(torch.randn(1, 4)), m=Branchy())
     assert result.ok and result.parity, str(result)  # the second, static export passes
     entry = result.manifest.graph("m")
     assert entry.dims == {} and entry.input("x").shape == (1, 4)
@@ -464,30 +417,25 @@ def test_a_dynamic_dim_that_breaks_parity_falls_back_to_static(tmp_path):
         torch.testing.assert_close(h.m(x), want)
 
 
-def test_an_ir_openvino_cannot_read_from_onnx_is_converted_from_the_torch_module(tmp_path, monkeypatch):
+def test_an_ir_openvino_cannot_read_from_onnx_is_converted_from_the_torch_module(tmp_path, monkeypatch,
+                                                                                 record_export):
     import openvino as ov
 
     def unreadable(self, *args, **kwargs):  # OpenVINO's ONNX frontend missing an op (OpConversionFailure)
         raise RuntimeError("OpConversionFailure: Model wasn't fully converted")
 
     monkeypatch.setattr(ov.Core, "read_model", unreadable)
-
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
-    with shapetrace.record(h):
-        h.m(torch.randn(2, 8))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False, verify=False)
+    _, _, result = record_export(lambda h: h.m(torch.randn(2, 8)),
+                                 m=torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()),
+                                 export_kwargs={"verify": False})
     entry = result.manifest.graph("m")
     assert entry.ok and entry.tools["openvino_from"] == "torch"
     assert "OpConversionFailure" in entry.tools["openvino_from_onnx_error"]
     assert (tmp_path / "o" / entry.file("openvino")).is_file() and entry.file("onnx")  # both files are there
 
 
-def test_a_squeeze_pytorch_leaves_alone_does_not_make_an_onnx_file_onnxruntime_refuses(tmp_path):
+def test_a_squeeze_pytorch_leaves_alone_does_not_make_an_onnx_file_onnxruntime_refuses(record_export):
     class Squeezer(torch.nn.Module):  # squeeze(1) on a dim of 16 is a no-op in PyTorch, a load error in ONNX Runtime
         def __init__(self):
             super().__init__()
@@ -496,15 +444,8 @@ def test_a_squeeze_pytorch_leaves_alone_does_not_make_an_onnx_file_onnxruntime_r
         def forward(self, x):
             return self.lin(x.squeeze(1))
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Squeezer()
-    with shapetrace.record(h):
-        h.m(torch.randn(2, 16, 4))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False)
+    _, _, result = record_export(lambda h: h.m(torch.randn(2, 16, 4)), m=Squeezer())
     assert result.ok and result.parity, str(result.parity)
     entry = result.manifest.graph("m")
     assert entry.tools["onnx_noop_squeezes_removed"] == 1 and entry.input("x").shape == ("batch", "sequence", 4)
@@ -719,13 +660,11 @@ class PassesFeaturesThrough(torch.nn.Module):
         return {"logits": self.proj(features)[:, : ids.shape[1]] + ids[..., None], "image_features": features}
 
 
-def test_an_output_that_is_an_input_passed_through_keeps_both_names_in_the_ir(tmp_path, served_on_openvino):
-    h = type("Holder", (), {})()
-    h.m = PassesFeaturesThrough()
+def test_an_output_that_is_an_input_passed_through_keeps_both_names_in_the_ir(tmp_path, record_export,
+                                                                             served_on_openvino):
     ids, feats = torch.ones(2, 3), torch.randn(2, 5, 4)
-    with torch.no_grad(), shapetrace.record(h):
-        h.m(ids, feats)
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False, formats=("openvino",))
+    h, _, result = record_export(lambda h: h.m(ids, feats), m=PassesFeaturesThrough(),
+                                 export_kwargs={"formats": ("openvino",)})
     entry = result.manifest.graph("m")
     assert result.ok and result.parity and entry.tools["openvino_from"] == "torch", str(result)
     import openvino as ov

@@ -181,3 +181,26 @@ def test_every_name_the_manual_documents_resolves_as_written():
               for n in line.split(",")}
     assert len(names) > 20
     assert sorted(n for n in names if not _resolves(n)) == []
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The modules a file imports (``from . import x`` counts as ``x``), anywhere in the file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return found
+
+
+def test_tests_share_code_through_conftest_and_helper_modules_never_a_test_module():
+    """A test file takes shared code from conftest.py's fixtures and the helper modules beside it (``_tiny.py``,
+    ``browser.py``), never by importing another ``test_*.py`` (its tests would be collected again where imported)
+    or conftest.py itself."""
+    bad = sorted(f"{path.name} imports {name}" for path in TESTS.glob("*.py") for name in _imported_modules(path)
+                 if name.split(".")[0] in {"tests", "conftest"} or name.split(".")[0].startswith("test_"))
+    assert bad == []

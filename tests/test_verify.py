@@ -460,7 +460,11 @@ def test_alternative_sizes_can_prefer_smaller_sizes():
     assert alternative_sizes(dims, [], smaller_first=True) == {"sequence": 15}
 
 
-def test_resized_sizes_the_model_refuses_are_retried_smaller(tmp_path):
+#: ``record_export``'s export checked on ONNX Runtime alone
+ORT_ONLY = {"backends": ("onnxruntime",)}
+
+
+def test_resized_sizes_the_model_refuses_are_retried_smaller(record_export):
     import torch
 
     class Table(torch.nn.Module):  # a limit eager code checks but the exported graph does not know
@@ -473,22 +477,15 @@ def test_resized_sizes_the_model_refuses_are_retried_smaller(tmp_path):
                 raise ValueError("at most 16 positions")
             return self.lin(x)
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Table()
-    with shapetrace.record(h):
-        h.m(torch.randn(1, 16, 8))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    _, _, result = record_export(lambda h: h.m(torch.randn(1, 16, 8)), m=Table(), export_kwargs=ORT_ONLY)
     assert result.parity, str(result.parity)
     resized = [c for c in result.parity.checks if c.input_set == "resized"]
     assert resized and all(c.sizes["sequence"] < 16 for c in resized)
     assert any("PyTorch refused the resized sizes {'batch': 2, 'sequence': 17}" in n for n in result.parity.notes)
 
 
-def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(tmp_path):
+def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(record_export):
     import torch
 
     class Fixed(torch.nn.Module):  # eager code accepts one length only; the exported graph does not know
@@ -501,15 +498,8 @@ def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(tmp_path):
                 raise ValueError("exactly 16 positions")
             return self.lin(x)
 
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = Fixed()
-    with shapetrace.record(h):
-        h.m(torch.randn(1, 16, 8))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    _, _, result = record_export(lambda h: h.m(torch.randn(1, 16, 8)), m=Fixed(), export_kwargs=ORT_ONLY)
     assert result.ok and result.parity, str(result.parity)
     entry = result.manifest.graph("m")
     assert entry.input("x").shape == (1, 16, 8) and not entry.dims
@@ -517,7 +507,7 @@ def test_dims_the_model_refuses_to_change_at_all_fall_back_to_static(tmp_path):
     assert fallback["given_up"] == ["batch", "sequence"] and "exactly 16 positions" in fallback["because"]
 
 
-def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(tmp_path, monkeypatch):
+def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(monkeypatch, record_export):
     import torch
 
     from shapetrace._verify import graph_check
@@ -530,22 +520,15 @@ def test_graphs_with_large_outputs_are_checked_at_smaller_sizes(tmp_path, monkey
         def forward(self, x):
             return self.lin(x)
 
-    class Holder:
-        pass
-
-    torch.manual_seed(0)
-    h = Holder()
-    h.m = Head()
-    with shapetrace.record(h):
-        h.m(torch.randn(2, 16, 8))
     monkeypatch.setattr(graph_check, "LARGE_OUTPUTS_BYTES", 1024)  # 2*16*64 floats = 8 KiB counts as large here
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    torch.manual_seed(0)
+    _, _, result = record_export(lambda h: h.m(torch.randn(2, 16, 8)), m=Head(), export_kwargs=ORT_ONLY)
     assert result.parity, str(result.parity)
     resized = [c for c in result.parity.checks if c.input_set == "resized"]
     assert resized and all(c.sizes["sequence"] < 16 and c.sizes["batch"] < 2 for c in resized)
 
 
-def test_a_dynamic_graph_a_runtime_cannot_run_falls_back_to_static(tmp_path, monkeypatch):
+def test_a_dynamic_graph_a_runtime_cannot_run_falls_back_to_static(monkeypatch, record_export):
     import torch
 
     from shapetrace.backends import onnxruntime_backend as ort_backend
@@ -553,21 +536,13 @@ def test_a_dynamic_graph_a_runtime_cannot_run_falls_back_to_static(tmp_path, mon
     real = ort_backend.OnnxRuntimeRunner._infer
 
     def refuses_dynamic(self, feed):  # a runtime failing on the dynamic graph ("invalid expand shape")
-        if any(isinstance(d, str) for i in self._session.get_inputs() for d in i.shape):
+        if any(isinstance(d, str) for i in self.session.get_inputs() for d in i.shape):
             raise RuntimeError("invalid expand shape")
         return real(self, feed)
 
     monkeypatch.setattr(ort_backend.OnnxRuntimeRunner, "_infer", refuses_dynamic)
-
-    class Holder:
-        pass
-
     torch.manual_seed(0)
-    h = Holder()
-    h.m = torch.nn.Linear(8, 8)
-    with shapetrace.record(h):
-        h.m(torch.randn(2, 8))
-    result = shapetrace.export_all(h, tmp_path / "o", progress=False, backends=("onnxruntime",))
+    _, _, result = record_export(lambda h: h.m(torch.randn(2, 8)), m=torch.nn.Linear(8, 8), export_kwargs=ORT_ONLY)
     assert result.ok and result.parity, str(result.parity)
     entry = result.manifest.graph("m")
     assert not entry.dims and "invalid expand shape" in entry.tools["static_fallback"]["because"]

@@ -1,8 +1,11 @@
 """A module's Python under ``torch.jit.trace``, made to run as it runs eagerly.
 
 The exporters that trace by running the module (``torch.onnx.export(dynamo=False)``, OpenVINO's PyTorch frontend)
-take over when ``torch.export`` cannot follow it. Six things in transformers models' Python differ under that
-trace, each a mechanism, none a model:
+take over when ``torch.export`` cannot follow it. Six things stand in their way on transformers models, each a
+mechanism, none a model: three are the models' Python running otherwise under a trace (the cache, a module casting
+itself, sizes as tensors), three are patterns the exporters convert wrongly or not at all (an empty cache layer,
+grouped-query attention in one call, and an assignment through indices after a full slice, which OpenVINO's
+frontend writes in the wrong order -- a frontend bug, not the models' Python):
 
 - **The KV cache is not built.** ``if use_cache and cache is None and not torch.jit.is_tracing(): cache =
   DynamicCache(...)``: the traced call returns no cache, so a graph recorded with one loses those outputs. Every other
@@ -96,7 +99,7 @@ def _only_indices(self: torch.Tensor, key: object) -> tuple | None:
     key is not "full slices, then only ints and 1-D integer / boolean tensors"."""
     if not isinstance(key, tuple) or not key or not _full_slice(key[0]):
         return None
-    lead = next(i for i, k in enumerate(key) if not _full_slice(k)) if not all(map(_full_slice, key)) else len(key)
+    lead = next((i for i, k in enumerate(key) if not _full_slice(k)), len(key))
     rest = key[lead:]
     if not rest or not any(isinstance(k, torch.Tensor) for k in rest):
         return None

@@ -47,6 +47,12 @@ class OnnxRuntimeRunner(Runner):
         self.fixed_dims = dict(fixed_dims or {})
         self._session: Any = None
 
+    @property
+    def session(self) -> Any:
+        """The ``onnxruntime.InferenceSession`` while the runner is entered (None outside): its providers and
+        options say how it runs (``session.get_providers()``, ``session.get_session_options()``)."""
+        return self._session
+
     def _activate(self) -> None:
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
