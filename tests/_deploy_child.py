@@ -40,8 +40,8 @@ def main(spec: str) -> None:
             (result / "output.json").write_text(json.dumps(got["text"]))
         else:
             np.savez(result / "output.npz", *(got.get("tensors") or [got["images"]]))
-        (result / "facts.json").write_text(json.dumps({"stats": stats, "devices": params,
-                                                       "class": type(obj).__qualname__}))
+        (result / "facts.json").write_text(json.dumps({"stats": stats, "devices": params, "kind": next(iter(got)),
+                                                       "class": f"{type(obj).__module__}:{type(obj).__qualname__}"}))
 
 
 if __name__ == "__main__":
