@@ -82,7 +82,7 @@ CASES: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], Callable[[Any], 
     "text_generation": (_text_generation, lambda o: o("a b c", max_new_tokens=5, do_sample=False),
                         lambda o: o("a b c d e f g", max_new_tokens=9, do_sample=False), {"stateful": True}),
     "speech": (_speech, lambda o: o(_AUDIO, generate_kwargs=dict(max_new_tokens=5)),
-               lambda o: o(_AUDIO[:12000], generate_kwargs=dict(max_new_tokens=9)), {}),
+               lambda o: o(_AUDIO[:12000], generate_kwargs=dict(max_new_tokens=9)), {"stateful": True}),
     "holder": (Holder, lambda o: o.net(torch.ones(2, 8)),
                lambda o: (o.net(torch.linspace(-1, 1, 24).reshape(3, 8)), o.spare(torch.ones(1, 8)) * o.scale), {}),
 }

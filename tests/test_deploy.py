@@ -23,7 +23,7 @@ pytest.importorskip("controlnet_aux")
 HERE = Path(__file__).resolve().parent
 #: the child's loads: (case, load_pipeline options)
 LOADS = [("pose_to_image", {}), ("img2img", {}), ("sdxl", {}), ("text_generation", {}),
-         ("text_generation", {"stateful": True}), ("speech", {}), ("holder", {})]
+         ("text_generation", {"stateful": True}), ("speech", {}), ("speech", {"stateful": True}), ("holder", {})]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def deployed(tmp_path_factory):
             obj = build()
             with torch.no_grad(), shapetrace.record(obj):
                 record_run(obj)
-            result = shapetrace.export_all(obj, root / case, progress=False, **export_kwargs)
+            # verify=False: the child's answers against this process's PyTorch are the parity check here
+            result = shapetrace.export_all(obj, root / case, progress=False, verify=False, **export_kwargs)
             assert result.ok, (case, str(result))
             with torch.no_grad():
                 wants[case] = _deploy_cases.comparable(run(obj))

@@ -49,7 +49,7 @@ from .fit import BACKENDS, LoadPlan, plan_load
 from ..manifest import GraphEntry
 from .._verify.images import max_abs_diff, psnr
 from .serve import ServedGraph, ServedMethod
-from ..backends.openvino_stateful import STATEFUL_FILE
+from ..backends.openvino_stateful import STATEFUL_FILE, cache_pairs
 from .stateful import StatefulMethod
 from . import weightless
 from .._core.standin import StandIn
@@ -174,19 +174,28 @@ class Runtime:
             e = stateful[0]
             method = StatefulMethod(e, module, self.out_dir / (e.file(STATEFUL_FILE) or ""), self.device,
                                     self._stateful, self.backend)
+            if method.fixed:  # a cache part the steps only read (cross-attention): filled by the cache-less variant
+                first = next((v for v in entries if not cache_pairs(v)), None)
+                if first is None:
+                    raise RuntimeMismatchError(
+                        f"graph {e.name!r} (stateful) reads cache parts it never writes ({', '.join(method.fixed[:2])}"
+                        f"...) and the export has no first step without a cache to fill them: serve it with "
+                        f"stateful=False, or record a run whose first call passes no cache")
+                method.prefill = self._served(module, first, make_runner, static_shapes)
             self._graphs[f"{e.name} (stateful)"] = method  # type: ignore[assignment]
             return method
-        variants = []
-        for e in entries:
-            runner = make_runner(e)
-            try:
-                runner.__enter__()
-            except RunnerError as err:
-                raise RuntimeMismatchError(f"graph {e.name!r} cannot be served from {self.out_dir}: {err}") from err
-            self._runners.append(runner)
-            self._graphs[e.name] = ServedGraph(e, module, runner, self.backend, static_shapes)
-            variants.append(self._graphs[e.name])
-        return ServedMethod(variants)
+        return ServedMethod([self._served(module, e, make_runner, static_shapes) for e in entries])
+
+    def _served(self, module: torch.nn.Module, e: GraphEntry, make_runner: Callable[[GraphEntry], Runner],
+                static_shapes: bool) -> ServedGraph:
+        runner = make_runner(e)
+        try:
+            runner.__enter__()
+        except RunnerError as err:
+            raise RuntimeMismatchError(f"graph {e.name!r} cannot be served from {self.out_dir}: {err}") from err
+        self._runners.append(runner)
+        self._graphs[e.name] = ServedGraph(e, module, runner, self.backend, static_shapes)
+        return self._graphs[e.name]
 
     def _override_forward(self, module: torch.nn.Module, served: Any) -> None:
         def forward(*args: Any, **kwargs: Any) -> Any:

@@ -43,6 +43,14 @@ class StatefulMethod:
         self.lock = threading.Lock()
         self.calls = 0
         self.seconds = 0.0
+        outputs = {o.name: o for o in entry.outputs}
+        self.keys = {out: outputs[out].key for out in self.pairs.values()}
+        #: cache parts the step reads and hands back unchanged (cross-attention keys / values: the same dim in and
+        #: out); the empty state cannot hold them, so a new sequence starts on :attr:`prefill`
+        self.fixed = [inp for inp, out in self.pairs.items()
+                      if entry.input(inp).shape[self.axis] == outputs[out].shape[self.axis]]
+        self.prefill: ServedGraph | None = None
+        self.ov = ov
 
     def _grown(self, feed: Mapping[str, np.ndarray], past: int) -> int:
         """The cache's length after this call: ``past`` plus the size of the ``sequence`` dim in the feed (the
@@ -70,6 +78,11 @@ class StatefulMethod:
         feed = {n: leaves[n].detach().cpu().numpy() for n in self.inputs}
         batch = next(iter(feed.values())).shape[0]
         with self.lock:
+            if not cache and self.prefill is not None:  # a new sequence whose cache has parts only it computes
+                value = self._start(module, nodes, leaves, batch)
+                self.calls += 1
+                self.seconds += time.perf_counter() - t0
+                return value
             if not cache:  # an empty cache: a new sequence
                 self.request.reset_state()
                 past, order = 0, np.arange(batch)
@@ -82,16 +95,42 @@ class StatefulMethod:
             feed["beam_idx"] = order.astype(np.int32)
             result = self.request.infer(feed)
             grown = self._grown(feed, past)
-        out: dict[str, Any] = {}
-        for o in self.entry.outputs:
-            if o.name in self.pairs.values():
-                rows = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1, 1)
-                shape = [batch] + [1] * (len(o.shape) - 1)
-                shape[self.axis] = int(grown)
-                out[o.key] = rows.reshape([batch] + [1] * (len(o.shape) - 1)).expand(shape).contiguous()
-            else:
-                out[o.key] = torch.from_numpy(np.array(result[self.compiled.output(o.name)]))
-        value = self.served.rebuild(module, nodes, out)
+        lengths = {out: int(grown) for out in self.pairs.values()}
+        lengths.update({self.pairs[n]: int(leaves[n].shape[self.axis]) for n in self.fixed if n in leaves})
+        out = {o.key: torch.from_numpy(np.array(result[self.compiled.output(o.name)]))
+               for o in self.entry.outputs if o.name not in lengths}
+        value = self.served.rebuild(module, nodes, {**out, **self._marks(batch, lengths)})
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return value
+
+    def _marks(self, batch: int, lengths: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """What ``generate`` gets back as the cache: per cache output ``[batch, 1, length, 1]`` (the growing dim at
+        its axis) whose values are each entry's row, for ``beam_idx`` after a reorder."""
+        marks = {}
+        for name, length in lengths.items():
+            rank = len(self.entry.input(next(i for i, o in self.pairs.items() if o == name)).shape)
+            shape = [batch] + [1] * (rank - 1)
+            shape[self.axis] = length
+            rows = torch.arange(batch, dtype=torch.float32).reshape([batch] + [1] * (rank - 1))
+            marks[self.keys[name]] = rows.expand(shape).contiguous()
+        return marks
+
+    def _start(self, module: torch.nn.Module, nodes: Any, leaves: Any, batch: int) -> Any:
+        """A new sequence on the cache-less variant, run explicitly: its outputs answer the call, its cache fills
+        every state (the parts the steps only read included)."""
+        prefill = self.prefill
+        assert prefill is not None
+        feed, _ = prefill.match(nodes, leaves)
+        result = prefill.runner.infer(feed)
+        names = {o.key: o.name for o in prefill.entry.outputs}
+        self.request.reset_state()
+        states = {st.name: st for st in self.request.query_state()}
+        lengths = {}
+        for inp, out in self.pairs.items():
+            value = np.array(result[names[self.keys[out]]], copy=True, order="C")
+            states[f"{inp}{out}"].state = self.ov.Tensor(value)
+            lengths[out] = int(value.shape[self.axis])
+        caches = {self.keys[o] for o in self.pairs.values()}
+        out = {o.key: torch.from_numpy(np.array(result[o.name])) for o in prefill.entry.outputs if o.key not in caches}
+        return prefill.rebuild(module, nodes, {**out, **self._marks(batch, lengths)})
