@@ -80,8 +80,8 @@ class StatefulMethod:
         with self.lock:
             if not cache and self.prefill is not None:  # a new sequence whose cache has parts only it computes
                 value = self._start(module, nodes, leaves, batch)
-                self.calls += 1
-                self.seconds += time.perf_counter() - t0
+                self.prefill.calls += 1  # counted as the first variant's call: it ran there
+                self.prefill.seconds += time.perf_counter() - t0
                 return value
             if not cache:  # an empty cache: a new sequence
                 self.request.reset_state()
