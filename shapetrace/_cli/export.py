@@ -20,6 +20,7 @@ from .._report import e2e
 from .._sources import sources
 from ..errors import SourceError
 from .._report.evidence import EvidenceLog
+from .callopts import add_call_arguments, call_json, check_sizes
 from .exitcodes import EXIT_FAILED, EXIT_OK
 from .._flow.export_all import export_all
 from .._report.html import write_report
@@ -58,20 +59,10 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", metavar="SOURCE", default=None, help="SOURCE, optimum-cli style "
                    "(`shapetrace export --model DIR OUT`)")
     call = p.add_argument_group("the call that is recorded (default: a built-in call for the pipeline's class)")
-    call.add_argument("--task", default=None, help="transformers pipeline task (default: from config.json), or "
-                      "text-to-image / image-to-image / inpainting for a diffusers folder")
+    add_call_arguments(call, "transformers pipeline task (default: from config.json), or text-to-image / "
+                             "image-to-image / inpainting for a diffusers folder")
     call.add_argument("--library", choices=("diffusers", "transformers"), default=None,
                       help="which library loads the folder (default: by its files)")
-    call.add_argument("--prompt", default=None, help="the prompt / text (default: 'chef in the kitchen')")
-    call.add_argument("--image", metavar="FILE", default=None, help="input / control image (default: a built-in "
-                      "drawing of a standing figure)")
-    call.add_argument("--height", type=int, default=None, help="image height (default: the model's sample size)")
-    call.add_argument("--width", type=int, default=None, help="image width (default: the model's sample size)")
-    call.add_argument("--steps", type=int, default=None, help="denoising steps (default: 2)")
-    call.add_argument("--max-new-tokens", type=int, default=None, help="for generation tasks (default: 2)")
-    call.add_argument("--call-json", metavar="JSON", default=None,
-                      help="more keyword arguments for the call, as a JSON object: '{\"guidance_scale\": 5.0}'")
-    call.add_argument("--seed", type=int, default=0, help="generator seed of the call (default: 0)")
     call.add_argument("--trust-remote-code", action="store_true", help="allow the folder's own model code")
     call.add_argument("--include", default=None, help="record only these module paths / globs (comma separated)")
     call.add_argument("--exclude", default=None, help="do not record these module paths / globs (comma separated)")
@@ -109,13 +100,7 @@ def _options(args: argparse.Namespace) -> tuple[str, Path, CallOptions, dict[str
         source, out = args.model, source
     if source is None or out is None:
         raise SourceError("export needs SOURCE and OUT: shapetrace export SOURCE OUT (see shapetrace export --help)")
-    try:
-        call_json = json.loads(args.call_json) if args.call_json else {}
-    except ValueError as e:
-        raise SourceError(f"--call-json is not valid JSON ({e}): pass an object like '{{\"guidance_scale\": 5}}'") \
-            from e
-    if not isinstance(call_json, dict):
-        raise SourceError(f"--call-json must be a JSON object of keyword arguments, not {type(call_json).__name__}")
+    call_kwargs = call_json(args)
     dynamic: Any = "static" if args.static else "auto"
     if args.dynamic:
         if args.static:
@@ -124,10 +109,7 @@ def _options(args: argparse.Namespace) -> tuple[str, Path, CallOptions, dict[str
             dynamic = json.loads(args.dynamic)
         except ValueError as e:
             raise SourceError(f"--dynamic is not valid JSON ({e})") from e
-    for flag in ("height", "width", "steps", "max_new_tokens"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise SourceError(f"--{flag.replace('_', '-')} {value}: use a positive number")
+    check_sizes(args)
     out_path = Path(out)
     if out_path.exists() and not out_path.is_dir():
         raise SourceError(f"OUT {out} is a file; pass a folder for the export")
@@ -136,7 +118,7 @@ def _options(args: argparse.Namespace) -> tuple[str, Path, CallOptions, dict[str
     formats = _csv(args.formats) or []
     backends = _csv(args.backends) or []
     options = CallOptions(args.prompt, args.image, args.height, args.width, args.steps, args.max_new_tokens,
-                          call_json, args.seed, args.task, args.library, args.trust_remote_code)
+                          call_kwargs, args.seed, args.task, args.library, args.trust_remote_code)
     export_kwargs = dict(formats=formats, graphs=_csv(args.graphs), dynamic=dynamic, overwrite=args.overwrite,
                          opset=args.opset, compress_to_fp16=args.fp16 or args.weight_format == "fp16",
                          openvino_from=args.openvino_from, verify=not args.no_verify)

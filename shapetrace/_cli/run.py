@@ -21,6 +21,7 @@ from .._report.e2e import images_of
 from .._serve.deployed import load_pipeline, runtime_of
 from .._sources.hf import CallOptions, call_for
 from ..errors import SourceError
+from .callopts import add_call_arguments, call_json, check_sizes
 from .exitcodes import EXIT_OK
 
 __all__ = ["add_run_command", "run_folder", "write_output"]
@@ -35,17 +36,7 @@ def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
         epilog="exit status: 0 it ran, 2 unusable input (no export, no skeleton, a call the export cannot answer).")
     p.add_argument("out", metavar="OUT", help="an export folder written by export_all / shapetrace export")
     call = p.add_argument_group("the call (default: a built-in call for the object's class, as export's)")
-    call.add_argument("--task", default=None, help="transformers pipeline task (default: the pipeline's own)")
-    call.add_argument("--prompt", default=None, help="the prompt / text (default: 'chef in the kitchen')")
-    call.add_argument("--image", metavar="FILE", default=None, help="input / control image (default: a built-in "
-                      "drawing of a standing figure)")
-    call.add_argument("--height", type=int, default=None, help="image height (default: the model's sample size)")
-    call.add_argument("--width", type=int, default=None, help="image width (default: the model's sample size)")
-    call.add_argument("--steps", type=int, default=None, help="denoising steps (default: 2)")
-    call.add_argument("--max-new-tokens", type=int, default=None, help="for generation tasks (default: 2)")
-    call.add_argument("--call-json", metavar="JSON", default=None,
-                      help="more keyword arguments for the call, as a JSON object: '{\"guidance_scale\": 5.0}'")
-    call.add_argument("--seed", type=int, default=0, help="generator seed of the call (default: 0)")
+    add_call_arguments(call, "transformers pipeline task (default: the pipeline's own)")
     serve = p.add_argument_group("serving (as shapetrace.load)")
     serve.add_argument("--backend", choices=("openvino", "onnxruntime"), default="openvino",
                        help="the runtime (default: %(default)s)")
@@ -61,21 +52,12 @@ def add_run_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> CallOptions:
-    try:
-        call_json = json.loads(args.call_json) if args.call_json else {}
-    except ValueError as e:
-        raise SourceError(f"--call-json is not valid JSON ({e}): pass an object like '{{\"guidance_scale\": 5}}'") \
-            from e
-    if not isinstance(call_json, dict):
-        raise SourceError(f"--call-json must be a JSON object of keyword arguments, not {type(call_json).__name__}")
-    for flag in ("height", "width", "steps", "max_new_tokens"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise SourceError(f"--{flag.replace('_', '-')} {value}: use a positive number")
+    call_kwargs = call_json(args)
+    check_sizes(args)
     if not Path(args.out).is_dir():
         raise SourceError(f"OUT {args.out} is not a folder; pass the folder export_all wrote")
     return CallOptions(args.prompt, args.image, args.height, args.width, args.steps, args.max_new_tokens,
-                       call_json, args.seed, args.task)
+                       call_kwargs, args.seed, args.task)
 
 
 def run_folder(args: argparse.Namespace) -> int:
