@@ -153,12 +153,14 @@ def test_shapetrace_run_writes_the_image_of_the_exported_pipeline(deployed, tmp_
 
     root = deployed[0]
     image = tmp_path / "image.png"
-    assert main(["run", str(root / "img2img"), "--prompt", "a cat", "--output", str(image)]) == 0
+    assert main(["run", str(root / "pose_to_image"), "--prompt", "a cat", "--output", str(image)]) == 0
     printed = capsys.readouterr().out
     from PIL import Image
 
     assert Image.open(image).size == (64, 64)
-    assert "unet" in printed and "openvino:CPU" in printed
+    # the detector's network and the pipeline's, each on OpenVINO
+    assert all(f"\n{g} " in printed for g in ("detector.body_estimation.model", "pipe.controlnet", "pipe.unet"))
+    assert printed.count("openvino:CPU") >= 5
     assert main(["run", str(tmp_path / "nowhere")]) == 2
 
 
