@@ -292,7 +292,7 @@ _BEHAVIOUR_DEFAULTS: Mapping[str, Any] = MappingProxyType({"no_onnx": None, "com
 
 
 _MANIFEST_KEYS = ("format_version", "shapetrace_version", "object_class", "created", "tools", "graphs", "parity",
-                  "skeleton")
+                  "skeleton", "genai")
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,10 @@ class Manifest:
     #: "dropped"}`` (the tree, docs/deploy.md), or ``{"error": why}`` when it could not be written; None in exports
     #: older than the skeleton
     skeleton: Mapping[str, Any] | None = field(default=None, repr=False)
+    #: the folder OpenVINO GenAI opens (``export_all(..., genai=True)``, :mod:`shapetrace._export.genai`):
+    #: ``{"pipeline": "LLMPipeline", "dir": "genai", "graph", "module", "inputs", "outputs", "states", "files",
+    #: "tokenizer", ...}``, or ``{"error": why}`` when there is none; None when it was not asked for
+    genai: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def graph(self, name: str) -> GraphEntry:
         for g in self.graphs:
@@ -337,6 +341,8 @@ class Manifest:
                "graphs": [g.to_json() for g in self.graphs], "parity": self.parity}
         if self.skeleton is not None:
             out["skeleton"] = self.skeleton
+        if self.genai is not None:
+            out["genai"] = self.genai
         out.update(self.extra)
         return out
 
@@ -363,7 +369,8 @@ class Manifest:
                    MappingProxyType(dict(d.get("tools") or {})), d.get("parity"), int(d["format_version"]),
                    str(d.get("shapetrace_version") or ""),
                    MappingProxyType({k: v for k, v in d.items() if k not in _MANIFEST_KEYS}),
-                   d.get("skeleton") if isinstance(d.get("skeleton"), dict) else None)
+                   d.get("skeleton") if isinstance(d.get("skeleton"), dict) else None,
+                   d.get("genai") if isinstance(d.get("genai"), dict) else None)
 
 
 def read(out_dir: str | Path) -> Manifest:

@@ -78,6 +78,9 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     ex.add_argument("--openvino-from", choices=("auto", "torch", "onnx"), default="auto",
                     help="what the IR is converted from (default: %(default)s)")
+    ex.add_argument("--genai", action="store_true",
+                    help="also write OUT/genai/, the folder OpenVINO GenAI's LLMPipeline opens (a decoder-only "
+                         "language model's generate; any other object: a one-line note, the rest exports)")
     ex.add_argument("--overwrite", action="store_true", help="replace an export already in OUT")
     ver = p.add_argument_group("verify")
     ver.add_argument("--no-verify", action="store_true", help="skip the parity checks")
@@ -121,7 +124,7 @@ def _options(args: argparse.Namespace) -> tuple[str, Path, CallOptions, dict[str
                           call_kwargs, args.seed, args.task, args.library, args.trust_remote_code)
     export_kwargs = dict(formats=formats, graphs=_csv(args.graphs), dynamic=dynamic, overwrite=args.overwrite,
                          opset=args.opset, compress_to_fp16=args.fp16 or args.weight_format == "fp16",
-                         openvino_from=args.openvino_from, verify=not args.no_verify)
+                         openvino_from=args.openvino_from, verify=not args.no_verify, genai=args.genai)
     if not args.no_verify:
         export_kwargs.update(backends=tuple(backends), atol=args.atol, rtol=args.rtol)
     return source, out_path, options, export_kwargs

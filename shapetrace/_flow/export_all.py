@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -32,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .. import manifest as manifest_mod
 from .._core import modstate
+from .._export import genai as genai_mod
 from .._export import writers
 from .._export.flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of
 from .._export.graph_export import export_graph
@@ -95,6 +97,11 @@ class ExportResult:
             else:
                 lines.append(f"  {g.name:<24} {g.entry.seconds or 0:6.1f}s  dims: "
                              f"{', '.join(g.entry.dims) or 'static'}")
+        genai = self.manifest.genai
+        if genai is not None:
+            lines.append(f"  genai: no folder: {genai['error']}" if "error" in genai else
+                         f"  {genai['dir'] + '/':<24} {genai.get('seconds', 0):6.1f}s  {genai['pipeline']} "
+                         f"(from graph {genai['graph']}, inputs: {', '.join(genai['inputs'])})")
         return "\n".join(lines)
 
 
@@ -105,7 +112,7 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                compress_to_fp16: bool = False, openvino_from: str = "auto", verify: bool = True,
                progress: bool = True, stateful: bool = False, quantize: Any = None,
                quantize_options: quantize_mod.QuantizeOptions | None = None, skeleton: bool = True,
-               **verify_kwargs: Any) -> ExportResult:
+               genai: bool = False, **verify_kwargs: Any) -> ExportResult:
     """Export every recorded graph of ``obj`` into ``out_dir`` (see the module docstring and docs/export.md).
 
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
@@ -121,6 +128,10 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     ``skeleton=True`` (default) also writes what :func:`shapetrace.load_pipeline` rebuilds the object from, without
     its weights (the manifest's ``skeleton``, files under ``skeleton/``); an object it cannot describe exports as
     before, the manifest saying why (docs/deploy.md).
+    ``genai=True`` also writes ``out_dir/genai/``, the folder OpenVINO GenAI's ``LLMPipeline`` (and
+    ``ContinuousBatchingPipeline``) opens as it is, when the recording holds a decoder-only language model's
+    ``generate`` (:mod:`shapetrace._export.genai`; the manifest's ``genai``). For any other object it warns in one
+    line, says why in the manifest (``{"error": ...}``), and the rest of the export goes on (docs/generation.md).
     """
     if openvino_from not in ("auto", "torch", "onnx"):
         raise ExportError(f"openvino_from={openvino_from!r}: choose 'auto', 'torch' or 'onnx'")
@@ -166,11 +177,14 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
             if any(modes.values()):
                 entries = quantize_mod.quantize_entries(stage, entries, rec, modes, quantize_options,
                                                         getattr(bar, "write", None))
+            genai_note = genai_mod.write_genai(obj, rec, stage, entries) if genai else None
+            if genai_note is not None and "error" in genai_note:
+                warnings.warn(f"genai=True: no {genai_mod.GENAI_DIR}/ folder: {genai_note['error']}", stacklevel=2)
             manifest = Manifest(tuple(entries), rec.object_class,
                                 _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                 MappingProxyType(writers.versions()),
                                 skeleton=describe_or_why(obj, stage, unserved(obj, [e.module for e in entries if e.ok]))
-                                if skeleton else None)
+                                if skeleton else None, genai=genai_note)
             manifest_mod.write(stage, manifest)
         if not (verify and manifest.exported):
             return ExportResult(out, _by_name(manifest), manifest)

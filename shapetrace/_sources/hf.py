@@ -256,7 +256,10 @@ def _open_transformers(folder: Path, options: CallOptions) -> tuple[Any, Callabl
     transformers = require("transformers", "diffusers", "a transformers folder")
     _quiet(transformers)
     try:
-        pipe = transformers.pipeline(task, model=str(folder), device="cpu", local_files_only=True,
+        # no local_files_only keyword: transformers 5 keeps a pipeline keyword for the call too, and a
+        # text-generation pipeline hands it to generate(), which refuses it; HF_HUB_OFFLINE (above) keeps every
+        # load local
+        pipe = transformers.pipeline(task, model=str(folder), device="cpu",
                                      trust_remote_code=options.trust_remote_code)
     except Exception as e:
         raise SourceError(f"cannot load {folder} as a transformers {task!r} pipeline: {type(e).__name__}: "

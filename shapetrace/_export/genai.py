@@ -1,0 +1,188 @@
+"""The folder OpenVINO GenAI opens as it is: ``out/genai/`` for ``export_all(..., genai=True)``.
+
+GenAI's C++ pipelines read one layout, the one optimum-intel writes. For ``LLMPipeline`` (and the
+``ContinuousBatchingPipeline`` under OpenVINO Model Server): a stateful ``openvino_model.xml`` whose inputs are
+``input_ids``, ``attention_mask`` ``[batch, past + sequence]``, ``position_ids`` and ``beam_idx`` (i32), output
+``logits``, the KV cache kept inside as variables and attention kept as one ``ScaledDotProductAttention`` op (which
+GenAI's paged-attention transformation replaces); ``openvino_tokenizer.xml`` / ``openvino_detokenizer.xml``
+(``openvino_tokenizers.convert_tokenizer``); the model's ``config.json``, ``generation_config.json`` and tokenizer
+files.
+
+shapetrace's own decoder-step graphs do not have that form: ``generate`` drops an all-ones attention mask, so the
+recorded step takes none, and the prompt and the step are two variants. So the recorded module is exported once
+more, for GenAI, by the library made for the job: ``transformers.exporters.exporter_openvino.OpenVINOExporter``
+(``OpenVINOConfig(dynamic=True)``, stateful by default) on one forward call with the inputs GenAI feeds -- a
+batch of two, a cache of three tokens from a first call, two new tokens, the mask over all five -- so batch,
+sequence and past length are all dynamic and one model serves the prompt and every step. Nothing here names an
+architecture: the model is whichever recorded module is a decoder-only ``PreTrainedModel`` that can ``generate``;
+the cache argument's name is the one its recorded calls used.
+
+:func:`write_genai` returns the manifest's ``genai`` note: ``{"pipeline": "LLMPipeline", "dir": "genai", ...}``,
+or ``{"error": why}`` when the object is none GenAI has a pipeline for, or the folder could not be written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .._core import tree
+from .._core.optional import require
+from ..manifest import GraphEntry
+from .flat import module_for
+
+__all__ = ["GENAI_DIR", "LLM_INPUTS", "write_genai"]
+
+#: the folder, inside the export, that GenAI opens
+GENAI_DIR = "genai"
+
+#: what ``LLMPipeline`` feeds the model
+LLM_INPUTS = ("input_ids", "attention_mask", "position_ids", "beam_idx")
+
+
+class NoGenaiPipeline(Exception):
+    """The object holds nothing GenAI has a pipeline for (the message says what it holds instead)."""
+
+
+def write_genai(obj: Any, rec: Any, stage: Path, entries: Sequence[GraphEntry]) -> dict[str, Any]:
+    """Write ``stage/genai/`` for the first recorded decoder-only language model that can ``generate``; returns the
+    manifest note (``{"error": why}`` when there is none, or when writing failed: the rest of the export goes on)."""
+    try:
+        name, module = _language_model(obj, rec, entries)
+    except NoGenaiPipeline as e:
+        return {"error": str(e)}
+    folder = stage / GENAI_DIR
+    t0 = time.perf_counter()
+    try:
+        note = _write_llm(obj, module, _cache_argument(entries, name, module), folder)
+    except Exception as e:  # noqa: BLE001 -- said in the manifest and a warning; the other graphs stay exported
+        shutil.rmtree(folder, ignore_errors=True)
+        return {"error": f"LLMPipeline folder for graph {name!r} ({type(module).__name__}) failed: "
+                         f"{type(e).__name__}: {str(e)[:400]}"}
+    return {"pipeline": "LLMPipeline", "dir": GENAI_DIR, "graph": name, "module": rec.graphs[name].module_path,
+            "module_class": type(module).__name__, **note, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ------------------------------------------------------------------------------------------------ which model
+def _language_model(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> tuple[str, Any]:
+    """The first recorded graph whose module is a decoder-only language model GenAI's ``LLMPipeline`` runs."""
+    transformers = require("transformers", "genai", "the GenAI folder")
+    is_multimodal = require("transformers.exporters.utils", "genai", "the GenAI folder").is_multimodal
+    why: list[str] = []
+    seen: set[int] = set()
+    for e in entries:
+        if not e.ok:
+            continue
+        module = module_for(obj, rec.graphs[e.name])
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        kind = type(module).__name__
+        if not isinstance(module, transformers.PreTrainedModel) or not module.can_generate():
+            why.append(f"{e.name} ({kind}: no generate)")
+        elif getattr(module.config, "is_encoder_decoder", False):
+            why.append(f"{e.name} ({kind}: an encoder-decoder; WhisperPipeline / seq2seq folders are not written)")
+        elif is_multimodal(module):
+            why.append(f"{e.name} ({kind}: multimodal; VLMPipeline folders are not written)")
+        else:
+            return e.name, module
+    raise NoGenaiPipeline(
+        f"no GenAI pipeline for this {rec.object_class.rsplit(':', 1)[-1] or 'object'}: GenAI's LLMPipeline needs a "
+        f"decoder-only language model's generate, and the recorded graphs are {'; '.join(why) or 'none'}")
+
+
+def _cache_argument(entries: Sequence[GraphEntry], name: str, module: torch.nn.Module) -> str:
+    """The keyword the model's recorded calls passed the cache as (``cache``, ``past_key_values``)."""
+    base = name.split("@", 1)[0]
+    for e in entries:
+        if e.ok and e.name.split("@", 1)[0] == base:
+            caches = tree.cache_tensor_names(e.input_tree)
+            for n in e.input_names:
+                if n in caches:
+                    return n.split(".", 1)[0]
+    params = inspect.signature(module.forward).parameters
+    for candidate in ("cache", "past_key_values"):
+        if candidate in params:
+            return candidate
+    raise ValueError(f"{type(module).__name__}.forward takes no cache argument (neither 'cache' nor "
+                     f"'past_key_values') and no recorded call passed one")
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+def _write_llm(obj: Any, module: Any, cache_arg: str, folder: Path) -> dict[str, Any]:
+    ov = require("openvino", "genai", "the GenAI folder")
+    exporter = require("transformers.exporters.exporter_openvino", "genai", "the GenAI folder")
+    folder.mkdir(parents=True)
+    program = exporter.OpenVINOExporter().export(module, _sample_inputs(module, cache_arg),
+                                                 exporter.OpenVINOConfig(dynamic=True)).program
+    inputs = sorted(n for p in program.inputs for n in p.get_names())
+    outputs = sorted(n for p in program.outputs for n in p.get_names())
+    states = sum(op.get_type_name() == "ReadValue" for op in program.get_ops())
+    missing = [n for n in LLM_INPUTS if n not in inputs] + [n for n in ("logits",) if n not in outputs]
+    if missing or not states:
+        raise ValueError(f"the model exported for GenAI has inputs {inputs}, outputs {outputs} and {states} cache "
+                         f"variables; LLMPipeline needs inputs {list(LLM_INPUTS)}, output 'logits' and the cache as "
+                         f"variables (missing: {missing or 'the variables'})")
+    ov.save_model(program, str(folder / "openvino_model.xml"), compress_to_fp16=False)
+    module.config.save_pretrained(folder)
+    if getattr(module, "generation_config", None) is not None:
+        module.generation_config.save_pretrained(folder)
+    note: dict[str, Any] = {"inputs": inputs, "outputs": outputs, "states": states,
+                            "converted_with": "transformers.exporters.exporter_openvino.OpenVINOExporter"}
+    tokenizer = _tokenizer_of(obj)
+    if tokenizer is None:
+        note["tokenizer"] = ("none found on the object: LLMPipeline takes token ids only; convert one with "
+                             "openvino_tokenizers.convert_tokenizer into this folder")
+    else:
+        tokenizers = require("openvino_tokenizers", "genai", "the GenAI folder's tokenizer")
+        tokenizer.save_pretrained(folder)
+        tok, detok = tokenizers.convert_tokenizer(tokenizer, with_detokenizer=True)
+        ov.save_model(tok, str(folder / "openvino_tokenizer.xml"))
+        ov.save_model(detok, str(folder / "openvino_detokenizer.xml"))
+        note["tokenizer"] = type(tokenizer).__name__
+    note["files"] = sorted(p.name for p in folder.iterdir())
+    return note
+
+
+def _sample_inputs(module: Any, cache_arg: str) -> dict[str, Any]:
+    """One forward call as GenAI makes it: two sequences, a cache of three tokens from a first call, two new tokens,
+    the mask over all five (every size above one, so torch.export keeps batch, sequence and past dynamic)."""
+    batch, past, new = 2, 3, 2
+    vocab = module.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, past + new), generator=generator)
+    device = next(module.parameters()).device
+    ids = ids.to(device)
+    mask = torch.ones(batch, past + new, dtype=torch.long, device=device)
+    with torch.no_grad():
+        first = module(input_ids=ids[:, :past], attention_mask=mask[:, :past], use_cache=True)
+    cache = next((c for c in (getattr(first, k, None) for k in (cache_arg, "cache", "past_key_values"))
+                  if c is not None), None)
+    if cache is None:
+        raise ValueError(f"{type(module).__name__} returned no cache from a first call with use_cache=True")
+    positions = torch.arange(past, past + new, device=device)[None].expand(batch, -1)
+    return {"input_ids": ids[:, past:], "attention_mask": mask, "position_ids": positions, cache_arg: cache,
+            "use_cache": True}
+
+
+def _tokenizer_of(obj: Any) -> Any:
+    """The tokenizer an object holds: itself, its ``tokenizer`` attribute (a pipeline, a processor), or the first
+    attribute that is one."""
+    transformers = require("transformers", "genai", "the GenAI folder")
+    base = transformers.PreTrainedTokenizerBase
+    if isinstance(obj, base):
+        return obj
+    attrs: Mapping[str, Any] = getattr(obj, "__dict__", {}) or {}
+    candidates = [getattr(obj, "tokenizer", None)] + list(attrs.values())
+    for value in candidates:
+        if isinstance(value, base):
+            return value
+        inner = getattr(value, "tokenizer", None)  # a processor holding one
+        if isinstance(inner, base):
+            return inner
+    return None
