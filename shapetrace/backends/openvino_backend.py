@@ -74,8 +74,11 @@ class OpenVINORunner(Runner):
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         config.update(self.config)
+        # with a model cache, compile from the file: OpenVINO then keys the cache on the path and, on a hit, imports
+        # the compiled blob without reading (or hashing) the IR's weights, so their pages are never touched
+        source = self.path if "CACHE_DIR" in config and not self.example_shapes else model
         try:
-            self._compiled = core.compile_model(model, self.device, config)
+            self._compiled = core.compile_model(source, self.device, config)
         except Exception as e:
             raise RunnerError(f"openvino cannot compile {self.path} for {self.device} with {config} "
                               f"({short_error(e)})") from e
