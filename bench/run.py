@@ -42,6 +42,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--profile-export", action="append", default=None, help="cProfile this graph's export child")
     ap.add_argument("--export-timeout", type=int, default=3600)
     ap.add_argument("--whatif-graphs", default="text_encoder,controlnet,unet")
+    ap.add_argument("--venv-optimum", default=str(Path(__file__).resolve().parent / ".venv-optimum"),
+                    help="optimum-intel's venv for the deploy section's (d) rows (make bench/.venv-optimum/.installed)")
     ap.add_argument("--update", action="store_true",
                     help="start from the existing results.json and replace only the sections run now")
     ap.add_argument("--render", action="store_true", help="only re-render RESULTS.md from results.json")
