@@ -237,8 +237,10 @@ def render(r: dict) -> list[str]:
          "Each row is its own child process (`bench/deploy_one.py`), one after the other. **Time to first image** "
          "counts from the child's own start (`/proc/self/stat`), interpreter and imports included; `ready` = "
          "imports + build / rebuild + compile done. **Peak RSS** = the child's VmHWM right after its first image "
-         "(RSS anonymous / file-backed at that moment beside it). PSNR of the image against the same workload's "
-         "PyTorch child. ControlNet rows: the bench's pipeline and workload; (d) rows: plain SD 1.5 with the same "
+         "(RSS anonymous / file-backed at that moment beside it). Load average = the machine's 1-minute load at "
+         "the child's first image (2 cores, shared: one run each, so the times move with it). PSNR of the image "
+         "against the same workload's PyTorch child. ControlNet rows: the bench's pipeline and workload; (d) rows: "
+         "plain SD 1.5 with the same "
          "weights, `bench/optimum_infer.py`'s workload (256x256, 4 DDIM steps, one prompt); OpenVINO at f32 for "
          "both tools.", ""]
     for k, x in f.items():
@@ -248,21 +250,32 @@ def render(r: dict) -> list[str]:
         L.append(f"- `{k}`: `{x['path']}`, IR {gb(x.get('ir_bytes'))}"
                  + (f", skeleton {x['skeleton']}" if x.get("skeleton") else "") + extra)
     L += ["", "| variant | workload | time to first image | ready at | first run | peak RSS (VmHWM) | "
-          "anonymous / file RSS at the end | PSNR vs PyTorch | cache |", "|---|---|---|---|---|---|---|---|---|"]
+          "anonymous / file RSS at the end | PSNR vs PyTorch | cache | load average |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in d.get("rows", {}).items():
         wl = "SD 1.5" if key.startswith("sd15") else "SD 1.5 + ControlNet"
         label = labels.get(key, key)
         if row.get("skipped"):
-            L.append(f"| {label} | {wl} | skipped: {row['skipped']} |" + " |" * 6)
+            L.append(f"| {label} | {wl} | skipped: {row['skipped']} |" + " |" * 7)
             continue
         if "seconds_to_first_image" not in row:
             L.append(f"| {label} | {wl} | FAILED: {str(row.get('error'))[-300:].replace('|', '/')} |"
-                     .replace("\n", " ") + " |" * 6)
+                     .replace("\n", " ") + " |" * 7)
             continue
         m = row.get("marks") or {}
+        load = f"{row['loadavg'][0]:.1f}" if row.get("loadavg") else "-"
         ready = f"{m['ready']:.1f} s | {m['first_image'] - m['ready']:.1f} s" if "ready" in m else "- | -"
-        L.append(f"| {label} | {wl} | **{row['seconds_to_first_image']:.1f} s** | {ready} | **{gb(row.get('vmhwm'))}** | {gb(row.get('rssanon'))} / "
+        L.append(f"| {label} | {wl} | **{row['seconds_to_first_image']:.1f} s** | {ready} | "
+                 f"**{gb(row.get('vmhwm'))}** | {gb(row.get('rssanon'))} / "
                  f"{gb(row.get('rssfile'))} | {fmt_db(row.get('psnr_db')) if row.get('psnr_db') is not None else '-'}"
-                 f" | {gb(row['cache_bytes']) if row.get('cache_bytes') else '-'} |")
+                 f" | {gb(row['cache_bytes']) if row.get('cache_bytes') else '-'} | "
+                 f"{load} |")
     L.append("")
+    c, ir = d.get("rows", {}).get("load_pipeline") or {}, f.get("controlnet", {}).get("ir_bytes")
+    if c.get("rssanon") and ir:
+        L += [f"(c)'s resident set at its first image: {gb(c['rssanon'])} anonymous ({c['rssanon'] / ir:.2f}x the "
+              f"{gb(ir)} of IR: OpenVINO's compiled copies of the weights, the libraries' heaps) and "
+              f"{gb(c['rssfile'])} file-backed ({c['rssfile'] / ir:.2f}x the IR: the mapped `.bin` pages OpenVINO "
+              "read the weights from, and the shared libraries); with PyTorch's weights, (a) holds "
+              f"{gb((d['rows'].get('eager') or {}).get('rssanon'))} anonymous.", ""]
     return L
