@@ -1,4 +1,5 @@
 PYTHON ?= python3
+OPTIMUM_VENV ?= bench/.venv-optimum
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -39,8 +40,9 @@ test-browser: setup browser
 report-screenshot: setup browser
 	SHAPETRACE_SCREENSHOT=docs/report.png $(PY) -m pytest -q -m browser
 
-bench: setup
-	$(PY) bench/run.py
+# the deploy section's (d) rows run optimum-intel in its own venv (below)
+bench: setup $(OPTIMUM_VENV)/.installed
+	$(PY) bench/run.py --venv-optimum $(OPTIMUM_VENV)
 	$(PY) bench/generation.py
 
 bench-quick: setup
@@ -62,7 +64,6 @@ clean:
 	rm -rf $(VENV) demo-out .pytest_cache site
 
 # optimum-cli in its own venv (optimum-intel 2.2.0 pins huggingface-hub<1.22, diffusers 0.42.1 needs >=1.32)
-OPTIMUM_VENV ?= bench/.venv-optimum
 $(OPTIMUM_VENV)/.installed:
 	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
 	$(OPTIMUM_VENV)/bin/pip install -q --upgrade pip

@@ -37,19 +37,23 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
 
-def write_folders(work: Path, seed: int = 0) -> dict[str, Path]:
-    """Save the full-size pipelines (skipped when already there)."""
+def write_folders(work: Path, seed: int = 0, names: tuple[str, ...] = ("sd15-controlnet", "sd15"),
+                  pipe: object = None, suite: str = "full") -> dict[str, Path]:
+    """Save the pipelines ``names`` (skipped when already there) from ``pipe`` (default: ``zoo`` builds the
+    ``suite``'s pipeline)."""
     import zoo
     from diffusers import StableDiffusionPipeline
 
-    folders = {"sd15-controlnet": work / "sd15-controlnet", "sd15": work / "sd15"}
+    folders = {n: work / n for n in names}
     if all((f / "model_index.json").exists() for f in folders.values()):
         return folders
-    pipe = zoo.build_pipeline("full", seed)
-    pipe.save_pretrained(folders["sd15-controlnet"])
-    parts = {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folders["sd15"])
+    pipe = pipe if pipe is not None else zoo.build_pipeline(suite, seed)
+    if "sd15-controlnet" in folders:
+        pipe.save_pretrained(folders["sd15-controlnet"])
+    if "sd15" in folders:
+        parts = {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+        StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False).save_pretrained(folders["sd15"])
     return folders
 
 

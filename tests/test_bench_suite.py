@@ -87,3 +87,35 @@ def test_phases_reach_a_listener_only_inside_listen():
     work()
     assert [p.name for p in seen] == ["inner", "outer"]
     assert seen[1].start <= seen[0].start <= seen[0].end <= seen[1].end and seen[1].rss_start > 0
+
+
+def _deploy(peak: float, st_s: float, opt_s: float) -> dict:
+    rows = {"load_pipeline": {"vmhwm": peak, "seconds_to_first_image": 30.0,
+                              "marks": {"ready": 20.0, "first_image": 30.0}},
+            "sd15_shapetrace_warm": {"seconds_to_first_image": st_s}, "sd15_optimum": {"seconds_to_first_image": 99.0},
+            "sd15_optimum_warm": {"seconds_to_first_image": opt_s}, "sd15_optimum_fill": {"skipped": "x"}}
+    return {"suite": "full", "deploy": {"rows": rows, "folders": {"controlnet": {"path": "/x", "ir_bytes": 5.5e9}},
+                                        "libraries_bytes": 1.5e9}}
+
+
+@pytest.mark.parametrize(("peak", "verdict"), [(6.9e9, "met"), (7.1e9, "MISSED")])
+def test_deploy_rss_target_is_ir_plus_libraries(peak, verdict):
+    row = _row(_deploy(peak, 10.0, 12.0), "(c) load_pipeline peak RSS <= IR files + 1.5 GB of libraries (no PyTorch "
+                                          "weight resident)")
+    assert row.endswith(f"| {verdict} |") and "7.00 GB" in row
+
+
+@pytest.mark.parametrize(("st_s", "verdict"), [(11.0, "met"), (13.0, "MISSED")])
+def test_deploy_start_target_compares_with_optimums_fastest_start(st_s, verdict):
+    row = _row(_deploy(6e9, st_s, 12.0), "(c') warm-cache start to first image faster than optimum-intel (plain SD "
+                                         "1.5, same work)")
+    assert row.endswith(f"| {verdict} |") and "sd15_optimum_warm" in row
+
+
+def test_deploy_renderer_has_a_row_per_variant_skipped_ones_included():
+    from suite import deploy
+
+    lines = deploy.render(_deploy(6e9, 10.0, 12.0))
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| variant")]
+    assert len(rows) == 5 and any("skipped: x" in line for line in rows)
+    assert deploy.render({"suite": "full"}) == []

@@ -11,6 +11,8 @@ results.json), its targets as data (:mod:`.targets`) and one renderer per sectio
 ``quantize``           :mod:`.quantize`  INT8 / hybrid from recorded runs: size, per graph and e2e speed, quality
 ``export-ov-direct``   :mod:`.export`    IR straight from torch (``formats=("openvino",)``)
 ``export-whatif``      :mod:`.export`    the export with another ``openvino_from``, verified (not by default)
+``deploy``             :mod:`.deploy`    a fresh process to the first image: eager, ``load``, ``load_pipeline``
+                                         (cold / cache), optimum-intel on plain SD 1.5; peak RSS
 =====================  ==========================================================================================
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import breakdown, e2e, export, graphs, overhead, quantize, tables
+from . import breakdown, deploy, e2e, export, graphs, overhead, quantize, tables
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("quantize", quantize.run),
     Section("export-ov-direct", export.run_ov_direct, needs_models=False, drops_models=True),
     Section("export-whatif", export.run_whatif, needs_models=False, drops_models=True, default=False),
+    Section("deploy", deploy.run, drops_models=True),
 )
 REGISTRY = {s.name: s for s in SECTIONS}
 #: RESULTS.md's order of the section renderers (the other export runs sit right after section 2)
 RENDERERS: tuple[Callable[[dict], list[str]], ...] = (
     tables.overhead, tables.export, tables.export_other, tables.graphs, tables.breakdown, tables.e2e,
-    quantize.render)
+    quantize.render, deploy.render)

@@ -60,7 +60,11 @@ def run_whatif(ctx: Context) -> tuple[ExportResult, ...]:
 
 
 def export(ctx: Context, graphs: tuple[str, ...] | None = None, formats: str = "onnx,openvino", key: str = "export",
-           keep: bool = True, openvino_from: str | None = None, verify: bool = False) -> ExportResult:
+           keep: bool = True, openvino_from: str | None = None, verify: bool = False,
+           store: bool = True) -> ExportResult:
+    """One child per graph into ``ctx.work / key``; ``keep`` merges them into one folder per object; ``store``
+    checkpoints each graph's row under ``key`` in the results (the ``deploy`` section, making its folder, does
+    not)."""
     graphs = graphs or (PIPE_GRAPHS + OPENPOSE_GRAPHS)
     out_root = ctx.work / key
     shutil.rmtree(out_root, ignore_errors=True)
@@ -68,7 +72,8 @@ def export(ctx: Context, graphs: tuple[str, ...] | None = None, formats: str = "
     results: dict[str, Any] = {}
     for name in graphs:
         results[name] = _one(ctx, name, out_root, formats, openvino_from, verify)
-        ctx.checkpoint(key, results)
+        if store:
+            ctx.checkpoint(key, results)
     if keep:
         merge(ctx.work, out_root, graphs)
     return ExportResult(key, results)
@@ -123,8 +128,12 @@ def _verify(out: Path) -> dict:
 
 
 def merge(work: Path, out_root: Path, graphs: tuple[str, ...]) -> None:
-    """One export folder per object (pipeline, detector) from the per-graph folders the children wrote."""
+    """One export folder per object (pipeline, detector) from the per-graph folders the children wrote.
+
+    A child's skeleton describes its one-module holder, not the object, so it is left out (folder and manifest
+    key): the ``deploy`` section writes the pipeline's own (:func:`.deploy.write_skeleton`)."""
     from shapetrace._record.recording import read_json
+    from shapetrace._skeleton.describe import SKELETON_DIR
 
     for obj_key, names in (("pipe", PIPE_GRAPHS), ("openpose", OPENPOSE_GRAPHS)):
         names = tuple(n for n in names if n in graphs and (out_root / n / "manifest.json").exists())
@@ -137,12 +146,15 @@ def merge(work: Path, out_root: Path, graphs: tuple[str, ...]) -> None:
         for n in names:
             m = json.loads((out_root / n / "manifest.json").read_text())
             for f in (out_root / n).iterdir():
-                if f.name != "manifest.json":
+                if f.name == SKELETON_DIR:
+                    shutil.rmtree(f)
+                elif f.name != "manifest.json":
                     os.replace(f, dest / f.name)
             entries.extend(m["graphs"])
             manifest = manifest or m
         assert manifest is not None
         manifest["graphs"] = entries
+        manifest.pop("skeleton", None)
         sig = read_json(work / "signatures" / obj_key / "signatures.json", "signatures file")
         manifest["object_class"] = sig["object_class"]
         (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
