@@ -180,3 +180,23 @@ def test_load_serves_an_object_built_without_weights_and_refuses_a_weightless_mo
     empty.spare = spare
     with pytest.raises(shapetrace.RuntimeMismatchError, match="'spare' has no exported graph and no weights"):
         shapetrace.load(empty, tmp_path / "o")
+
+
+def test_paths_survive_the_skeleton_and_only_a_plain_private_part_may_be_left_out(tmp_path):
+    import threading
+
+    h = _deploy_cases.Holder()
+    h._config = {"_name_or_path": Path("/models/tiny")}  # what from_pretrained(Path(...)) leaves in a config
+    h._lock = threading.Lock()  # private and not a container: left out, said in the skeleton
+    with torch.no_grad(), shapetrace.record(h):
+        h.net(torch.ones(2, 8))
+    result = shapetrace.export_all(h, tmp_path / "o", progress=False, verify=False)
+    assert result.manifest.skeleton["dropped"] == ["Holder._lock"]
+    rebuilt = shapetrace.rebuild(tmp_path / "o")
+    assert rebuilt._config == h._config and isinstance(rebuilt._config["_name_or_path"], Path)
+    assert not hasattr(rebuilt, "_lock")
+    h._config["hook"] = threading.Lock()  # inside a private dict: the dict is never left out, so the skeleton fails
+    result = shapetrace.export_all(h, tmp_path / "p", progress=False, verify=False)
+    assert "Holder._config['hook'] is a lock" in result.manifest.skeleton["error"]
+    with pytest.raises(shapetrace.SkeletonError, match="could not write the object's skeleton"):
+        shapetrace.load_pipeline(tmp_path / "p")

@@ -5,7 +5,8 @@ Each value becomes one node, ``{"k": kind, ...}``, tried in this order:
 ========== ===============================================================================================
 ``v``      ``None``, ``bool``, ``int``, ``float``, ``str``
 ``ref``    an object met before (shared parts stay shared; cycles close)
-``dtype``  ``torch.dtype``; ``device``: ``torch.device``; ``enum``: an ``Enum`` member; ``class``: a class
+``dtype``  ``torch.dtype``; ``device``: ``torch.device``; ``enum``: an ``Enum`` member; ``class``: a class;
+           ``path``: a ``pathlib`` path
 ``list``   ``list`` / ``tuple`` / ``set`` / ``frozenset``; ``dict``: a ``dict`` (or subclass, rebuilt by calling it)
 ``tensor`` a tensor or numpy array outside any module, up to 64 Ki elements, by value
 ``model``  a module with a Hugging Face config (``config.save_pretrained`` or ``save_config`` + ``from_config``):
@@ -18,7 +19,8 @@ Each value becomes one node, ``{"k": kind, ...}``, tried in this order:
 ========== ===============================================================================================
 
 A value none of these describe (a function, an open file, a lock) fails the skeleton with :class:`SkeletonError`
-naming its path -- unless it is a private attribute (``_name``), which is left out and listed in ``dropped``.
+naming its path -- unless it is a private attribute (``_name``) that is not a container, which is left out and
+listed in ``dropped`` (a private dict or list, such as a pipeline's config, is never left out).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import inspect
 import math
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -167,7 +169,7 @@ class _Describer:
             try:
                 attrs[k] = self.node(x, f"{where}.{k}")
             except SkeletonError:
-                if not k.startswith("_"):
+                if not k.startswith("_") or isinstance(x, (dict, list, tuple)):  # a config dict is never optional
                     raise
                 self.dropped.append(f"{where}.{k}")
         return {"k": "obj", "cls": name_of(type(v), where), "attrs": attrs}
@@ -182,6 +184,8 @@ def _simple(v: Any, where: str) -> dict | None:
         return {"k": "enum", "cls": name_of(type(v), where), "name": v.name}
     if isinstance(v, type):
         return {"k": "class", "cls": name_of(v, where)}
+    if isinstance(v, PurePath):  # a config's _name_or_path from from_pretrained(Path(...))
+        return {"k": "path", "v": str(v)}
     return None
 
 

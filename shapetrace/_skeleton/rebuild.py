@@ -97,6 +97,9 @@ class _Rebuilder:
     def _class(self, node: Mapping) -> type:
         return self.cls(node["cls"])
 
+    def _path(self, node: Mapping) -> Path:
+        return Path(str(node["v"]))
+
     # ---- containers ----------------------------------------------------------------------------------
     def _list(self, node: Mapping) -> list:
         out = self.keep(node, [])
