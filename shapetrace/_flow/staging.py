@@ -1,6 +1,7 @@
 """Where ``export_all`` writes: a staging folder inside the export folder, moved into place only when the whole
-export finished (:func:`staged`), so a failure leaves no half-written file and an earlier export intact; and the
-progress bar over the graphs (:func:`progress`)."""
+export finished (:func:`staged`), so a failure leaves no half-written file and an earlier export intact, a kill at
+any moment leaves a complete export (the earlier or the new one), and two exports never interleave in one folder;
+and the progress bar over the graphs (:func:`progress`)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,27 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .. import manifest as manifest_mod
+from .._core.files import write_json
+from .._skeleton.describe import SKELETON_DIR
 from ..errors import ExportError, ShapetraceError
-from ..manifest import MANIFEST
+from ..manifest import MANIFEST, Manifest
 
-__all__ = ["staged", "progress"]
+__all__ = ["staged", "progress", "LOCK_FILE"]
+
+#: the file whose OS lock an export holds while it writes into a folder
+LOCK_FILE = ".shapetrace.lock"
+STAGING_PREFIX = ".shapetrace-staging-"
+KEEP_PREFIX = ".shapetrace-old-"
+#: the keys whose string values are file names in the folder, in the skeleton's nodes and the GenAI note
+_FILE_KEYS = frozenset({"dir", "weights"})
 
 
 @contextlib.contextmanager
 def staged(out: Path, overwrite: bool) -> Iterator[Path]:
     """A fresh staging folder inside ``out``: what the block writes there replaces ``out``'s export when the block
-    ends normally (files of an earlier export go first, the manifest last), and is removed when it raises."""
+    ends normally (:func:`_commit`: at every instant the folder holds a complete export, the earlier one or the new
+    one), and is removed when it raises. One export at a time per folder: a second one is refused while the first
+    holds the folder's lock; what a killed export left (its staging folder) is removed first."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; pass a directory path for the export")
     if (out / MANIFEST).exists() and not overwrite:
@@ -29,17 +41,44 @@ def staged(out: Path, overwrite: bool) -> Iterator[Path]:
                           f"or choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".shapetrace-staging-", dir=out))
     except OSError as e:
         raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
-    committed = False
+    with _exclusive(out):
+        for left in out.glob(f"{STAGING_PREFIX}*"):  # a killed export's: never referenced by a manifest
+            shutil.rmtree(left, ignore_errors=True)
+        try:
+            stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        except OSError as e:
+            raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
+        committed = False
+        try:
+            yield stage
+            _commit(stage, out)
+            committed = True
+        finally:
+            if not committed:
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.shapetrace.lock`` (an OS file lock, released by the OS if this process dies) for the export."""
+    import fcntl
+
     try:
-        yield stage
-        _commit(stage, out)
-        committed = True
-    finally:
-        if not committed:
-            shutil.rmtree(stage, ignore_errors=True)
+        handle = open(out / LOCK_FILE, "a+")
+    except OSError as e:
+        raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ExportError(f"another export_all is writing into {out} right now; wait for it to finish, or "
+                              f"export into another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def progress(names: Sequence[str], enabled: bool) -> Any:
@@ -53,25 +92,94 @@ def progress(names: Sequence[str], enabled: bool) -> Any:
 
 
 def _commit(stage: Path, out: Path) -> None:
-    """Move the staged files to their final names; files of an earlier export go first, the manifest last."""
-    old_manifest = out / MANIFEST
-    old_files: set[str] = set()
-    if old_manifest.exists():
+    """Move the staged export into place so that a kill at any moment leaves a complete export in ``out``:
+
+    1. the earlier export's files that a staged file or folder will replace are hard-linked into a keep folder
+       (``.shapetrace-old-*``), and its manifest is rewritten, atomically, to name them there: the earlier export
+       stays complete, wherever its files are;
+    2. the staged files and folders move to their final names (no manifest names them yet);
+    3. the new manifest replaces the earlier one (one atomic rename): from here on, the new export is the one;
+    4. the keep folder and the earlier export's files the new one does not name are removed.
+    """
+    old: Manifest | None = None
+    if (out / MANIFEST).exists():
         with contextlib.suppress(ShapetraceError):  # an unreadable old manifest owns no files we know of
-            old_files = {f for g in manifest_mod.read(out).graphs for f in g.file_names()}
-    trash = Path(tempfile.mkdtemp(prefix=".shapetrace-old-", dir=out))
+            old = manifest_mod.read(out)
+    incoming = {f.name for f in stage.iterdir() if f.name != MANIFEST}
+    owned = _owned(old) if old is not None else set()
+    replaced = sorted({f.split("/")[0] for f in owned} & incoming)
+    keep = Path(tempfile.mkdtemp(prefix=KEEP_PREFIX, dir=out))
+    switched = False
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(old_manifest, trash / MANIFEST)  # no manifest: the folder is not a complete export meanwhile
-        for f in old_files:
-            if (out / f).exists() and "/" not in f:
-                os.replace(out / f, trash / f)
-        for f in sorted(stage.iterdir()):
-            if f.is_dir() and (out / f.name).is_dir():  # a folder of the earlier export (skeleton/) is replaced whole
-                os.replace(out / f.name, trash / f.name)
-            if f.name != MANIFEST:
-                os.replace(f, out / f.name)
+        if old is not None and replaced:
+            for name in replaced:
+                _link(out / name, keep / name)
+            write_json(out / MANIFEST, _moved(old.to_json(), set(replaced), keep.name))
+        for name in sorted(incoming):
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # linked into the keep folder above when the earlier export named it
+            os.replace(stage / name, target)
         os.replace(stage / MANIFEST, out / MANIFEST)
+        switched = True
+        for f in owned:
+            top = f.split("/")[0]
+            if top not in incoming and not top.startswith(KEEP_PREFIX):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    os.unlink(out / f)
     finally:
-        shutil.rmtree(trash, ignore_errors=True)
+        # the keep folders (this one, and a killed commit's) are named by no manifest once the new one is in place;
+        # before that, the earlier export may live in them: they stay, and the next export removes them
+        for left in [keep, *out.glob(f"{KEEP_PREFIX}*")] if switched else ([] if any(keep.iterdir()) else [keep]):
+            shutil.rmtree(left, ignore_errors=True)
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _owned(manifest: Manifest) -> set[str]:
+    """Every file name (relative to the folder) the manifest names: graph files, skeleton and GenAI folders."""
+    names = {f for g in manifest.graphs for f in g.file_names()}
+    if manifest.skeleton and "root" in manifest.skeleton:
+        names.add(SKELETON_DIR)
+    if manifest.genai and manifest.genai.get("dir"):
+        names.add(str(manifest.genai["dir"]))
+    return names
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` holding what ``src`` holds, by hard links (no copy; a copy where links are not possible)."""
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_file)
+    elif src.exists():
+        _link_file(str(src), str(dst))
+
+
+def _link_file(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _moved(data: Any, names: set[str], keep: str) -> Any:
+    """The manifest's JSON with every file name under ``names`` (top level) prefixed by ``keep/``."""
+    def move(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: move(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v, key) for v in value]
+        if isinstance(value, str) and key in _FILE_KEYS and value.split("/")[0] in names:
+            return f"{keep}/{value}"
+        return value
+
+    def files(value: Any) -> Any:
+        if isinstance(value, list):
+            return [files(v) for v in value]
+        return f"{keep}/{value}" if isinstance(value, str) and value.split("/")[0] in names else value
+
+    out = dict(data)
+    out["graphs"] = [{**g, "files": {k: files(v) for k, v in (g.get("files") or {}).items()}}
+                     for g in data.get("graphs", [])]
+    for part in ("skeleton", "genai"):
+        if isinstance(data.get(part), dict):
+            out[part] = move(data[part])
+    return out
