@@ -18,10 +18,8 @@ from .._skeleton.describe import SKELETON_DIR
 from ..errors import ExportError, ShapetraceError
 from ..manifest import MANIFEST, Manifest
 
-__all__ = ["staged", "progress", "LOCK_FILE"]
+__all__ = ["staged", "progress"]
 
-#: the file whose OS lock an export holds while it writes into a folder
-LOCK_FILE = ".shapetrace.lock"
 STAGING_PREFIX = ".shapetrace-staging-"
 KEEP_PREFIX = ".shapetrace-old-"
 #: the keys whose string values are file names in the folder, in the skeleton's nodes and the GenAI note
@@ -62,23 +60,23 @@ def staged(out: Path, overwrite: bool) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``out/.shapetrace.lock`` (an OS file lock, released by the OS if this process dies) for the export."""
+    """Hold the OS lock of the folder ``out`` itself (``flock`` on its descriptor: no file is added, and the OS
+    releases it if this process dies) for the export."""
     import fcntl
 
     try:
-        handle = open(out / LOCK_FILE, "a+")
+        fd = os.open(out, os.O_RDONLY)
     except OSError as e:
         raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
-    with handle:
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ExportError(f"another export_all is writing into {out} right now; wait for it to finish, or "
                               f"export into another folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def progress(names: Sequence[str], enabled: bool) -> Any:
