@@ -45,6 +45,7 @@ class StatefulMethod:
         self.seconds = 0.0
         outputs = {o.name: o for o in entry.outputs}
         self.keys = {out: outputs[out].key for out in self.pairs.values()}
+        self.ranks = {out: len(entry.input(inp).shape) for inp, out in self.pairs.items()}
         #: cache parts the step reads and hands back unchanged (cross-attention keys / values: the same dim in and
         #: out); the empty state cannot hold them, so a new sequence starts on :attr:`prefill`
         self.fixed = [inp for inp, out in self.pairs.items()
@@ -109,7 +110,7 @@ class StatefulMethod:
         its axis) whose values are each entry's row, for ``beam_idx`` after a reorder."""
         marks = {}
         for name, length in lengths.items():
-            rank = len(self.entry.input(next(i for i, o in self.pairs.items() if o == name)).shape)
+            rank = self.ranks[name]
             shape = [batch] + [1] * (rank - 1)
             shape[self.axis] = length
             rows = torch.arange(batch, dtype=torch.float32).reshape([batch] + [1] * (rank - 1))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .._core import tree
-from ..errors import RuntimeMismatchError
+from ..errors import FlattenError, RuntimeMismatchError
 
 __all__ = ["is_weightless", "dress", "undress", "meta_paths", "checked"]
 
@@ -103,6 +103,10 @@ def checked(name: str, path: str, module: torch.nn.Module, fn: Callable, args: t
         if "meta" in str(e):
             raise refuse(e) from e
         raise
-    if any(isinstance(v, torch.Tensor) and v.is_meta for v in tree.flatten(out)[1].values()):
+    try:
+        leaves = tree.flatten(out)[1].values()
+    except FlattenError:  # an output shapetrace cannot walk: nothing to check in it
+        return out
+    if any(isinstance(v, torch.Tensor) and v.is_meta for v in leaves):
         raise refuse()
     return out
