@@ -1,4 +1,4 @@
-"""The folder OpenVINO GenAI opens as it is: ``out/genai/`` for ``export_all(..., genai=True)``.
+"""The ``LLMPipeline`` folder: a decoder-only language model's ``generate``.
 
 GenAI's C++ pipelines read one layout, the one optimum-intel writes. For ``LLMPipeline`` (and the
 ``ContinuousBatchingPipeline`` under OpenVINO Model Server): a stateful ``openvino_model.xml`` whose inputs are
@@ -17,55 +17,42 @@ sequence and past length are all dynamic and one model serves the prompt and eve
 architecture: the model is whichever recorded module is a decoder-only ``PreTrainedModel`` that can ``generate``;
 the cache argument's name is the one its recorded calls used.
 
-:func:`write_genai` returns the manifest's ``genai`` note: ``{"pipeline": "LLMPipeline", "dir": "genai", ...}``,
-or ``{"error": why}`` when the object is none GenAI has a pipeline for, or the folder could not be written.
+:func:`find` names the graph (or raises :class:`NoGenaiPipeline` saying what the object holds instead);
+:func:`write` writes the folder and returns the manifest note's pipeline-specific part.
 """
 
 from __future__ import annotations
 
 import inspect
-import shutil
-import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from .._core import tree
-from .._core.optional import require
-from ..manifest import GraphEntry
-from .flat import module_for
+from ..._core import tree
+from ..._core.optional import require
+from ...manifest import GraphEntry
+from ..flat import module_for
+from .common import NoGenaiPipeline, Target, tokenizer_of, write_tokenizer
 
-__all__ = ["GENAI_DIR", "LLM_INPUTS", "write_genai"]
+__all__ = ["LLM_INPUTS", "PIPELINE", "find", "write"]
 
-#: the folder, inside the export, that GenAI opens
-GENAI_DIR = "genai"
+#: the GenAI class that opens the folder
+PIPELINE = "LLMPipeline"
 
 #: what ``LLMPipeline`` feeds the model
 LLM_INPUTS = ("input_ids", "attention_mask", "position_ids", "beam_idx")
 
 
-class NoGenaiPipeline(Exception):
-    """The object holds nothing GenAI has a pipeline for (the message says what it holds instead)."""
+def find(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> Target:
+    """The first recorded decoder-only language model that can ``generate``."""
+    name, module = _language_model(obj, rec, entries)
+    return Target(name, module, {"cache_arg": _cache_argument(entries, name, module)})
 
 
-def write_genai(obj: Any, rec: Any, stage: Path, entries: Sequence[GraphEntry]) -> dict[str, Any]:
-    """Write ``stage/genai/`` for the first recorded decoder-only language model that can ``generate``; returns the
-    manifest note (``{"error": why}`` when there is none, or when writing failed: the rest of the export goes on)."""
-    try:
-        name, module = _language_model(obj, rec, entries)
-    except NoGenaiPipeline as e:
-        return {"error": str(e)}
-    folder = stage / GENAI_DIR
-    t0 = time.perf_counter()
-    try:
-        note = _write_llm(obj, module, _cache_argument(entries, name, module), folder)
-    except Exception as e:  # noqa: BLE001 -- said in the manifest and a warning; the other graphs stay exported
-        shutil.rmtree(folder, ignore_errors=True)
-        return {"error": f"LLMPipeline folder for graph {name!r} ({type(module).__name__}) failed: "
-                         f"{type(e).__name__}: {str(e)[:400]}"}
-    return {"pipeline": "LLMPipeline", "dir": GENAI_DIR, "graph": name, "module": rec.graphs[name].module_path,
-            "module_class": type(module).__name__, **note, "seconds": round(time.perf_counter() - t0, 2)}
+def write(obj: Any, target: Target, folder: Path) -> dict[str, Any]:
+    """Write the folder; returns the note's LLM part (inputs, outputs, states, tokenizer, files)."""
+    return _write_llm(obj, target.module, target.extra["cache_arg"], folder)
 
 
 # ------------------------------------------------------------------------------------------------ which model
@@ -91,9 +78,8 @@ def _language_model(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> tuple[
             why.append(f"{e.name} ({kind}: multimodal; VLMPipeline folders are not written)")
         else:
             return e.name, module
-    raise NoGenaiPipeline(
-        f"no GenAI pipeline for this {rec.object_class.rsplit(':', 1)[-1] or 'object'}: GenAI's LLMPipeline needs a "
-        f"decoder-only language model's generate, and the recorded graphs are {'; '.join(why) or 'none'}")
+    raise NoGenaiPipeline("LLMPipeline needs a decoder-only language model's generate, and the recorded graphs "
+                          f"are {'; '.join(why) or 'none'}")
 
 
 def _cache_argument(entries: Sequence[GraphEntry], name: str, module: torch.nn.Module) -> str:
@@ -117,7 +103,6 @@ def _cache_argument(entries: Sequence[GraphEntry], name: str, module: torch.nn.M
 def _write_llm(obj: Any, module: Any, cache_arg: str, folder: Path) -> dict[str, Any]:
     ov = require("openvino", "genai", "the GenAI folder")
     exporter = require("transformers.exporters.exporter_openvino", "genai", "the GenAI folder")
-    folder.mkdir(parents=True)
     program = exporter.OpenVINOExporter().export(module, _sample_inputs(module, cache_arg),
                                                  exporter.OpenVINOConfig(dynamic=True)).program
     inputs = sorted(n for p in program.inputs for n in p.get_names())
@@ -134,17 +119,7 @@ def _write_llm(obj: Any, module: Any, cache_arg: str, folder: Path) -> dict[str,
         module.generation_config.save_pretrained(folder)
     note: dict[str, Any] = {"inputs": inputs, "outputs": outputs, "states": states,
                             "converted_with": "transformers.exporters.exporter_openvino.OpenVINOExporter"}
-    tokenizer = _tokenizer_of(obj)
-    if tokenizer is None:
-        note["tokenizer"] = ("none found on the object: LLMPipeline takes token ids only; convert one with "
-                             "openvino_tokenizers.convert_tokenizer into this folder")
-    else:
-        tokenizers = require("openvino_tokenizers", "genai", "the GenAI folder's tokenizer")
-        tokenizer.save_pretrained(folder)
-        tok, detok = tokenizers.convert_tokenizer(tokenizer, with_detokenizer=True)
-        ov.save_model(tok, str(folder / "openvino_tokenizer.xml"))
-        ov.save_model(detok, str(folder / "openvino_detokenizer.xml"))
-        note["tokenizer"] = type(tokenizer).__name__
+    note["tokenizer"] = write_tokenizer(tokenizer_of(obj), folder, PIPELINE)
     note["files"] = sorted(p.name for p in folder.iterdir())
     return note
 
@@ -168,21 +143,3 @@ def _sample_inputs(module: Any, cache_arg: str) -> dict[str, Any]:
     positions = torch.arange(past, past + new, device=device)[None].expand(batch, -1)
     return {"input_ids": ids[:, past:], "attention_mask": mask, "position_ids": positions, cache_arg: cache,
             "use_cache": True}
-
-
-def _tokenizer_of(obj: Any) -> Any:
-    """The tokenizer an object holds: itself, its ``tokenizer`` attribute (a pipeline, a processor), or the first
-    attribute that is one."""
-    transformers = require("transformers", "genai", "the GenAI folder")
-    base = transformers.PreTrainedTokenizerBase
-    if isinstance(obj, base):
-        return obj
-    attrs: Mapping[str, Any] = getattr(obj, "__dict__", {}) or {}
-    candidates = [getattr(obj, "tokenizer", None)] + list(attrs.values())
-    for value in candidates:
-        if isinstance(value, base):
-            return value
-        inner = getattr(value, "tokenizer", None)  # a processor holding one
-        if isinstance(inner, base):
-            return inner
-    return None
