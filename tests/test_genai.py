@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import shapetrace
+from shapetrace._report.html import render_html
 from shapetrace.manifest import read
 
 transformers = pytest.importorskip("transformers")
@@ -141,6 +142,39 @@ def test_continuous_batching_serves_8_concurrent_prompts_like_8_pytorch_runs(exp
     assert [r.m_generation_ids[0] for r in results] == [cb.get_tokenizer().decode(w) for w in want]
     tokens = cb.generate([ov.Tensor(np.array([i], dtype=np.int64)) for i in ids], [config] * 8)
     assert [list(r.m_generation_ids[0]) for r in tokens] == want
+
+
+def test_verify_checks_the_genai_folder_in_genai_as_its_own_backend(exported):
+    gen, out, _ = exported
+    report = shapetrace.verify(out, gen, write=False)
+    rows = [c for c in report.checks if c.backend == "genai"]
+    assert [(c.graph, c.reference, c.input_set, c.output) for c in rows] == [("genai/", "torch", "resized", "tokens")]
+    assert rows[0].passed, rows[0].message
+    assert rows[0].sizes["prompt"] != 3 and rows[0].sizes["new_tokens"] == 8  # another length than "a b c"
+    assert rows[0].result.exact and rows[0].result.shape == (8,)
+    assert "genai" in report.backends and "genai/" in str(report)
+    page = render_html(read(out), report)  # the HTML report: a section of its own
+    section = page[page.index('id="genai"'):]
+    assert "LLMPipeline" in section and "tokens" in section and '<span class="pass">pass</span>' in section
+    alone = shapetrace.verify(out, write=False)  # from the folder alone: no PyTorch to compare with
+    assert not [c for c in alone.checks if c.backend == "genai"]
+    assert any("genai/" in n and "pass the live object" in n for n in alone.notes)
+
+
+def test_the_genai_check_fails_when_the_folder_computes_something_else(exported):
+    gen, out, _ = exported
+    head = gen.model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():  # the live model now differs from what the folder holds
+            head.copy_(torch.roll(saved, 1, dims=0))
+        report = shapetrace.verify(out, gen, write=False)
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    row = next(c for c in report.checks if c.backend == "genai")
+    assert not row.passed and row.verdict == "FAIL" and "differ" in row.message
+    assert not report.passed
 
 
 def test_an_object_genai_has_no_pipeline_for_exports_the_rest_and_says_why(tmp_path):

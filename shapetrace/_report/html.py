@@ -214,6 +214,25 @@ def _graph(g: GraphEntry, report: ParityReport | None, evidence: Mapping[tuple, 
     return "".join(parts)
 
 
+def _genai(manifest: Manifest, report: ParityReport | None, evidence: Mapping[tuple, ErrorEvidence]) -> str:
+    """The GenAI folder's checks (``export_all(..., genai=True)``): run in OpenVINO GenAI, its own backend."""
+    note = manifest.genai or {}
+    if "pipeline" not in note:
+        return ""
+    graph = f"{note['dir']}/"
+    checks = [c for c in (report.checks if report is not None else ()) if c.graph == graph]
+    parts = [f'<section class="graph" id="genai"><h2>OpenVINO GenAI folder {_e(graph)}</h2>'
+             f'<p class="meta">{_e(note["pipeline"])} &middot; from graph {_e(note.get("graph", "?"))}</p>']
+    if not checks:
+        parts.append('<p class="note">not checked in GenAI (verify with the live object checks it)</p>')
+    for c in (c for c in checks if c.output in ("*", "-", "")):
+        parts.append(f'<p class="ERROR">{_e(c.where)}: {_e(c.message)}</p>')
+    for output in dict.fromkeys(c.output for c in checks if c.output not in ("*", "-", "")):
+        parts.append(_output(graph, output, [c for c in checks if c.output == output], evidence))
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def render_html(manifest: Manifest, report: ParityReport | None, *, out_dir: str = "",
                 evidence: Sequence[ErrorEvidence] = (), images: Sequence[RuntimeImages] | None = None,
                 images_note: str = "", recording: Recording | None = None, title: str = "") -> str:
@@ -236,7 +255,7 @@ def render_html(manifest: Manifest, report: ParityReport | None, *, out_dir: str
              "<h2>Graphs</h2>", _summary(manifest, report),
              _images(images, images_note or "No end-to-end images: this report was made from the export folder "
                      "alone (shapetrace export --report runs the live pipeline on each runtime)."),
-             *(_graph(g, report, by_key) for g in manifest.graphs)]
+             *(_graph(g, report, by_key) for g in manifest.graphs), _genai(manifest, report, by_key)]
     if recording is not None:
         parts.append(f"<h2>Recorded signatures</h2><pre class=\"recording\">{_e(str(recording))}</pre>")
     if report is not None and report.notes:

@@ -38,6 +38,8 @@ from .inputs import resized_inputs
 from ..manifest import GraphEntry
 from .._core.isa import cpu_isa
 from .quality import held_out_checks, isa_notes, quantized_bound
+from .genai_check import BACKEND as GENAI_BACKEND
+from .genai_check import genai_checks
 from .graph_check import CheckOptions, GraphCheck, OnCheck
 from .report import ParityCheck, ParityReport, render_report
 
@@ -49,7 +51,8 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
            atol: float | None = None, rtol: float | None = None,
            tolerances: Mapping[str, Mapping[str, float]] | None = None, graphs: Iterable[str] | None = None,
            device: str = "CPU", threads: int | None = None, seed: int = 0, write: bool = True,
-           on_check: OnCheck | None = None, min_snr_db: float | Mapping[str, float] | None = None) -> ParityReport:
+           on_check: OnCheck | None = None, min_snr_db: float | Mapping[str, float] | None = None,
+           genai: bool = True) -> ParityReport:
     """Run every exported graph in ``out_dir`` on ``backends`` and compare with a reference (module docstring).
 
     Args:
@@ -75,6 +78,9 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
             tolerances (one value, or ``{graph: dB}``); default the bound its export recorded (20 dB unless
             chosen). Its held-out quality measured at export is judged against the same bound (input set
             ``held-out``).
+        genai: also check the export's GenAI folder (``export_all(..., genai=True)``) in OpenVINO GenAI against
+            the live object's PyTorch, at another size than the recorded one (backend ``genai``, graph
+            ``genai/``: :mod:`shapetrace._verify.genai_check`); without ``obj`` a note says it was not checked.
 
     Returns the :class:`ParityReport` (truthy when every check passed). A problem of one graph -- a runtime that
     cannot load or compile its file, an unreadable data file, running out of memory -- is that graph's failed check
@@ -121,6 +127,10 @@ def verify(out_dir: str | os.PathLike, obj: Any = None, *, backends: Iterable[st
             if 0 in ((entry.quantization or {}).get("calibration") or {}).get("calls", []):
                 notes.append(f"{entry.name}: its example inputs (call 0) also calibrated it; the held-out rows are "
                              f"measured on calls it never saw")
+    if genai and graphs is None:
+        folder = genai_checks(out, manifest, obj, seed, notes)
+        checks.extend(folder)
+        usable += [GENAI_BACKEND] if folder else []
     report = ParityReport(tuple(checks), str(out), tuple(usable), tuple(notes), str(isa) if isa else "")
     if write:
         manifest_mod.store_parity(out, report.to_json())
