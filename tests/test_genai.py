@@ -267,6 +267,9 @@ def test_whisperpipeline_transcribes_other_audio_with_pytorchs_tokens(whisper, s
     result = pipe.generate(audio.tolist(), max_new_tokens=20, streamer=streamer)  # raw audio in, text out
     assert streamer.tokens == want
     assert result.texts == [asr.tokenizer.decode(want, skip_special_tokens=True)]
+    control = asr.model.generation_config
+    framed = [control.decoder_start_token_id, control.no_timestamps_token_id, *want, control.eos_token_id]
+    assert pipe.get_tokenizer().decode(framed) == result.texts[0]  # the detokenizer skips Whisper's control tokens
 
 
 def test_whisperpipeline_beam_search_matches_pytorch(whisper):
