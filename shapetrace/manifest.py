@@ -313,8 +313,8 @@ class Manifest:
     #: older than the skeleton
     skeleton: Mapping[str, Any] | None = field(default=None, repr=False)
     #: the folder OpenVINO GenAI opens (``export_all(..., genai=True)``, :mod:`shapetrace._export.genai`):
-    #: ``{"pipeline": "LLMPipeline", "dir": "genai", "graph", "module", "inputs", "outputs", "states", "files",
-    #: "tokenizer", ...}``, or ``{"error": why}`` when there is none; None when it was not asked for
+    #: ``{"pipeline": "LLMPipeline" or "WhisperPipeline", "dir": "genai", "graph", "module", "inputs", "outputs",
+    #: "states", "files", "tokenizer", ...}``, or ``{"error": why}`` when there is none; None when it was not asked for
     genai: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def graph(self, name: str) -> GraphEntry:

@@ -128,9 +128,10 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     ``skeleton=True`` (default) also writes what :func:`shapetrace.load_pipeline` rebuilds the object from, without
     its weights (the manifest's ``skeleton``, files under ``skeleton/``); an object it cannot describe exports as
     before, the manifest saying why (docs/deploy.md).
-    ``genai=True`` also writes ``out_dir/genai/``, the folder OpenVINO GenAI's ``LLMPipeline`` (and
-    ``ContinuousBatchingPipeline``) opens as it is, when the recording holds a decoder-only language model's
-    ``generate`` (:mod:`shapetrace._export.genai`; the manifest's ``genai``). For any other object it warns in one
+    ``genai=True`` also writes ``out_dir/genai/``, the folder OpenVINO GenAI opens as it is: ``LLMPipeline`` (and
+    ``ContinuousBatchingPipeline``) when the recording holds a decoder-only language model's ``generate``,
+    ``WhisperPipeline`` when it holds a speech-recognition encoder-decoder's (:mod:`shapetrace._export.genai`; the
+    manifest's ``genai``). For any other object it warns in one
     line, says why in the manifest (``{"error": ...}``), and the rest of the export goes on (docs/generation.md).
     """
     if openvino_from not in ("auto", "torch", "onnx"):

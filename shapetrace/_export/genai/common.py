@@ -1,14 +1,19 @@
-"""What every GenAI folder shares: the target a writer found, the tokenizer converted by ``openvino-tokenizers``."""
+"""What every GenAI folder shares: the target a writer found, the tokenizer converted by ``openvino-tokenizers``, what
+the object holds beside its model (tokenizer, feature extractor, the cache keyword its calls used)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from ..._core import tree
 from ..._core.optional import require
+from ...manifest import GraphEntry
 
-__all__ = ["NoGenaiPipeline", "Target", "tokenizer_of", "write_tokenizer"]
+__all__ = ["NoGenaiPipeline", "Target", "cache_argument", "feature_extractor_of", "tokenizer_of",
+           "write_tokenizer"]
 
 
 class NoGenaiPipeline(Exception):
@@ -43,15 +48,43 @@ def tokenizer_of(obj: Any) -> Any:
     """The tokenizer an object holds: itself, its ``tokenizer`` attribute (a pipeline, a processor), or the first
     attribute that is one."""
     transformers = require("transformers", "genai", "the GenAI folder")
-    base = transformers.PreTrainedTokenizerBase
+    return _held(obj, transformers.PreTrainedTokenizerBase, "tokenizer")
+
+
+def feature_extractor_of(obj: Any) -> Any:
+    """The feature extractor (audio to model features) an object holds: itself, its ``feature_extractor`` attribute
+    (a pipeline, a processor), or the first attribute that is one."""
+    transformers = require("transformers", "genai", "the GenAI folder")
+    return _held(obj, transformers.FeatureExtractionMixin, "feature_extractor")
+
+
+def _held(obj: Any, base: type, name: str) -> Any:
+    """``obj`` if it is a ``base``, else its attribute ``name``, else the first attribute that is one or holds one
+    under ``name`` (a processor)."""
     if isinstance(obj, base):
         return obj
     attrs: Mapping[str, Any] = getattr(obj, "__dict__", {}) or {}
-    candidates = [getattr(obj, "tokenizer", None)] + list(attrs.values())
-    for value in candidates:
+    for value in [getattr(obj, name, None)] + list(attrs.values()):
         if isinstance(value, base):
             return value
-        inner = getattr(value, "tokenizer", None)  # a processor holding one
+        inner = getattr(value, name, None)
         if isinstance(inner, base):
             return inner
     return None
+
+
+def cache_argument(entries: Sequence[GraphEntry], name: str, module: Any) -> str:
+    """The keyword the model's recorded calls passed the cache as (``cache``, ``past_key_values``)."""
+    base = name.split("@", 1)[0]
+    for e in entries:
+        if e.ok and e.name.split("@", 1)[0] == base:
+            caches = tree.cache_tensor_names(e.input_tree)
+            for n in e.input_names:
+                if n in caches:
+                    return n.split(".", 1)[0]
+    params = inspect.signature(module.forward).parameters
+    for candidate in ("cache", "past_key_values"):
+        if candidate in params:
+            return candidate
+    raise ValueError(f"{type(module).__name__}.forward takes no cache argument (neither 'cache' nor "
+                     f"'past_key_values') and no recorded call passed one")

@@ -23,17 +23,15 @@ the cache argument's name is the one its recorded calls used.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..._core import tree
 from ..._core.optional import require
 from ...manifest import GraphEntry
 from ..flat import module_for
-from .common import NoGenaiPipeline, Target, tokenizer_of, write_tokenizer
+from .common import NoGenaiPipeline, Target, cache_argument, tokenizer_of, write_tokenizer
 
 __all__ = ["LLM_INPUTS", "PIPELINE", "find", "write"]
 
@@ -47,7 +45,7 @@ LLM_INPUTS = ("input_ids", "attention_mask", "position_ids", "beam_idx")
 def find(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> Target:
     """The first recorded decoder-only language model that can ``generate``."""
     name, module = _language_model(obj, rec, entries)
-    return Target(name, module, {"cache_arg": _cache_argument(entries, name, module)})
+    return Target(name, module, {"cache_arg": cache_argument(entries, name, module)})
 
 
 def write(obj: Any, target: Target, folder: Path) -> dict[str, Any]:
@@ -73,30 +71,13 @@ def _language_model(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> tuple[
         if not isinstance(module, transformers.PreTrainedModel) or not module.can_generate():
             why.append(f"{e.name} ({kind}: no generate)")
         elif getattr(module.config, "is_encoder_decoder", False):
-            why.append(f"{e.name} ({kind}: an encoder-decoder; WhisperPipeline / seq2seq folders are not written)")
+            why.append(f"{e.name} ({kind}: an encoder-decoder)")
         elif is_multimodal(module):
             why.append(f"{e.name} ({kind}: multimodal; VLMPipeline folders are not written)")
         else:
             return e.name, module
     raise NoGenaiPipeline("LLMPipeline needs a decoder-only language model's generate, and the recorded graphs "
                           f"are {'; '.join(why) or 'none'}")
-
-
-def _cache_argument(entries: Sequence[GraphEntry], name: str, module: torch.nn.Module) -> str:
-    """The keyword the model's recorded calls passed the cache as (``cache``, ``past_key_values``)."""
-    base = name.split("@", 1)[0]
-    for e in entries:
-        if e.ok and e.name.split("@", 1)[0] == base:
-            caches = tree.cache_tensor_names(e.input_tree)
-            for n in e.input_names:
-                if n in caches:
-                    return n.split(".", 1)[0]
-    params = inspect.signature(module.forward).parameters
-    for candidate in ("cache", "past_key_values"):
-        if candidate in params:
-            return candidate
-    raise ValueError(f"{type(module).__name__}.forward takes no cache argument (neither 'cache' nor "
-                     f"'past_key_values') and no recorded call passed one")
 
 
 # ------------------------------------------------------------------------------------------------ the folder
