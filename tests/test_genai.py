@@ -316,6 +316,15 @@ def test_whisperpipeline_beam_search_matches_pytorch(whisper):
         asr.tokenizer.decode(want, skip_special_tokens=True)]
 
 
+def test_verify_checks_the_whisper_folder_in_genai(whisper):
+    asr, out, _ = whisper
+    report = shapetrace.verify(out, asr, write=False)
+    row = next(c for c in report.checks if c.backend == "genai")
+    assert (row.graph, row.output, row.input_set) == ("genai/", "tokens", "resized")
+    assert row.passed, row.message
+    assert row.result.shape == (8,) and row.sizes["audio_samples"] != 16000  # another clip than the recorded one
+
+
 def test_the_whisper_writer_says_what_it_needs(whisper):
     from shapetrace._export.genai import whisper as writer
     from shapetrace._export.genai.common import Target

@@ -187,11 +187,18 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                                 skeleton=describe_or_why(obj, stage, unserved(obj, [e.module for e in entries if e.ok]))
                                 if skeleton else None, genai=genai_note)
             manifest_mod.write(stage, manifest)
-        if not (verify and manifest.exported):
-            return ExportResult(out, _by_name(manifest), manifest)
-        export_kwargs = dict(formats=formats, opset=opset, compress_to_fp16=compress_to_fp16,
-                             openvino_from=openvino_from, stateful=stateful)
-        manifest, report = policy.verified(obj, rec, out, manifest, export_all, dynamic, export_kwargs, verify_kwargs)
+            report, failure = None, None
+            if verify and manifest.exported:  # in the stage: what a static re-export changes lands in one commit
+                export_kwargs = dict(formats=formats, opset=opset, compress_to_fp16=compress_to_fp16,
+                                     openvino_from=openvino_from, stateful=stateful)
+                try:
+                    manifest, report = policy.verified(obj, rec, stage, manifest, export_all, dynamic, export_kwargs,
+                                                       verify_kwargs)
+                    report = policy.relocated(report, stage, out)
+                except Exception as e:  # noqa: BLE001 -- the export is kept, as without verify; raised after
+                    failure = e
+        if failure is not None:
+            raise failure
         return ExportResult(out, _by_name(manifest), manifest, report)
 
 

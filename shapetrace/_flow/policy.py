@@ -1,13 +1,15 @@
 """What ``export_all`` does with verify's report: a graph whose ONNX file ONNX Runtime refuses as inconsistent goes
 on without it (:func:`drop_onnx`), and a graph a dynamic dim broke is exported again, from the other OpenVINO
 source first, then static, and spliced in where that passes every check (:func:`degrade`). :func:`verified` runs
-the whole loop on a committed export folder. It sits above both stages: it exports (through the ``export``
+the whole loop on the staged export, before ``export_all`` commits it (so a re-export lands with the rest, in
+one commit, under the folder's lock; :func:`relocated` then names the final folder in the report). It sits above both stages: it exports (through the ``export``
 function it is given) and verifies."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -21,7 +23,7 @@ from .._verify.verify import ParityReport
 from .._verify.verify import verify as run_verify
 from ..manifest import GraphEntry, Manifest
 
-__all__ = ["INCONSISTENT_ONNX", "verified"]
+__all__ = ["INCONSISTENT_ONNX", "relocated", "verified"]
 
 
 def verified(obj: Any, rec: Recording, out: Path, manifest: Manifest, export: Callable[..., Any], dynamic: Any,
@@ -39,6 +41,16 @@ def verified(obj: Any, rec: Recording, out: Path, manifest: Manifest, export: Ca
         _degrade(obj, rec, out, redo, report, export, export_kwargs)
         report = run_verify(out, obj, **verify_kwargs)
     return manifest_mod.read(out), report
+
+
+def relocated(report: ParityReport, stage: Path, out: Path) -> ParityReport:
+    """``report``, made on the staged export, as of its final folder: the staging path in its messages and notes
+    is ``out``; the manifest's ``parity`` in ``stage`` is rewritten so."""
+    text = json.dumps(report.to_json())
+    moved = text.replace(json.dumps(str(stage))[1:-1], json.dumps(str(out))[1:-1])
+    if moved != text and (stage / manifest_mod.MANIFEST).exists():
+        manifest_mod.store_parity(stage, json.loads(moved))
+    return ParityReport.from_json(json.loads(moved), str(out))
 
 
 #: What ONNX Runtime says when the file itself is inconsistent (its type and shape inference, graph validation), as

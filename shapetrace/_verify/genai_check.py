@@ -6,6 +6,10 @@ is ``genai`` and whose graph is the folder (``genai/``), reference ``torch``, in
 ``LLMPipeline``: greedy tokens from a prompt of another length than the recorded one (token ids in, so the
 check is of the model, not of the converted tokenizer), identical to the module's own ``generate``.
 
+``WhisperPipeline``: greedy tokens (as GenAI streams them) for a seeded clip of noise 0.6 s long, raw audio in
+(GenAI computes the features itself from ``preprocessor_config.json``), identical to the module's own
+``generate`` on the object's feature extractor's features.
+
 GenAI runs with f32 compute and an f32 KV cache (:data:`F32`), as shapetrace's own IR does: its CPU defaults
 (bf16 compute where the CPU has it, a u8 cache) change tokens on random weights. The end token is ignored on both
 sides, so both make the same number of tokens.
@@ -25,6 +29,7 @@ import torch
 
 from .._core.optional import require
 from .._core.walker import parse_path, resolve
+from .._export.genai.common import feature_extractor_of
 from ..manifest import Manifest
 from .compare import compare_arrays
 from .report import ParityCheck
@@ -60,7 +65,7 @@ def genai_checks(out: Path, manifest: Manifest, obj: Any, seed: int, notes: list
     try:
         og = require("openvino_genai", "genai", "the GenAI folder's check")
         module = _live(obj, note)
-        return check(og, out / note["dir"], note, module, manifest, seed)
+        return check(og, out / note["dir"], note, obj, module, manifest, seed)
     except Exception as e:  # noqa: BLE001 -- one check's failure is a row of the report, not verify's end
         return [ParityCheck.could_not_run(graph, f"{type(e).__name__}: {' '.join(str(e).split())[:400]}",
                                           backend=BACKEND, reference="torch", input_set="resized")]
@@ -76,7 +81,7 @@ def _live(obj: Any, note: Mapping[str, Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ LLMPipeline
-def _llm(og: Any, folder: Path, note: Mapping[str, Any], model: Any, manifest: Manifest,
+def _llm(og: Any, folder: Path, note: Mapping[str, Any], obj: Any, model: Any, manifest: Manifest,
          seed: int) -> list[ParityCheck]:
     graph = f"{note['dir']}/"
     length = _recorded_prompt(manifest, note["graph"]) + LONGER_BY
@@ -135,5 +140,48 @@ def _torch_tokens(model: Any, ids: np.ndarray) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
-#: the check of each pipeline's folder: ``check(openvino_genai, folder, note, module, manifest, seed)``
-CHECKS: dict[str, Callable[..., list[ParityCheck]]] = {"LLMPipeline": _llm}
+# ------------------------------------------------------------------------------------------------ WhisperPipeline
+#: seconds of audio the Whisper check transcribes
+CLIP_SECONDS = 0.6
+
+
+def _whisper(og: Any, folder: Path, note: Mapping[str, Any], obj: Any, model: Any, manifest: Manifest,
+             seed: int) -> list[ParityCheck]:
+    extractor = feature_extractor_of(obj)
+    if extractor is None:
+        raise ValueError("the object holds no feature extractor to make PyTorch's input features with")
+    rate = int(getattr(extractor, "sampling_rate", 16000))
+    audio = (np.random.default_rng(seed).standard_normal(int(rate * CLIP_SECONDS)) * 0.1).astype(np.float32)
+    streamer = _streamer(og)
+    pipe = og.WhisperPipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
+    pipe.generate(audio.tolist(), max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1, streamer=streamer)
+    features = extractor(audio, sampling_rate=rate, return_tensors="pt").input_features
+    device = next(model.parameters()).device
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = model.generate(features.to(device), max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1)
+    result = compare_arrays(np.asarray(streamer.tokens, np.int64), theirs[0].cpu().numpy().astype(np.int64),
+                            exact=True)
+    return [ParityCheck(f"{note['dir']}/", BACKEND, "torch", "resized", "tokens", result,
+                        sizes={"audio_samples": audio.size, "new_tokens": NEW_TOKENS})]
+
+
+def _streamer(og: Any) -> Any:
+    """A GenAI streamer that keeps the token ids it is given."""
+    class Tokens(og.StreamerBase):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokens: list[int] = []
+
+        def write(self, token: Any) -> Any:
+            self.tokens += token if isinstance(token, list) else [token]
+            return og.StreamingStatus.RUNNING
+
+        def end(self) -> None:
+            pass
+
+    return Tokens()
+
+
+#: the check of each pipeline's folder: ``check(openvino_genai, folder, note, obj, module, manifest, seed)``
+CHECKS: dict[str, Callable[..., list[ParityCheck]]] = {"LLMPipeline": _llm, "WhisperPipeline": _whisper}
