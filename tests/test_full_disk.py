@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from _full_disk_child import SIZE, scenario
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _full_disk_child import SIZE, scenario  # noqa: E402
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
