@@ -97,11 +97,14 @@ def test_two_objects_loaded_at_once_keep_their_own_weights_and_answers(exports):
 
 
 def test_stateful_generation_from_four_threads_keeps_one_cache_per_thread(tmp_path):
-    from test_generation import _gpt2, _tokenizer
+    from shapetrace.testing import tiny_bert_tokenizer
 
     torch.manual_seed(0)
-    tok = _tokenizer()
-    gen = transformers.pipeline("text-generation", model=_gpt2(tok), tokenizer=tok)
+    tok = tiny_bert_tokenizer()
+    config = transformers.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                                     initializer_range=0.5,  # logits not flat: greedy text that is not one token
+                                     bos_token_id=tok.cls_token_id, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    gen = transformers.pipeline("text-generation", model=transformers.GPT2LMHeadModel(config).eval(), tokenizer=tok)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with shapetrace.record(gen):
