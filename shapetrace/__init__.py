@@ -24,7 +24,7 @@ from ._verify.quality import DEFAULT_MIN_SNR_DB
 from ._verify.report import ParityCheck, ParityReport
 from ._verify.verify import verify
 from ._version import __version__
-from .errors import (ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RunnerError,
+from .errors import (DiskFullError, ExportError, FlattenError, ModuleNotFoundInObject, RecordingError, RunnerError,
                      RuntimeMismatchError, ShapetraceError, SignatureFileError, SkeletonError, SourceError,
                      UnsafePathError, VerifyError)
 
@@ -68,6 +68,7 @@ __all__ = [
     "UnsafePathError",
     "SkeletonError",
     "ExportError",
+    "DiskFullError",
     "VerifyError",
     "RuntimeMismatchError",
     "RunnerError",

@@ -10,6 +10,7 @@
     │   └── UnsafePathError      a file name in it that points outside the export folder
     ├── SkeletonError            an object whose skeleton cannot be written, or a folder it cannot be rebuilt from
     ├── ExportError              export_all() could not start, or a graph failed to export
+    │   └── DiskFullError        the export folder's filesystem filled up: how much was needed, how much is free
     ├── VerifyError              verify() could not run (missing files, nothing to compare)
     ├── RuntimeMismatchError     load() on another object, or a call the exported graph cannot answer
     ├── SourceError              the command line's SOURCE cannot be loaded or run (no such folder, no model in it,
@@ -31,6 +32,7 @@ __all__ = [
     "UnsafePathError",
     "SkeletonError",
     "ExportError",
+    "DiskFullError",
     "VerifyError",
     "RuntimeMismatchError",
     "RunnerError",
@@ -69,6 +71,11 @@ class SkeletonError(ShapetraceError):
 
 class ExportError(ShapetraceError):
     """An export could not start, or one graph failed to export."""
+
+
+class DiskFullError(ExportError):
+    """The filesystem of the export folder filled up: the message says how much space the export needed and how
+    much was free; nothing of the export was kept, and an earlier export in the folder is intact."""
 
 
 class VerifyError(ShapetraceError):

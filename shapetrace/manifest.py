@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 from ._version import __version__
 from .errors import SignatureFileError
 from ._core.files import FORMAT_VERSION, inside, read_json, write_json
+from ._core.jsonshape import example_shape as _example_shape, shape as _shape, text as _text
 
 __all__ = ["MANIFEST", "Dim", "InputSpec", "OutputSpec", "GraphError", "GraphEntry", "Manifest", "read", "write",
            "store_parity", "pick"]
@@ -29,8 +30,6 @@ DimSize = Union[int, str]  # a fixed size, a dim name, or an expression over dim
 _FROZEN: Mapping[str, Any] = MappingProxyType({})
 
 
-def _shape(values: Any) -> tuple:
-    return tuple(v if isinstance(v, str) else int(v) for v in values or ())
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,10 @@ class Dim:
     @classmethod
     def from_json(cls, name: str, d: Mapping[str, Any]) -> "Dim":
         hi = d.get("max")
-        return cls(name, int(d.get("min") or 0), None if hi is None else int(hi), int(d["example"]),
+        example = _shape([d["example"]])[0]
+        if not isinstance(example, int):
+            raise ValueError(f"dim {name!r} has example {example!r}; it is a size")
+        return cls(name, int(d.get("min") or 0), None if hi is None else int(hi), example,
                    tuple(d.get("sources") or ()))
 
 
@@ -72,8 +74,8 @@ class InputSpec:
     def from_json(cls, d: Mapping[str, Any]) -> "InputSpec":
         vr = d.get("value_range")
         shape = _shape(d.get("shape"))
-        return cls(d["name"], d.get("dtype", "float32"), shape, _shape(d.get("example_shape", shape)),
-                   None if vr is None else (vr[0], vr[1]))
+        return cls(_text(d["name"]), _text(d.get("dtype", "float32")), shape,
+                   _example_shape(d.get("example_shape", shape)), None if vr is None else (int(vr[0]), int(vr[1])))
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,8 @@ class OutputSpec:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "OutputSpec":
         shape = _shape(d.get("shape"))
-        return cls(d["name"], d.get("key", d["name"]), d.get("dtype", "float32"), shape,
-                   _shape(d.get("example_shape", shape)))
+        return cls(_text(d["name"]), _text(d.get("key", d["name"])), _text(d.get("dtype", "float32")), shape,
+                   _example_shape(d.get("example_shape", shape)))
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,7 @@ class Manifest:
                                              f"it with export_all")
             try:
                 entries.append(GraphEntry.from_json(g))
-            except (KeyError, TypeError, ValueError, IndexError) as e:
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
                 raise SignatureFileError(f"{where}: graph {g['name']!r} is malformed ({type(e).__name__}: {e}); "
                                          f"re-create it with export_all") from e
         return cls(tuple(entries), str(d.get("object_class") or ""), str(d.get("created") or ""),
@@ -381,6 +383,11 @@ def read(out_dir: str | Path) -> Manifest:
     path = out / MANIFEST
     manifest = Manifest.from_json(read_json(path, what="export manifest"), where=str(path))
     for e in manifest.graphs:  # a tampered manifest never makes a reader open a file outside the folder
+        for kind, value in e.files.items():
+            if not (value is None or isinstance(value, str) or
+                    (isinstance(value, list) and all(isinstance(f, str) for f in value))):
+                raise SignatureFileError(f"{path}: graph {e.name!r}'s files[{kind!r}] is {value!r:.60}, not a file "
+                                         f"name (or a list of them); re-create it with export_all")
         for f in e.file_names():
             inside(out, f, f"graph {e.name!r}'s file")
     return manifest

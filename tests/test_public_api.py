@@ -11,6 +11,8 @@ EXPECTED = {
     "DEFAULT_MIN_SNR_DB", "QuantizeOptions", "psnr", "max_abs_diff", "cpu_isa", "CpuIsa",
     # deploying from the export folder alone (the deployment issue)
     "load_pipeline", "rebuild", "runtime_of", "SkeletonError", "UnsafePathError",
+    # the reliability issue: a full disk says how much space the export needed
+    "DiskFullError",
 }
 
 
@@ -25,5 +27,6 @@ def test_every_name_resolves():
 
 def test_error_tree_is_rooted():
     for name in ("ModuleNotFoundInObject", "RecordingError", "FlattenError", "SignatureFileError", "ExportError",
-                 "VerifyError", "RuntimeMismatchError", "RunnerError", "SourceError", "SkeletonError", "UnsafePathError"):
+                 "VerifyError", "RuntimeMismatchError", "RunnerError", "SourceError", "SkeletonError", "UnsafePathError",
+                 "DiskFullError"):
         assert issubclass(getattr(shapetrace, name), shapetrace.ShapetraceError)

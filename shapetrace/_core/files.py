@@ -25,14 +25,18 @@ __all__ = ["FORMAT_VERSION", "inside", "atomic_write", "write_json", "read_json"
 FORMAT_VERSION = 1
 
 
-def inside(folder: str | os.PathLike, rel: str | os.PathLike, what: str = "a file") -> Path:
+def inside(folder: str | os.PathLike, rel: str | os.PathLike, what: str = "a file", listing: str = "manifest.json"
+           ) -> Path:
     """``folder / rel`` when that stays inside ``folder``; :class:`UnsafePathError` for an absolute name, a ``..``
     that climbs out, or a link inside the folder that points outside it (a tampered manifest is never followed)."""
     folder = Path(folder)
+    if not isinstance(rel, (str, os.PathLike)):
+        raise UnsafePathError(f"{folder / listing} names {what} as {rel!r:.60}, not a file name; refused: re-export "
+                              f"into a new folder")
     rel_path = Path(rel)
     target = (folder / rel_path).resolve()
     if rel_path.is_absolute() or not target.is_relative_to(folder.resolve()):
-        raise UnsafePathError(f"{folder / 'manifest.json'} names {what} {str(rel)!r} outside the export folder; "
+        raise UnsafePathError(f"{folder / listing} names {what} {str(rel)!r} outside the export folder; "
                               f"refused (a manifest only names files inside its folder): re-export into a new folder")
     return folder / rel_path
 
@@ -91,10 +95,27 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def _check_sizes(path: Path, z: Any) -> None:
+    """Every array's header read before its data: an object array (a pickle) or a shape claiming more bytes than
+    the member holds (a tampered header: reading it would allocate the claimed size first) is a ``ValueError``."""
+    for info in z.zip.infolist():
+        with z.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename} holds Python objects (a pickle); refused")
+            claimed = math.prod(shape) * dtype.itemsize
+            if claimed > info.file_size:
+                raise ValueError(f"{info.filename} claims shape {list(shape)} ({claimed:,} bytes) but holds "
+                                 f"{info.file_size:,} bytes; refused, nothing allocated")
+
+
 def load_npz(path: Path, what: str, error: type[Exception] = SignatureFileError) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file; a missing or unreadable file raises ``error`` naming ``what`` it is."""
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:  # never a pickle: an .npz from a folder is data, not code
+            _check_sizes(path, z)
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise error(f"{path} not found ({what}); the export folder is incomplete: re-run export_all") from None

@@ -24,6 +24,7 @@ from . import dims as dims_mod
 from . import stateful as stateful_mod
 from . import branches, datachecks, decomplex, loops, tracing, writers
 from ..errors import ShapetraceError
+from .._core import diskspace
 from .._core.files import json_value, save_npz
 from .._core.memory import PeakRSS
 from .._core.phases import phase
@@ -131,9 +132,12 @@ def _attempt(obj: Any, g: GraphRecord, stage: Path, formats: Sequence[str], dyna
     except (KeyboardInterrupt, MemoryError, OSError) as e:
         if isinstance(e, OSError) and not _is_disk_error(e):
             d.error = _graph_error(e)
-        else:
+        else:  # a full disk: typed, naming the graph (staging says how much space the export needed)
+            if isinstance(e, OSError):
+                diskspace.raise_if_full(e, stage, f"graph {g.name!r}")
             raise
-    except Exception as e:  # one graph failing never stops the others
+    except Exception as e:  # one graph failing never stops the others; a full disk stops the export
+        diskspace.raise_if_full(e, stage, f"graph {g.name!r}", d.weights_bytes or 0)
         d.error = _graph_error(e)
     finally:
         for m, training in modes:  # exporters switch modes (eval() and back): leave every module as it was

@@ -25,6 +25,7 @@ import torch
 
 from . import dims as dims_mod
 from . import onnx_checks
+from .._core import diskspace
 from .._core.optional import require
 from .._core.caches import export_patches, onnx_translations
 from .._core.phases import phase
@@ -329,6 +330,7 @@ def write_onnx_or_skip(plan: ExportPlan, ep: Any, path: Path, info: dims_mod.Dim
     except (MemoryError, ImportError):
         raise
     except Exception as e:
+        diskspace.raise_if_full(e, path.parent, path.name)
         if not can_skip or isinstance(e, OSError):
             raise
         for f in path.parent.glob(f"{path.name}*"):  # a half-written file, its external data
@@ -366,6 +368,8 @@ def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, com
             except (MemoryError, ImportError, OSError):
                 raise
             except Exception as e:
+                diskspace.raise_if_full(e, xml_path.parent, f"{xml_path.name} (OpenVINO, from {x})",  # "iostream error"
+                                        int(weights_bytes * (0.5 if compress_to_fp16 else 1)))
                 errors[f"openvino_from_{x.replace('-', '_')}_error"] = \
                     f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
                 raised = e if raised is None or x == "torch" else raised

@@ -16,7 +16,8 @@
 
 Every file is written into a staging folder and moved to its final name only when the whole export finished
 (:mod:`shapetrace._flow.staging`), so a failure leaves no half-written file and an earlier export intact. One graph
-failing does not stop the others.
+failing does not stop the others; a full disk stops the export with a :class:`~shapetrace.errors.DiskFullError`
+that says how much space it needed (:mod:`shapetrace._flow.space`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ..errors import ExportError
 from ..manifest import MANIFEST, GraphEntry, Manifest
 from . import policy
 from . import quantize as quantize_mod
+from . import space
 from .staging import progress as progress_bar
 from .staging import staged
 from .._skeleton.describe import describe_or_why
@@ -146,15 +148,15 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     names, unknown = manifest_mod.pick(list(rec.graphs), graphs)
     if unknown:
         raise ExportError(f"graphs={unknown!r} not recorded; recorded graphs: {', '.join(rec.graphs)}")
-    for n in names:  # fail fast, before writing anything, if the object changed since recording
-        module_for(obj, rec.graphs[n])
+    # fail fast, before writing anything, if the object changed since recording
+    needed = space.estimate([module_for(obj, rec.graphs[n]) for n in names], formats, compress_to_fp16)
     modes = quantize_mod.plan_modes(quantize, names, formats)
     if stateful and any(modes.values()):
         raise ExportError("quantize= with stateful=True is not supported: export the stateful form float")
     out = Path(out_dir)
     # put the modules back as the recorded calls saw them (a pipeline that swaps processors for one call)
     with _recorded_states(obj, rec, names) as changed:
-        with staged(out, overwrite) as stage:
+        with staged(out, overwrite, needed) as stage:
             entries = []
             bar = progress_bar(names, progress)
             for name in bar:
@@ -196,6 +198,8 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                                                        verify_kwargs)
                     report = policy.relocated(report, stage, out)
                 except Exception as e:  # noqa: BLE001 -- the export is kept, as without verify; raised after
+                    if isinstance(e, OSError) and space.is_full_disk(e):
+                        raise  # staged() says how much space the export needed; the earlier export stays
                     failure = e
         if failure is not None:
             raise failure

@@ -55,6 +55,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .._core import diskspace
 from .._core.optional import require
 from ..backends.openvino_backend import OpenVINORunner
 from ..errors import ExportError
@@ -332,7 +333,8 @@ def quantize_entries(stage: Path, entries: Sequence[GraphEntry], rec: Recording,
             new = quantize_graph(stage, e, recorded_calls(rec, rec.graphs[e.name]), mode, options)
         except (ImportError, MemoryError, KeyboardInterrupt):
             raise
-        except Exception as err:  # this graph stays float and says why; the export goes on
+        except Exception as err:  # this graph stays float and says why; the export goes on (not on a full disk)
+            diskspace.raise_if_full(err, stage, f"quantizing graph {e.name!r}")
             for f in stage.glob(f"{Path(str(e.file('openvino'))).stem}.quantized.*"):
                 f.unlink()
             new = dataclasses.replace(e, quantization=MappingProxyType(

@@ -1,11 +1,14 @@
 """Where ``export_all`` writes: a staging folder inside the export folder, moved into place only when the whole
 export finished (:func:`staged`), so a failure leaves no half-written file and an earlier export intact, a kill at
-any moment leaves a complete export (the earlier or the new one), and two exports never interleave in one folder;
-and the progress bar over the graphs (:func:`progress`)."""
+any moment leaves a complete export (the earlier or the new one), two exports never interleave in one folder, and
+a full disk is a :class:`~shapetrace.errors.DiskFullError` saying how much space the export needed (the staging
+folder is inside ``out``, on its filesystem: the commit is a rename); and the progress bar over the graphs
+(:func:`progress`)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -13,10 +16,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .. import manifest as manifest_mod
+from .._core.diskspace import tree_bytes
 from .._core.files import write_json
 from .._skeleton.describe import SKELETON_DIR
 from ..errors import ExportError, ShapetraceError
 from ..manifest import MANIFEST, Manifest
+from . import space
 
 __all__ = ["staged", "progress"]
 
@@ -27,11 +32,13 @@ _FILE_KEYS = frozenset({"dir", "weights"})
 
 
 @contextlib.contextmanager
-def staged(out: Path, overwrite: bool) -> Iterator[Path]:
+def staged(out: Path, overwrite: bool, needed: int = 0) -> Iterator[Path]:
     """A fresh staging folder inside ``out``: what the block writes there replaces ``out``'s export when the block
     ends normally (:func:`_commit`: at every instant the folder holds a complete export, the earlier one or the new
     one), and is removed when it raises. One export at a time per folder: a second one is refused while the first
-    holds the folder's lock; what a killed export left (its staging folder) is removed first."""
+    holds the folder's lock; what a killed export left (its staging folder) is removed first. A full disk (or
+    quota) becomes a :class:`~shapetrace.errors.DiskFullError` naming the space needed (at least ``needed``, the
+    caller's bound, or what was staged when it filled) and the space free, raised once the staging is gone."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; pass a directory path for the export")
     if (out / MANIFEST).exists() and not overwrite:
@@ -48,14 +55,33 @@ def staged(out: Path, overwrite: bool) -> Iterator[Path]:
             stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
         except OSError as e:
             raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
+        had_export = (out / MANIFEST).exists()
         committed = False
         try:
             yield stage
             _commit(stage, out)
             committed = True
+        except OSError as e:
+            if space.is_full_disk(e):
+                raise _full(stage, out, e, needed, had_export) from e
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ExportError(f"cannot write to {out}: {e.strerror or e}; choose a writable folder") from e
+            raise
+        except ExportError as e:
+            if space.is_full_disk(e):
+                raise _full(stage, out, e, needed, had_export) from e
+            raise
         finally:
             if not committed:
                 shutil.rmtree(stage, ignore_errors=True)
+
+
+def _full(stage: Path, out: Path, e: BaseException, needed: int, had_export: bool) -> ExportError:
+    """The staging folder measured, then removed (so the free space reported is what the folder has without it),
+    and the error that says how much the export needed."""
+    written = tree_bytes(stage)
+    shutil.rmtree(stage, ignore_errors=True)
+    return space.full_error(out, e, written, needed, had_export)
 
 
 @contextlib.contextmanager

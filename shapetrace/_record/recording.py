@@ -30,7 +30,7 @@ import torch
 from .._core import table, tree
 from .._version import __version__
 from ..errors import SignatureFileError
-from .._core.files import FORMAT_VERSION, read_json, save_npz, write_json
+from .._core.files import FORMAT_VERSION, inside, load_npz, read_json, save_npz, write_json
 from .samples import SampleStore
 from .stats import RecordingStats
 
@@ -244,13 +244,13 @@ class Recording:
         graphs = {}
         for d in data.get("graphs", []):
             try:
-                npz = src / d.get("examples", f"{file_stem(d['name'])}.inputs.npz")
+                npz = inside(src, d.get("examples", f"{file_stem(d['name'])}.inputs.npz"), "an examples file",
+                             "signatures.json")
                 examples: dict[str, Any] = {}
                 if npz.exists():
-                    with np.load(npz) as z:
-                        specs = {x["name"]: x["dtype"] for x in d["inputs"]}
-                        for key in z.files:
-                            examples[key] = from_numpy(z[key], dtype_from_name(specs[key]) if key in specs else None)
+                    specs = {x["name"]: x["dtype"] for x in d["inputs"]}
+                    for key, array in load_npz(npz, "recorded inputs").items():
+                        examples[key] = from_numpy(array, dtype_from_name(specs[key]) if key in specs else None)
                 g = GraphRecord.from_json(d, examples)
             except (KeyError, TypeError, ValueError) as e:
                 raise SignatureFileError(f"{path}: graph entry {d.get('name', '?')!r} is malformed ({e}); "

@@ -264,8 +264,9 @@ class ServedGraph:
         updates.update(self.entry.output_tree.get("updated") or {})  # markers the recorded call left ("Rep")
         if updates and call is not None:
             inplace.write_back([(n, v) for n, _k, v in bind_call(self.signature, *call)], updates)
-        self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        with self.lock:  # counted under the lock: calls from several threads all count
+            self.calls += 1
+            self.seconds += time.perf_counter() - t0
         return value
 
 

@@ -4,6 +4,9 @@
 that one model: a call with an empty cache resets the state, and the cache object handed back to ``generate`` holds
 no data, only its length and the beam order (tensors of shape ``[batch, 1, length, 1]`` whose values are the row
 each batch entry came from), so ``generate`` runs unchanged and a reorder by beam search reaches ``beam_idx``.
+
+The cache lives in an infer request's state, which outlasts a call: each thread gets its own request
+(:attr:`StatefulMethod.request`), so threads generating at once each keep their own sequence.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class StatefulMethod:
         self.served = ServedGraph(entry, module, None, backend, False)  # binds calls, rebuilds outputs
         self.pairs = cache_pairs(entry)
         self.compiled = ov.Core().compile_model(str(path), device, dict(config))
-        self.request = self.compiled.create_infer_request()
+        self._local = threading.local()  # each thread's infer request: its own cache
         self.inputs = [n for n in entry.input_names if n not in self.pairs]
         first = entry.input(next(iter(self.pairs)))
         self.axis = next(a for a, d in enumerate(first.shape) if a and isinstance(d, str))  # the growing dim
@@ -52,6 +55,15 @@ class StatefulMethod:
                       if entry.input(inp).shape[self.axis] == outputs[out].shape[self.axis]]
         self.prefill: ServedGraph | None = None
         self.ov = ov
+
+    @property
+    def request(self) -> Any:
+        """This thread's infer request (made on its first call): a request's state is the cache of the sequence
+        that thread is generating, which another thread's calls must never reset or extend."""
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
 
     def _grown(self, feed: Mapping[str, np.ndarray], past: int) -> int:
         """The cache's length after this call: ``past`` plus the size of the ``sequence`` dim in the feed (the
@@ -84,8 +96,9 @@ class StatefulMethod:
                 self.prefill.calls += 1  # counted as the first variant's call: it ran there
                 self.prefill.seconds += time.perf_counter() - t0
                 return value
+            request = self.request
             if not cache:  # an empty cache: a new sequence
-                self.request.reset_state()
+                request.reset_state()
                 past, order = 0, np.arange(batch)
             else:
                 marks = cache[0]
@@ -94,15 +107,16 @@ class StatefulMethod:
                                                f"this runtime; start generation with an empty cache")
                 past, order = marks.shape[self.axis], marks.reshape(batch, -1)[:, 0].round().long().numpy()
             feed["beam_idx"] = order.astype(np.int32)
-            result = self.request.infer(feed)
+            result = request.infer(feed)
             grown = self._grown(feed, past)
+            self.calls += 1
         lengths = {out: int(grown) for out in self.pairs.values()}
         lengths.update({self.pairs[n]: int(leaves[n].shape[self.axis]) for n in self.fixed if n in leaves})
         out = {o.key: torch.from_numpy(np.array(result[self.compiled.output(o.name)]))
                for o in self.entry.outputs if o.name not in lengths}
         value = self.served.rebuild(module, nodes, {**out, **self._marks(batch, lengths)})
-        self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        with self.lock:
+            self.seconds += time.perf_counter() - t0
         return value
 
     def _marks(self, batch: int, lengths: Mapping[str, int]) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from .._core import diskspace
 from ..errors import SkeletonError
 from . import weights as weight_files
 from .classes import name_of
@@ -273,6 +274,6 @@ def describe_or_why(obj: Any, folder: Path, weights: Mapping[int, Mapping[str, t
     try:
         return describe(obj, folder, weights)
     except Exception as e:  # noqa: BLE001 -- a part's own save_pretrained may raise anything: the graphs still export
-
+        diskspace.raise_if_full(e, folder, "the skeleton")  # but a full disk stops the export
         shutil.rmtree(Path(folder) / SKELETON_DIR, ignore_errors=True)
         return {"error": f"{type(e).__name__}: {e}"}

@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._core import external_data
+from .._core.files import inside
 from ..errors import RunnerError
 from ..manifest import GraphEntry
 
@@ -84,15 +86,18 @@ class Runner:
 
 
 def model_file(out_dir: str | os.PathLike, entry: GraphEntry, kind: str) -> Path:
-    """The path of ``entry``'s ``kind`` file inside ``out_dir``, checked to exist (else :class:`RunnerError`)."""
+    """The path of ``entry``'s ``kind`` file inside ``out_dir``, checked to exist (else :class:`RunnerError`) and,
+    with the external data an ONNX file names, to stay inside ``out_dir`` (else :class:`UnsafePathError`)."""
     rel = entry.file(kind)
     if not rel:
         raise RunnerError(f"graph {entry.name!r} has no {kind} file in the manifest (it was not exported to {kind}); "
                           f"re-export it or leave that backend out")
-    path = Path(out_dir) / rel
+    path = inside(out_dir, rel, f"graph {entry.name!r}'s {kind} file")
     if not path.is_file():
         raise RunnerError(f"{path} not found (the {kind} file of graph {entry.name!r}); the export folder is "
                           f"incomplete: re-run export_all")
+    if kind == "onnx":  # the data files it names too, before a runtime opens it
+        external_data.check_inside(path, out_dir)
     return path
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..._core import diskspace
 from ...manifest import GraphEntry
 from . import llm, whisper
 from .common import NoGenaiPipeline
@@ -45,6 +46,7 @@ def write_genai(obj: Any, rec: Any, stage: Path, entries: Sequence[GraphEntry]) 
             folder.mkdir(parents=True)
             note = writer.write(obj, target, folder)
         except Exception as e:  # noqa: BLE001 -- said in the manifest and a warning; the other graphs stay exported
+            diskspace.raise_if_full(e, stage, f"the {GENAI_DIR}/ folder")  # a full disk stops the export
             shutil.rmtree(folder, ignore_errors=True)
             return {"error": f"{writer.PIPELINE} folder for graph {target.graph!r} ({type(target.module).__name__}) "
                              f"failed: {type(e).__name__}: {str(e)[:400]}"}
