@@ -15,6 +15,10 @@ import torch
 import shapetrace
 from shapetrace._export import writers
 
+transformers = pytest.importorskip("transformers")
+
+from _generation_models import SEQ2SEQ, _Holder, _gpt2, _llama, _sliding, _tokenizer  # noqa: E402
+
 IR_ONLY = {"formats": ("openvino",)}
 
 
@@ -99,8 +103,6 @@ def test_an_ir_only_conversion_tries_the_onnx_file_after_the_torch_module(record
 
 
 # ============================================================================ the generation tests' models, IR only
-transformers = pytest.importorskip("transformers")
-from test_generation import SEQ2SEQ, _Holder, _gpt2, _llama, _sliding, _tokenizer  # noqa: E402
 
 
 def _left_padded(vocab, batch, length, pad):
