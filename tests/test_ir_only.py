@@ -82,13 +82,13 @@ def test_an_ir_only_graph_no_dynamic_ir_serves_is_exported_static_without_onnx(r
     _no_onnx_anywhere(result)
 
 
-def test_an_ir_only_conversion_tries_the_onnx_file_after_the_torch_module(record_export, monkeypatch):
-    """The torch module's conversion failing (here: made to, with the error #23 met), the IR comes from the ONNX
-    file, written for it and dropped, before the exported program; the torch error is noted."""
+def test_an_ir_only_conversion_tries_the_onnx_file_after_every_other_source(record_export, monkeypatch):
+    """Every other source failing (here: made to, with the error #23 met), the IR comes from the ONNX file, written
+    for it and dropped, tried last (a second export); each source's error is noted."""
     real = writers.write_openvino
 
     def no_torch(onnx_path, plan, xml, compress, source="auto", *a, **k):
-        if source in ("torch", "torch-patched"):
+        if source in ("torch", "program", "torch-patched"):
             raise RuntimeError("OpConversionFailure: aten::cat: Axis -2 out of the tensor rank range")
         return real(onnx_path, plan, xml, compress, source, *a, **k)
 
@@ -98,7 +98,9 @@ def test_an_ir_only_conversion_tries_the_onnx_file_after_the_torch_module(record
     entry = result.manifest.graph("m")
     assert result.ok and result.parity, str(result.parity)
     assert entry.tools["openvino_from"] == "onnx" and "Axis -2" in entry.tools["openvino_from_torch_error"]
-    assert "openvino_from_program_error" not in entry.tools and "openvino_source_fallback" not in entry.tools
+    assert {k for k in entry.tools if k.startswith("openvino_from_")} == \
+        {"openvino_from_torch_error", "openvino_from_program_error", "openvino_from_torch_patched_error"}
+    assert "openvino_source_fallback" not in entry.tools
     _no_onnx_anywhere(result)
 
 

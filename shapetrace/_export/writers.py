@@ -355,13 +355,14 @@ def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, com
     two, then the other, then the program, then the patched trace; every source that failed is noted
     (``openvino_from_<source>_error``). Without ``onnx_path``, ``onnx_on_demand`` (IR only:
     :class:`shapetrace._export.onnx_source.OnnxOnDemand`) writes an ONNX file to convert from when ``"onnx"`` is
-    tried, which ``"auto"`` does after the torch module (no file is written when that works). Returns the tools."""
+    tried, which ``"auto"`` does last (a whole second export: no file is written when another source works).
+    Returns the tools."""
     ov = require("openvino", "openvino")
     if source == "auto":
         first = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
-        has_onnx = onnx_path is not None or onnx_on_demand is not None
-        order = [first, *(x for x in ("onnx", "torch") if x != first and (x != "onnx" or has_onnx)),
-                 *(["program"] if ep is not None else []), "torch-patched"]
+        order = [first, *(x for x in ("onnx", "torch") if x != first and (x != "onnx" or onnx_path is not None)),
+                 *(["program"] if ep is not None else []), "torch-patched",
+                 *(["onnx"] if onnx_path is None and onnx_on_demand is not None else [])]
         errors: dict[str, str] = {}
         raised: Exception | None = None
         for x in order:
