@@ -22,7 +22,7 @@ import torch
 from .. import constraints
 from . import dims as dims_mod
 from . import stateful as stateful_mod
-from . import branches, datachecks, decomplex, loops, tracing, writers
+from . import branches, datachecks, decomplex, loops, onnx_source, tracing, writers
 from ..errors import ShapetraceError
 from .._core import diskspace
 from .._core.files import json_value, save_npz
@@ -233,9 +233,13 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
     if "openvino" in formats:
         t = time.perf_counter()
         xml = stage / f"{stem}.xml"
-        with phase("openvino (total)"):
+        with phase("openvino (total)"), _onnx_on_demand(formats, ir_plan, ep, info, opset, stage, stem) as onnx:
             d.tools.update(writers.write_openvino(onnx_path, ir_plan, xml, compress_to_fp16, openvino_from,
-                                                  d.weights_bytes or 0, ep))
+                                                  d.weights_bytes or 0, ep, onnx_on_demand=onnx))
+            if onnx is not None and d.tools.get("openvino_from") == "onnx":  # IR only: converted from a file not kept
+                d.tools["openvino_via_onnx"] = {**onnx.tools, "kept": False}
+                d.constraints += tuple(f"{n} != 1" for n in onnx.tools.get("onnx_squeeze_assumes_not_one", ())
+                                       if f"{n} != 1" not in d.constraints)
         ep = None  # the program is a source of last resort; free it before the stateful conversion
         d.files["openvino"] = xml.name
         d.timings["openvino"] = round(time.perf_counter() - t, 3)
@@ -246,6 +250,15 @@ def _export_files(obj: Any, g: GraphRecord, d: _Draft, stage: Path, stem: str, f
                                            compress_to_fp16, d.tools.get("openvino_from")))
             d.files[stateful_mod.STATEFUL_FILE] = f"{stem}.stateful.xml"
             d.timings["openvino_stateful"] = round(time.perf_counter() - t, 3)
+
+
+def _onnx_on_demand(formats: Sequence[str], plan: ExportPlan, ep: Any, info: Any, opset: int | None, stage: Path,
+                    stem: str) -> contextlib.AbstractContextManager[onnx_source.OnnxOnDemand | None]:
+    """IR only: the ONNX file as one more source for the IR, written only if a conversion asks for it and removed
+    after (:mod:`shapetrace._export.onnx_source`); with ONNX in ``formats`` the file written there is the source."""
+    if "onnx" in formats:
+        return contextlib.nullcontext()
+    return onnx_source.OnnxOnDemand(plan, ep, info, opset, stage, f"{stem}.onnx")
 
 
 def _write_stateful(plan: ExportPlan, entry: GraphEntry, xml: Path, out_xml: Path, compress_to_fp16: bool,

@@ -19,7 +19,7 @@ import gc
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -347,24 +347,30 @@ OPENVINO_FROM_TORCH_ABOVE_BYTES = 1 << 30
 
 
 def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, compress_to_fp16: bool,
-                   source: str = "auto", weights_bytes: int = 0, ep: Any = None) -> dict:
+                   source: str = "auto", weights_bytes: int = 0, ep: Any = None,
+                   onnx_on_demand: Callable[[], Path] | None = None) -> dict:
     """Convert one graph to ``xml_path`` from ``source``: ``"onnx"`` (the file just written), ``"torch"`` (the torch
     module, traced by OpenVINO's PyTorch frontend with TorchScript), ``"program"`` (``ep``, the graph's
     ``torch.export`` program: no second trace), ``"torch-patched"`` (the torch module under
     ``transformers.exporters``' OpenVINO patches: a mixture-of-experts router, FFTs and other ops the frontend has
     no rule for, swapped for convertible equivalents while it traces), or ``"auto"``: the preferred one of the first
     two, then the other, then the program, then the patched trace; every source that failed is noted
-    (``openvino_from_<source>_error``). Returns the tools."""
+    (``openvino_from_<source>_error``). Without ``onnx_path``, ``onnx_on_demand`` (IR only:
+    :class:`shapetrace._export.onnx_source.OnnxOnDemand`) writes an ONNX file to convert from when ``"onnx"`` is
+    tried, which ``"auto"`` does last (a whole second export: no file is written when another source works).
+    Returns the tools."""
     ov = require("openvino", "openvino")
     if source == "auto":
         first = "onnx" if onnx_path is not None and weights_bytes <= OPENVINO_FROM_TORCH_ABOVE_BYTES else "torch"
         order = [first, *(x for x in ("onnx", "torch") if x != first and (x != "onnx" or onnx_path is not None)),
-                 *(["program"] if ep is not None else []), "torch-patched"]
+                 *(["program"] if ep is not None else []), "torch-patched",
+                 *(["onnx"] if onnx_path is None and onnx_on_demand is not None else [])]
         errors: dict[str, str] = {}
         raised: Exception | None = None
         for x in order:
             try:
-                return {**write_openvino(onnx_path, plan, xml_path, compress_to_fp16, x, weights_bytes, ep), **errors}
+                return {**write_openvino(onnx_path, plan, xml_path, compress_to_fp16, x, weights_bytes, ep,
+                                         onnx_on_demand), **errors}
             except (MemoryError, ImportError, OSError):
                 raise
             except Exception as e:
@@ -378,7 +384,9 @@ def write_openvino(onnx_path: Path | None, plan: ExportPlan, xml_path: Path, com
                           + "; ".join(f"{k.removeprefix('openvino_from_').removesuffix('_error')}: {v[:300]}"
                                       for k, v in errors.items())) from raised
     if source == "onnx" and onnx_path is None:
-        raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
+        if onnx_on_demand is None:
+            raise ExportError("openvino_from='onnx' needs the ONNX file: keep 'onnx' in formats")
+        onnx_path = onnx_on_demand()
     if source == "onnx":
         # read_model, not convert_model(str): the latter splits a path on commas
         with phase("openvino.Core.read_model"):

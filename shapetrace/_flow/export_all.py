@@ -120,6 +120,8 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     ``dynamic``: ``"auto"`` (default), ``"static"``, or ``{graph: {input: [dims]}}`` / ``{input: [dims]}``.
     ``openvino_from``: ``"auto"`` (default: from the torch module for graphs above 1 GiB of weights, which shares
     the weights instead of copying them; from the ONNX file otherwise, which is faster), ``"torch"`` or ``"onnx"``.
+    With ``formats=("openvino",)`` the ONNX file is still a source for the IR (``"onnx"``, and ``"auto"``'s last):
+    written in a temporary folder, converted, removed (:mod:`shapetrace._export.onnx_source`).
     ``verify=True`` runs :func:`shapetrace.verify` on the result and writes the parity into the manifest.
     ``stateful=True`` also writes, for a graph variant that takes a KV cache and returns it updated (a decoder
     step), OpenVINO's stateful form (``<graph>.stateful.xml``, ``files["openvino_stateful"]``: the cache kept in

@@ -121,7 +121,8 @@ def _degrade(obj: Any, rec: Recording, out: Path, names: Sequence[str], report: 
     """Export ``names`` again beside ``out`` and splice each one whose new export passes every check into ``out``.
     A graph only OpenVINO failed (an IR the CPU plugin cannot compile or run) first gets its IR from the other
     source, its dims kept (``tools.openvino_source_fallback``); what still fails is exported with every dim static
-    (``tools.static_fallback``)."""
+    (``tools.static_fallback``). Without ONNX in the formats the other source of an IR from the torch module is an
+    ONNX file written only for it (:mod:`shapetrace._export.onnx_source`), so IR-only exports degrade alike."""
     common = {k: v for k, v in export_kwargs.items() if k not in ("dynamic", "openvino_from")}
     openvino_from = export_kwargs.get("openvino_from", "auto")
     current = {e.name: e for e in manifest_mod.read(out).graphs}
