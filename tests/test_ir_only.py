@@ -171,6 +171,14 @@ def test_an_ir_only_decoder_generates_the_same_greedy_tokens(decoder_ir_only):
     assert torch.equal(got, want), (got, want)
     assert ran["model"][0] == 1 and ran["model@2"][0] == 7, ran  # the prompt, then one step per new token
     assert all(on.startswith("openvino") for _, on in ran.values()), ran
+    if name == "gpt2":  # stateful: the step holds its new tokens static at 1, so the prompt starts on "model"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with shapetrace.load(h, result.out_dir, backend="openvino", stateful=True) as rt:
+                got = h.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+                ran = {s.graph: s.calls for s in rt.stats()}
+        assert torch.equal(got, want), (got, want)
+        assert ran == {"model": 1, "model@2 (stateful)": 7}, ran
 
 
 @pytest.mark.slow

@@ -174,13 +174,16 @@ class Runtime:
             e = stateful[0]
             method = StatefulMethod(e, module, self.out_dir / (e.file(STATEFUL_FILE) or ""), self.device,
                                     self._stateful, self.backend)
-            if method.fixed:  # a cache part the steps only read (cross-attention): filled by the cache-less variant
-                first = next((v for v in entries if not cache_pairs(v)), None)
-                if first is None:
-                    raise RuntimeMismatchError(
-                        f"graph {e.name!r} (stateful) reads cache parts it never writes ({', '.join(method.fixed[:2])}"
-                        f"...) and the export has no first step without a cache to fill them: serve it with "
-                        f"stateful=False, or record a run whose first call passes no cache")
+            first = next((v for v in entries if not cache_pairs(v)), None)
+            if method.fixed and first is None:
+                raise RuntimeMismatchError(
+                    f"graph {e.name!r} (stateful) reads cache parts it never writes ({', '.join(method.fixed[:2])}"
+                    f"...) and the export has no first step without a cache to fill them: serve it with "
+                    f"stateful=False, or record a run whose first call passes no cache")
+            # a new sequence starts on the cache-less variant, run explicitly, when the step cannot take it: a cache
+            # part the steps only read (cross-attention), or a dim the step holds static that the first call moves
+            # (its new tokens: one per step, the whole prompt at first)
+            if first is not None and (method.fixed or _narrower(e, first)):
                 method.prefill = self._served(module, first, make_runner, static_shapes)
             self._graphs[f"{e.name} (stateful)"] = method  # type: ignore[assignment]
             return method
@@ -380,3 +383,16 @@ def load(obj: Any, out_dir: str | Path, *, backend: str = "openvino", device: st
         if threads:
             props["INFERENCE_NUM_THREADS"] = int(threads)
     return Runtime(obj, out, backend, device, plan, make_runner, static_shapes, props)
+
+
+def _narrower(step: GraphEntry, first: GraphEntry) -> bool:
+    """Whether an input both variants take is static in the step at a size the first variant's calls differ from
+    (the first variant dynamic there, or static at another size)."""
+    shapes = {i.name: i.shape for i in first.inputs}
+    for i in step.inputs:
+        other = shapes.get(i.name)
+        if other is None or len(other) != len(i.shape):
+            continue
+        if any(isinstance(d, int) and d != o for d, o in zip(i.shape, other)):
+            return True
+    return False
