@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...manifest import GraphEntry
-from . import llm
+from . import llm, text2image
 from .common import NoGenaiPipeline
 
 __all__ = ["GENAI_DIR", "WRITERS", "write_genai"]
@@ -26,7 +26,7 @@ __all__ = ["GENAI_DIR", "WRITERS", "write_genai"]
 GENAI_DIR = "genai"
 
 #: one module per GenAI pipeline, tried in this order
-WRITERS = (llm,)
+WRITERS = (llm, text2image)
 
 
 def write_genai(obj: Any, rec: Any, stage: Path, entries: Sequence[GraphEntry]) -> dict[str, Any]:
