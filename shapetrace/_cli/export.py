@@ -80,7 +80,8 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
                     help="what the IR is converted from (default: %(default)s)")
     ex.add_argument("--genai", action="store_true",
                     help="also write OUT/genai/, the folder OpenVINO GenAI's LLMPipeline opens (a decoder-only "
-                         "language model's generate; any other object: a one-line note, the rest exports)")
+                         "language model's generate) or its Text2ImagePipeline (a diffusers text-to-image "
+                         "pipeline); any other object: a one-line note, the rest exports")
     ex.add_argument("--overwrite", action="store_true", help="replace an export already in OUT")
     ver = p.add_argument_group("verify")
     ver.add_argument("--no-verify", action="store_true", help="skip the parity checks")
