@@ -224,7 +224,7 @@ def t2i_exported(request, tmp_path_factory):
         with shapetrace.record(pipe):
             example.run(pipe)
         out = tmp_path_factory.mktemp(request.param) / "export"
-        result = shapetrace.export_all(pipe, out, progress=False, verify=False, genai=True)
+        result = shapetrace.export_all(pipe, out, progress=False, verify=False, genai=True, formats=("openvino",))
     return pipe, out, result
 
 
@@ -297,3 +297,15 @@ def json_load(path):
     import json
 
     return json.loads(path.read_text())
+
+
+def test_text2image_find_says_which_component_has_no_recorded_graph():
+    from shapetrace._export.genai import text2image
+    from shapetrace._export.genai.common import NoGenaiPipeline
+    from shapetrace.testing.diffusion import sd_pipeline
+
+    with pytest.raises(NoGenaiPipeline, match=r"needs text_encoder\.forward exported, and no successful recorded "
+                                              r"graph is of it; record a run of the pipeline that calls it"):
+        text2image.find(sd_pipeline(), None, [])  # a pipeline whose run was not recorded
+    with pytest.raises(NoGenaiPipeline, match=r"needs a diffusers pipeline .* this Linear has none"):
+        text2image.find(torch.nn.Linear(2, 2), None, [])
