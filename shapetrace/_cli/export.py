@@ -79,9 +79,10 @@ def add_export_command(subparsers: Any) -> argparse.ArgumentParser:
     ex.add_argument("--openvino-from", choices=("auto", "torch", "onnx"), default="auto",
                     help="what the IR is converted from (default: %(default)s)")
     ex.add_argument("--genai", action="store_true",
-                    help="also write OUT/genai/, the folder OpenVINO GenAI's LLMPipeline (a decoder-only language "
-                         "model's generate) or WhisperPipeline (a speech-recognition encoder-decoder's) opens; any "
-                         "other object: a one-line note, the rest exports")
+                    help="also write OUT/genai/, the folder OpenVINO GenAI opens: LLMPipeline (a decoder-only "
+                         "language model's generate), WhisperPipeline (a speech-recognition encoder-decoder's) or "
+                         "Text2ImagePipeline (a diffusers text-to-image pipeline); any other object: a one-line "
+                         "note, the rest exports")
     ex.add_argument("--overwrite", action="store_true", help="replace an export already in OUT")
     ver = p.add_argument_group("verify")
     ver.add_argument("--no-verify", action="store_true", help="skip the parity checks")

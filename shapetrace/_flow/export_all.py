@@ -134,8 +134,8 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
     before, the manifest saying why (docs/deploy.md).
     ``genai=True`` also writes ``out_dir/genai/``, the folder OpenVINO GenAI opens as it is: ``LLMPipeline`` (and
     ``ContinuousBatchingPipeline``) when the recording holds a decoder-only language model's ``generate``,
-    ``WhisperPipeline`` when it holds a speech-recognition encoder-decoder's (:mod:`shapetrace._export.genai`; the
-    manifest's ``genai``). For any other object it warns in one
+    ``WhisperPipeline`` when it holds a speech-recognition encoder-decoder's, ``Text2ImagePipeline`` for a diffusers
+    text-to-image pipeline (:mod:`shapetrace._export.genai`; the manifest's ``genai``). For any other object it warns in one
     line, says why in the manifest (``{"error": ...}``), and the rest of the export goes on (docs/generation.md).
     """
     if openvino_from not in ("auto", "torch", "onnx"):

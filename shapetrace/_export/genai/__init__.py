@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from ..._core import diskspace
 from ...manifest import GraphEntry
-from . import llm, whisper
+from . import llm, text2image, whisper
 from .common import NoGenaiPipeline
 
 __all__ = ["GENAI_DIR", "WRITERS", "write_genai"]
@@ -27,7 +27,7 @@ __all__ = ["GENAI_DIR", "WRITERS", "write_genai"]
 GENAI_DIR = "genai"
 
 #: one module per GenAI pipeline, tried in this order
-WRITERS = (llm, whisper)
+WRITERS = (llm, whisper, text2image)
 
 
 def write_genai(obj: Any, rec: Any, stage: Path, entries: Sequence[GraphEntry]) -> dict[str, Any]:
