@@ -428,6 +428,16 @@ def test_text2imagepipeline_draws_pytorchs_image_from_the_same_latents(t2i_expor
     assert _psnr(got, _torch_image(pipe, "dog", noise)) < 35  # the prompt went through GenAI's tokenizer and encoder
 
 
+def test_verify_checks_the_text2image_folder_in_genai(t2i_exported):
+    pipe, out, _ = t2i_exported
+    report = shapetrace.verify(out, pipe, write=False)
+    row = next(c for c in report.checks if c.backend == "genai")
+    assert (row.graph, row.reference, row.input_set, row.output) == ("genai/", "torch", "new-prompt", "image")
+    assert row.passed, row.message
+    assert row.sizes["psnr_db"] >= 40 and row.sizes["height"] == row.sizes["width"] == 64
+    assert row.result.shape == (64, 64, 3)
+
+
 def test_a_controlnet_pipeline_exports_the_rest_and_says_why_there_is_no_genai_folder(tmp_path):
     from shapetrace.testing.examples import EXAMPLES
 

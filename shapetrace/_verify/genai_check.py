@@ -10,6 +10,11 @@ check is of the model, not of the converted tokenizer), identical to the module'
 (GenAI computes the features itself from ``preprocessor_config.json``), identical to the module's own
 ``generate`` on the object's feature extractor's features.
 
+``Text2ImagePipeline``: the image for a new prompt (:data:`T2I_PROMPT`), 3 steps at the recorded latent size,
+from the same initial latents on both sides (GenAI's Python API takes a random generator: one that hands out the
+check's latents), at PSNR >= :data:`MIN_PSNR_DB` against the object's own call with ``latents=`` (the same scheduler,
+the object's, which GenAI re-implements from its config).
+
 GenAI runs with f32 compute and an f32 KV cache (:data:`F32`), as shapetrace's own IR does: its CPU defaults
 (bf16 compute where the CPU has it, a u8 cache) change tokens on random weights. The end token is ignored on both
 sides, so both make the same number of tokens.
@@ -20,6 +25,7 @@ Without the live object there is no PyTorch to compare with: the folder is not c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,6 +38,7 @@ from .._core.walker import parse_path, resolve
 from .._export.genai.common import feature_extractor_of
 from ..manifest import Manifest
 from .compare import compare_arrays
+from .images import psnr
 from .report import ParityCheck
 
 __all__ = ["BACKEND", "F32", "genai_checks"]
@@ -183,5 +190,48 @@ def _streamer(og: Any) -> Any:
     return Tokens()
 
 
+# ------------------------------------------------------------------------------------------------ Text2ImagePipeline
+#: the prompt of the text-to-image check, and what its image must reach against PyTorch's
+T2I_PROMPT, MIN_PSNR_DB, T2I_STEPS = "a photo of a cat on a red chair at night", 40.0, 3
+
+
+def _text2image(og: Any, folder: Path, note: Mapping[str, Any], obj: Any, model: Any, manifest: Manifest,
+                seed: int) -> list[ParityCheck]:
+    ov = require("openvino", "genai", "the GenAI folder's check")
+    sample = next(i for i in manifest.graph(note["graph"]).inputs if i.name.split(".")[-1] == "sample")
+    channels, height, width = (int(d) for d in sample.example_shape[1:4])
+    scale = int(getattr(obj, "vae_scale_factor", 8))
+    noise = torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(seed))
+    call = dict(num_inference_steps=T2I_STEPS, guidance_scale=7.0, height=height * scale, width=width * scale)
+
+    class Latents(og.Generator):  # GenAI's random generator, handing out the check's initial latents
+        def __init__(self) -> None:
+            super().__init__()
+
+        def next(self) -> float:
+            raise RuntimeError("Text2ImagePipeline drew single numbers: the check hands out whole latents only")
+
+        def randn_tensor(self, shape: Any) -> Any:
+            return ov.Tensor(noise.numpy().copy())
+
+    pipe = og.Text2ImagePipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
+    got = np.asarray(pipe.generate(T2I_PROMPT, generator=Latents(), **call).data[0])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = obj(T2I_PROMPT, latents=noise.clone(), output_type="np", **call).images[0]
+    want = (np.asarray(image) * 255).round().astype(np.uint8)
+    value = psnr(got.astype(np.float64), want.astype(np.float64), data_range=255.0) if got.shape == want.shape \
+        else float("nan")
+    result = compare_arrays(got.astype(np.float32), want.astype(np.float32), atol=255.0, rtol=0.0)
+    passed = got.shape == want.shape and value >= MIN_PSNR_DB
+    result = dataclasses.replace(result, passed=passed, message="" if passed else
+                                 f"PSNR {value:.1f} dB against PyTorch's image, below {MIN_PSNR_DB:g} dB"
+                                 + (f" ({result.message})" if result.message else ""))
+    return [ParityCheck(f"{note['dir']}/", BACKEND, "torch", "new-prompt", "image", result,
+                        sizes={"height": call["height"], "width": call["width"], "steps": T2I_STEPS,
+                               "psnr_db": round(value, 1)})]
+
+
 #: the check of each pipeline's folder: ``check(openvino_genai, folder, note, obj, module, manifest, seed)``
-CHECKS: dict[str, Callable[..., list[ParityCheck]]] = {"LLMPipeline": _llm, "WhisperPipeline": _whisper}
+CHECKS: dict[str, Callable[..., list[ParityCheck]]] = {"LLMPipeline": _llm, "WhisperPipeline": _whisper,
+                                                       "Text2ImagePipeline": _text2image}
