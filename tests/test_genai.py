@@ -438,6 +438,17 @@ def test_verify_checks_the_text2image_folder_in_genai(t2i_exported):
     assert row.result.shape == (64, 64, 3)
 
 
+def test_an_image_to_image_pipeline_gets_no_text2image_folder():
+    from shapetrace._export.genai import text2image
+    from shapetrace._export.genai.common import NoGenaiPipeline
+    from shapetrace.testing import img2img_pipeline
+
+    with pytest.raises(NoGenaiPipeline, match=r"Text2ImagePipeline draws from a prompt alone; this "
+                                              r"StableDiffusionImg2ImgPipeline's call takes an image \(GenAI's "
+                                              r"Image2ImagePipeline"):
+        text2image.find(img2img_pipeline(), None, [])
+
+
 def test_a_controlnet_pipeline_exports_the_rest_and_says_why_there_is_no_genai_folder(tmp_path):
     from shapetrace.testing.examples import EXAMPLES
 

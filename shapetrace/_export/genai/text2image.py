@@ -30,6 +30,8 @@ recorded. Nothing here names an architecture.
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -84,6 +86,12 @@ def find(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> Target:
     if missing:
         raise NoGenaiPipeline(f"{PIPELINE} needs the components {', '.join(NEEDS)}; this pipeline has no "
                               f"{', '.join(missing)}")
+    takes = _call_parameters(obj)
+    if "image" in takes:  # GenAI dispatches a folder by model_index.json's class: this one is not text-to-image
+        raise NoGenaiPipeline(f"{PIPELINE} draws from a prompt alone; this {type(obj).__name__}'s call takes an "
+                              f"image{' and a mask' if 'mask_image' in takes else ''} (GenAI's "
+                              f"{'InpaintingPipeline' if 'mask_image' in takes else 'Image2ImagePipeline'}, whose "
+                              f"folders are not written yet)")
     graphs = _graphs_by_module(obj, rec, entries)
     parts = []
     for name in (k for k in TAKES if isinstance(held.get(k), torch.nn.Module)):
@@ -230,3 +238,11 @@ def _write_vae_encoder(ov: Any, vae: Any, folder: Path) -> dict[str, Any]:
         return {"error": f"vae.encode not exported: {type(e).__name__}: {str(e)[:300]}"}
     return {"graph": None, "changed": ["exported afresh: vae.encode(sample).latent_dist.parameters -> "
                                        "latent_parameters"]}
+
+
+def _call_parameters(obj: Any) -> set[str]:
+    """The names the object's call takes (none when it has no inspectable ``__call__``)."""
+    try:
+        return set(inspect.signature(type(obj).__call__).parameters)
+    except (TypeError, ValueError):
+        return set()
