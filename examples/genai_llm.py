@@ -42,6 +42,8 @@ with shapetrace.record(app):
     app.reply("a b c", n=6)
 result = shapetrace.export_all(app, out, overwrite=True, progress=False, genai=True)
 print(result)
+row = next(c for c in result.parity.checks if c.backend == "genai")  # verify ran the folder in GenAI too
+print(f"{result.parity.summary()}; in GenAI: {row.where}: {row.verdict}")
 
 f32 = {"KV_CACHE_PRECISION": "f32", "INFERENCE_PRECISION_HINT": "f32"}  # exact f32, as the export's own IR
 pipe = og.LLMPipeline(f"{out}/genai", "CPU", **f32)
