@@ -11,6 +11,7 @@ else and says why there is no folder.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -105,6 +106,9 @@ def test_the_genai_folder_has_the_layout_llmpipeline_reads(exported):
     ops = [op.get_type_name() for op in model.get_ops()]
     assert ops.count("ReadValue") == 4 == note["states"]  # 2 layers x keys, values
     assert ops.count("ScaledDotProductAttention") == 2  # one per layer: GenAI's paged-attention rewrite applies
+    prompt, step = (out / result.manifest.graph(g).file("openvino") for g in ("model", "model@2"))
+    a, b = prompt.with_suffix(".bin"), step.with_suffix(".bin")
+    assert os.path.samefile(a, b) or a.read_bytes() != b.read_bytes()  # the same bytes are stored once
 
 
 def test_llmpipeline_generates_pytorchs_tokens_from_a_string(exported):

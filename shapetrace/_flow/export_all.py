@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .. import manifest as manifest_mod
 from .._core import modstate
+from .._core.dedupe import link_identical
 from .._export import genai as genai_mod
 from .._export import writers
 from .._export.flat import ExportPlan, FlatModule, flat_module, module_for, prepare, recording_of
@@ -203,6 +204,7 @@ def export_all(obj: Any, out_dir: str | os.PathLike, *, recording: Recording | N
                     if isinstance(e, OSError) and space.is_full_disk(e):
                         raise  # staged() says how much space the export needed; the earlier export stays
                     failure = e
+            link_identical(stage)  # a decoder's prompt and step variants: one copy of the same weights on disk
         if failure is not None:
             raise failure
         return ExportResult(out, _by_name(manifest), manifest, report)
