@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test docs test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-corpus bench-corpus-transformers clean
+.PHONY: setup demo test docs test-slow browser test-browser report-screenshot bench bench-quick bench-optimum bench-optimum-infer bench-genai bench-corpus bench-corpus-transformers clean
 
 setup: $(STAMP)
 
@@ -80,3 +80,8 @@ bench-optimum: setup $(OPTIMUM_VENV)/.installed
 # same work as optimum-intel: plain SD 1.5 end to end, shapetrace's variants vs OVStableDiffusionPipeline's
 bench-optimum-infer: setup $(OPTIMUM_VENV)/.installed
 	$(PY) bench/optimum_infer.py --venv-optimum $(OPTIMUM_VENV)
+
+# issue #21: the GPT-2-small-size decoder in PyTorch, shapetrace.load stateful, GenAI LLMPipeline on shapetrace's
+# genai/ folder, optimum-intel's OVModelForCausalLM and GenAI on optimum-intel's export; ContinuousBatchingPipeline
+bench-genai: setup $(OPTIMUM_VENV)/.installed
+	$(PY) bench/genai_llm.py --venv-optimum $(OPTIMUM_VENV)

@@ -48,7 +48,7 @@ def header(r: dict) -> list[str]:
 
 def other_sections(folder: Path, suite: str) -> str:
     """Sections other bench scripts keep in RESULTS.md (bench/generation.py: ``generation.json``,
-    bench/optimum_infer.py: ``optimum_infer.json``), re-appended so that re-rendering this file keeps them."""
+    bench/optimum_infer.py: ``optimum_infer.json``, bench/genai_llm.py: ``genai_llm.json``), re-appended so that re-rendering this file keeps them."""
     gen, peer = folder / "generation.json", folder / "optimum_infer.json"
     if suite != "full":
         return ""
@@ -62,6 +62,10 @@ def other_sections(folder: Path, suite: str) -> str:
         import optimum_infer
 
         text += "\n" + optimum_infer.render(json.loads(peer.read_text()))
+    if (folder / "genai_llm.json").exists():
+        import genai_llm
+
+        text += "\n" + genai_llm.render(json.loads((folder / "genai_llm.json").read_text()))
     return text
 
 
