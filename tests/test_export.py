@@ -211,7 +211,8 @@ def test_failure_midway_leaves_an_earlier_export_intact(exports, tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(writers, "write_openvino", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(shapetrace.DiskFullError, match=r"ran out of disk space .*No space left on device.*"
+                                                       r"the earlier export in the folder is intact"):
         shapetrace.export_all(obj, out, recording=rec, progress=False, verify=False, overwrite=True)
     after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before

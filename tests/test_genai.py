@@ -152,7 +152,7 @@ def test_continuous_batching_serves_8_concurrent_prompts_like_8_pytorch_runs(exp
 
 def test_verify_checks_the_genai_folder_in_genai_as_its_own_backend(exported):
     gen, out, _ = exported
-    report = shapetrace.verify(out, gen, write=False)
+    report = shapetrace.verify(out, gen, write=False, backends=("openvino",))
     rows = [c for c in report.checks if c.backend == "genai"]
     assert [(c.graph, c.reference, c.input_set, c.output) for c in rows] == [("genai/", "torch", "resized", "tokens")]
     assert rows[0].passed, rows[0].message
@@ -162,19 +162,21 @@ def test_verify_checks_the_genai_folder_in_genai_as_its_own_backend(exported):
     page = render_html(read(out), report)  # the HTML report: a section of its own
     section = page[page.index('id="genai"'):]
     assert "LLMPipeline" in section and "tokens" in section and '<span class="pass">pass</span>' in section
-    alone = shapetrace.verify(out, write=False)  # from the folder alone: no PyTorch to compare with
+    alone = shapetrace.verify(out, write=False, backends=("openvino",))  # from the folder alone: no PyTorch to compare with
     assert not [c for c in alone.checks if c.backend == "genai"]
     assert any("genai/" in n and "pass the live object" in n for n in alone.notes)
 
 
 def test_the_genai_check_fails_when_the_folder_computes_something_else(exported):
     gen, out, _ = exported
+    if gen.model.config.model_type != "gpt2":
+        pytest.skip("one decoder is enough to show a failing row (the check is the same code for both)")
     head = gen.model.get_output_embeddings().weight
     saved = head.detach().clone()
     try:
         with torch.no_grad():  # the live model now differs from what the folder holds
             head.copy_(torch.roll(saved, 1, dims=0))
-        report = shapetrace.verify(out, gen, write=False)
+        report = shapetrace.verify(out, gen, write=False, backends=("openvino",))
     finally:
         with torch.no_grad():
             head.copy_(saved)

@@ -111,7 +111,7 @@ def test_text2imagepipeline_draws_pytorchs_image_from_the_same_latents(t2i_expor
 
 def test_verify_checks_the_text2image_folder_in_genai(t2i_exported):
     pipe, out, _ = t2i_exported
-    report = shapetrace.verify(out, pipe, write=False)
+    report = shapetrace.verify(out, pipe, write=False, backends=("openvino",))
     row = next(c for c in report.checks if c.backend == "genai")
     assert (row.graph, row.reference, row.input_set, row.output) == ("genai/", "torch", "new-prompt", "image")
     assert row.passed, row.message
@@ -142,8 +142,8 @@ def test_a_controlnet_pipeline_exports_the_rest_and_says_why_there_is_no_genai_f
     with pytest.warns(UserWarning, match=r"no genai/ folder: no GenAI pipeline for this "
                                          r"StableDiffusionControlNetPipeline"):
         result = shapetrace.export_all(pipe, tmp_path, progress=False, verify=False, genai=True,
-                                       formats=("openvino",))
-    assert sorted(result.graphs) == sorted(example.expected_graphs) and all(result.graphs.values()), str(result)
+                                       formats=("openvino",), graphs=["text_encoder", "unet"])  # the rest: alike
+    assert sorted(result.graphs) == ["text_encoder", "unet"] and all(result.graphs.values()), str(result)
     assert not (tmp_path / "genai").exists()
     why = read(tmp_path).genai["error"]
     assert "pipeline" not in read(tmp_path).genai

@@ -205,6 +205,7 @@ def test_an_ir_only_encoder_decoder_verifies_and_generates_the_same(name, tmp_pa
 
 
 # ============================================================================ the ControlNet pipeline, IR only
+@pytest.mark.slow  # every graph already converted from torch before the IR-only chain: a regression guard
 def test_the_controlnet_pipeline_exports_ir_only_and_verifies(exports):
     """Every graph's IR converts from the torch module (the fast source, first): no ONNX file is written for any
     of them, not even as an intermediate, and verify passes on OpenVINO."""

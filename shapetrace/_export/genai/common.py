@@ -6,13 +6,14 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..._core import tree
 from ..._core.optional import require
 from ...manifest import GraphEntry
+from ..flat import module_for
 
-__all__ = ["NoGenaiPipeline", "Target", "cache_argument", "feature_extractor_of", "tokenizer_of",
+__all__ = ["recorded_modules", "NoGenaiPipeline", "Target", "cache_argument", "feature_extractor_of", "tokenizer_of",
            "write_tokenizer"]
 
 
@@ -88,3 +89,15 @@ def cache_argument(entries: Sequence[GraphEntry], name: str, module: Any) -> str
             return candidate
     raise ValueError(f"{type(module).__name__}.forward takes no cache argument (neither 'cache' nor "
                      f"'past_key_values') and no recorded call passed one")
+
+
+def recorded_modules(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> Iterator[tuple[str, Any]]:
+    """``(graph, module)`` for each exported graph's live module, each module once (its first graph)."""
+    seen: set[int] = set()
+    for e in entries:
+        if not e.ok:
+            continue
+        module = module_for(obj, rec.graphs[e.name])
+        if id(module) not in seen:
+            seen.add(id(module))
+            yield e.name, module

@@ -30,8 +30,7 @@ import torch
 
 from ..._core.optional import require
 from ...manifest import GraphEntry
-from ..flat import module_for
-from .common import NoGenaiPipeline, Target, cache_argument, tokenizer_of, write_tokenizer
+from .common import NoGenaiPipeline, Target, cache_argument, recorded_modules, tokenizer_of, write_tokenizer
 
 __all__ = ["LLM_INPUTS", "PIPELINE", "find", "write"]
 
@@ -59,23 +58,16 @@ def _language_model(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> tuple[
     transformers = require("transformers", "genai", "the GenAI folder")
     is_multimodal = require("transformers.exporters.utils", "genai", "the GenAI folder").is_multimodal
     why: list[str] = []
-    seen: set[int] = set()
-    for e in entries:
-        if not e.ok:
-            continue
-        module = module_for(obj, rec.graphs[e.name])
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
+    for graph, module in recorded_modules(obj, rec, entries):
         kind = type(module).__name__
         if not isinstance(module, transformers.PreTrainedModel) or not module.can_generate():
-            why.append(f"{e.name} ({kind}: no generate)")
+            why.append(f"{graph} ({kind}: no generate)")
         elif getattr(module.config, "is_encoder_decoder", False):
-            why.append(f"{e.name} ({kind}: an encoder-decoder)")
+            why.append(f"{graph} ({kind}: an encoder-decoder)")
         elif is_multimodal(module):
-            why.append(f"{e.name} ({kind}: multimodal; VLMPipeline folders are not written)")
+            why.append(f"{graph} ({kind}: multimodal; VLMPipeline folders are not written)")
         else:
-            return e.name, module
+            return graph, module
     raise NoGenaiPipeline("LLMPipeline needs a decoder-only language model's generate, and the recorded graphs "
                           f"are {'; '.join(why) or 'none'}")
 

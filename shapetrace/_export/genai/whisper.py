@@ -42,8 +42,8 @@ import torch
 
 from ..._core.optional import require
 from ...manifest import GraphEntry
-from ..flat import module_for
-from .common import NoGenaiPipeline, Target, cache_argument, feature_extractor_of, tokenizer_of, write_tokenizer
+from .common import (NoGenaiPipeline, Target, cache_argument, feature_extractor_of, recorded_modules, tokenizer_of,
+                     write_tokenizer)
 
 __all__ = ["DECODER_INPUTS", "DecoderStep", "ENCODER_INPUTS", "FEATURE_SETTINGS", "PIPELINE", "find", "write"]
 
@@ -98,28 +98,21 @@ def _speech_model(obj: Any, rec: Any, entries: Sequence[GraphEntry]) -> tuple[st
     """The first recorded graph whose module is an encoder-decoder that generates from audio features."""
     transformers = require("transformers", "genai", "the GenAI folder")
     why: list[str] = []
-    seen: set[int] = set()
-    for e in entries:
-        if not e.ok:
-            continue
-        module = module_for(obj, rec.graphs[e.name])
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
+    for graph, module in recorded_modules(obj, rec, entries):
         kind = type(module).__name__
         if not isinstance(module, transformers.PreTrainedModel) or not module.can_generate():
-            why.append(f"{e.name} ({kind}: no generate)")
+            why.append(f"{graph} ({kind}: no generate)")
         elif not getattr(module.config, "is_encoder_decoder", False):
-            why.append(f"{e.name} ({kind}: decoder-only)")
+            why.append(f"{graph} ({kind}: decoder-only)")
         elif getattr(module, "main_input_name", None) not in ENCODER_INPUTS:
-            why.append(f"{e.name} ({kind}: an encoder-decoder reading {module.main_input_name!r}, not audio "
+            why.append(f"{graph} ({kind}: an encoder-decoder reading {module.main_input_name!r}, not audio "
                        f"features)")
         else:
             encoder = module.get_encoder()
             if encoder is module or getattr(encoder, "main_input_name", None) not in ENCODER_INPUTS:
-                why.append(f"{e.name} ({kind}: no separate encoder of input_features from get_encoder())")
+                why.append(f"{graph} ({kind}: no separate encoder of input_features from get_encoder())")
             else:
-                return e.name, module
+                return graph, module
     raise NoGenaiPipeline(f"{PIPELINE} needs an encoder-decoder's generate from audio features (input_features), "
                           f"and the recorded graphs are {'; '.join(why) or 'none'}")
 
